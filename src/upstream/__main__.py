@@ -1,0 +1,3 @@
+from upstream.cli import main
+
+main()

@@ -1,0 +1,39 @@
+"""The `upstream` command line: thin commands over the domain functions."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from upstream.cli import hub as hub_commands
+from upstream.cli import models
+from upstream.cli.generate import generate
+from upstream.errors import UpstreamError
+
+app = typer.Typer(
+    help="Upstream: report model failures, evaluate fixes, merge them into releases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command()(hub_commands.init)
+app.command()(hub_commands.up)
+app.command()(hub_commands.worker)
+app.command()(hub_commands.fsck)
+app.command()(generate)
+app.add_typer(models.app, name="models")
+app.add_typer(hub_commands.jobs_app, name="jobs")
+
+
+def main() -> None:
+    """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
+    try:
+        app()
+    except UpstreamError as e:
+        from upstream.cli.common import err_console
+
+        err_console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,81 @@
+"""What every command shares: opening the hub, printing JSON, progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from upstream.hub import Hub
+
+console = Console()
+# Progress and notes go to stderr, so that `--json` output on stdout stays one document.
+err_console = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
+
+
+def open_hub(create: bool = False) -> Hub:
+    return Hub.open(create=create)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[float, float, str], None]]:
+    """A rich progress bar on stderr; yields the (done, total, message) callback jobs use."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=None, note="")
+
+        def update(done: float, total: float, message: str) -> None:
+            bar.update(task, completed=done, total=total or None, note=message)
+
+        yield update
+
+
+def run_job(hub: Hub, kind: str, args: dict[str, Any], description: str) -> dict[str, Any]:
+    """Run a job in the foreground with a progress bar; returns the job's result."""
+    with progress_bar(description) as update:
+        return hub.jobs.run_foreground(kind, args, update)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def human_count(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.1f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)

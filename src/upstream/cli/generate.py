@@ -1,0 +1,37 @@
+"""`upstream generate`: one answer from a model, greedy, as an evaluation would get it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from upstream.cli.common import JsonOption, console, emit_json, err_console, open_hub
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
+
+
+def generate(
+    ref: str = typer.Argument(..., help="NAME or NAME@REV."),
+    prompt: str = typer.Argument(..., help="The user message."),
+    adapter: list[Path] = typer.Option(
+        [], "--adapter", help="A PEFT LoRA adapter directory to apply (repeatable)."
+    ),
+    system: str = typer.Option("", "--system", help="An optional system message."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    stop: list[str] = typer.Option([], "--stop", help="Stop at this string (repeatable)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Generate the model's answer to PROMPT (greedy, chat template applied)."""
+    from upstream.generation import generate_one
+
+    hub = open_hub()
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    request = GenRequest(messages=messages, max_new_tokens=max_new_tokens, stop=tuple(stop))
+    with err_console.status("loading model and generating"):
+        out = generate_one(hub, ref, request, adapters=adapter)
+    if json_out:
+        emit_json(out)
+    else:
+        console.print(out["text"], markup=False, highlight=False)

@@ -1,0 +1,150 @@
+"""Hub-wide commands: init, up, worker, fsck, jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from upstream.cli.common import (
+    JsonOption,
+    console,
+    emit_json,
+    err_console,
+    open_hub,
+    progress_bar,
+    run_job,
+)
+from upstream.hub import Hub
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def init(json_out: bool = JsonOption) -> None:
+    """Create a hub in $UPSTREAM_HOME (default ./.upstream): database and blob store."""
+    hub = open_hub(create=True)
+    info = {
+        "home": str(hub.settings.home),
+        "database_url": hub.settings.database_url,
+        "blob_dir": str(hub.settings.blob_dir),
+    }
+    if json_out:
+        emit_json(info)
+    else:
+        console.print(f"hub ready at {info['home']}")
+
+
+def ensure_default_model(hub: Hub) -> None:
+    """Import the bundled SmolLM2 when the hub has no models yet."""
+    from upstream.registry import list_models
+
+    with hub.session() as s:
+        if list_models(s):
+            return
+    err_console.print(f"no models yet: importing the bundled {DEFAULT_MODEL} (once)")
+    run_job(
+        hub,
+        "models.import",
+        {"source": f"bundled:{DEFAULT_MODEL}", "name": DEFAULT_MODEL},
+        "importing",
+    )
+
+
+def up(
+    host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", help="Port (default 8321)."),
+    no_import: bool = typer.Option(
+        False, "--no-import", help="Do not import the bundled model into an empty hub."
+    ),
+) -> None:
+    """Start the hub: web UI, REST API, /v1 and a job worker."""
+    import uvicorn
+
+    from upstream.server.app import create_app
+
+    hub = open_hub(create=True)
+    if not no_import:
+        ensure_default_model(hub)
+    host = host or hub.settings.host
+    port = port or hub.settings.port
+    err_console.print(f"Upstream hub at http://{host}:{port}  (home {hub.settings.home})")
+    uvicorn.run(create_app(hub, worker=True), host=host, port=port, log_level="info")
+
+
+def worker(
+    once: bool = typer.Option(False, "--once", help="Run the queued jobs, then exit."),
+) -> None:
+    """Run jobs from the queue in this process until stopped."""
+    from upstream.jobs import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    hub = open_hub()
+    w = Worker(hub)
+    if once:
+        while w.run_once() is not None:
+            pass
+        return
+    err_console.print(f"worker {w.name} waiting for jobs (Ctrl-C to stop)")
+    try:
+        w.run_forever()
+    except KeyboardInterrupt:
+        w.stopping.set()
+
+
+def fsck(json_out: bool = JsonOption) -> None:
+    """Verify every blob's sha256 and that every revision's files are present."""
+    from upstream.registry import fsck as run_fsck
+
+    hub = open_hub()
+    with progress_bar("verifying blobs") as update:
+        report = run_fsck(hub, update)
+    if json_out:
+        emit_json(report)
+    else:
+        console.print(f"{report['blobs']} blobs checked")
+        for sha in report["corrupt"]:
+            console.print(f"[red]corrupt[/] blob {sha}")
+        for m in report["missing"]:
+            console.print(f"[red]missing[/] {m['file']} of revision {m['revision']}")
+        console.print("[green]ok[/]" if report["ok"] else "[red]problems found[/]")
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+jobs_app = typer.Typer(help="Inspect the job queue.", no_args_is_help=True)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: str = typer.Option(None, "--state", help="queued, running, done or failed."),
+    json_out: bool = JsonOption,
+) -> None:
+    """List recent jobs with their state and progress."""
+    hub = open_hub()
+    jobs = hub.jobs.list(state)
+    rows: list[dict[str, Any]] = [
+        {
+            "id": j.id,
+            "kind": j.kind,
+            "state": j.state,
+            "attempts": j.attempts,
+            "progress": j.progress,
+            "total": j.progress_total,
+            "message": j.message,
+            "error": j.error.splitlines()[0] if j.error else "",
+            "created_at": j.created_at.isoformat(),
+        }
+        for j in jobs
+    ]
+    if json_out:
+        emit_json({"jobs": rows})
+        return
+    table = Table("id", "kind", "state", "attempts", "progress", "message / error")
+    for r in rows:
+        pct = f"{100 * r['progress'] / r['total']:.0f}%" if r["total"] else "-"
+        table.add_row(
+            str(r["id"]), r["kind"], r["state"], str(r["attempts"]), pct, r["error"] or r["message"]
+        )
+    console.print(table)

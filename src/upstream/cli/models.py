@@ -1,0 +1,105 @@
+"""`upstream models`: import, list and show models and their revisions."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from upstream import registry
+from upstream.cli.common import (
+    JsonOption,
+    console,
+    emit_json,
+    err_console,
+    human_count,
+    human_size,
+    open_hub,
+    run_job,
+)
+
+app = typer.Typer(help="Import, list and show models and their revisions.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    source: str = typer.Argument(
+        ...,
+        help="A Hugging Face model directory, a .gguf file, a repo id in the local HF "
+        "cache, or bundled:smollm2-135m-instruct.",
+    ),
+    name: str = typer.Option(..., "--name", help="Model name in this hub (lowercase)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Import a model as a new revision (nothing is stored twice)."""
+    hub = open_hub(create=True)
+    result = run_job(hub, "models.import", {"source": source, "name": name}, f"importing {name}")
+    if json_out:
+        emit_json(result)
+        return
+    short = result["revision"][:12]
+    if result["new"]:
+        console.print(
+            f"imported [bold]{name}@{short}[/] ({human_size(result['total_bytes'])}, "
+            f"{human_size(result['stored_bytes'])} new in the blob store), tagged latest"
+        )
+    else:
+        console.print(f"already stored: {name}@{short} has exactly these files; nothing new stored")
+
+
+@app.command("list")
+def list_(json_out: bool = JsonOption) -> None:
+    """List the models in this hub with their latest revision."""
+    hub = open_hub()
+    with hub.session() as s:
+        models = [registry.model_summary(m) for m in registry.list_models(s)]
+    if json_out:
+        emit_json({"models": models})
+        return
+    if not models:
+        err_console.print("no models yet; import one with `upstream models import`")
+        return
+    table = Table("model", "latest", "revisions", "architecture", "parameters", "tags")
+    for m in models:
+        table.add_row(
+            m["name"],
+            (m["latest"] or "-")[:12],
+            str(m["revisions"]),
+            m["architecture"] or "-",
+            human_count(m["num_parameters"] or 0),
+            ", ".join(m["tags"]),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    ref: str = typer.Argument(..., help="NAME or NAME@REV (a tag or id prefix)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Show one revision: id, tags, architecture, files, source and lineage."""
+    hub = open_hub()
+    with hub.session() as s:
+        rev = registry.resolve(s, ref)
+        info = registry.revision_summary(rev.model, rev)
+        others = [(r.hash[:12], registry.tags_of(rev.model, r)) for r in rev.model.revisions]
+    if json_out:
+        emit_json(info)
+        return
+    console.print(
+        f"[bold]{info['model']}@{info['short']}[/]  tags: {', '.join(info['tags']) or '-'}"
+    )
+    console.print(f"revision     {info['revision']}")
+    console.print(
+        f"architecture {info['architecture']}  ({human_count(info['num_parameters'])} "
+        f"parameters, {human_size(info['size_bytes'])})"
+    )
+    console.print(f"source       {info['source']}")
+    console.print(f"created      {info['created_at']}")
+    table = Table("file", "size")
+    for path, size in info["files"].items():
+        table.add_row(path, human_size(size))
+    console.print(table)
+    console.print(
+        "revisions of this model: "
+        + "; ".join(f"{h} ({', '.join(t) or 'untagged'})" for h, t in others)
+    )

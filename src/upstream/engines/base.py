@@ -1,0 +1,84 @@
+"""The engine interface: a batch of generation requests in, one result per request out.
+
+Generation for evaluation is greedy, so a result is reproducible; `settings_key` is
+what a result cache keys on besides the subject and the input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from upstream.errors import InvalidInput
+
+Message = dict[str, str]
+ProgressFn = Callable[[int, int], None]  # (requests done, requests total)
+ROLES = ("system", "user", "assistant")
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    messages: list[Message]
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_prompt(cls, prompt: str, **kwargs: Any) -> GenRequest:
+        return cls(messages=[{"role": "user", "content": prompt}], **kwargs)
+
+    def validate(self, max_chars: int) -> None:
+        """Refuse requests no engine should run, naming what is wrong."""
+        if not self.messages:
+            raise InvalidInput("messages: at least one message is needed")
+        total = 0
+        for i, m in enumerate(self.messages):
+            if m.get("role") not in ROLES:
+                raise InvalidInput(
+                    f"messages[{i}].role {m.get('role')!r}: allowed roles are {', '.join(ROLES)}"
+                )
+            if not isinstance(m.get("content"), str):
+                raise InvalidInput(f"messages[{i}].content: must be a string")
+            total += len(m["content"])
+        if not any(m["content"].strip() for m in self.messages):
+            raise InvalidInput("prompt is empty")
+        if total > max_chars:
+            raise InvalidInput(f"prompt has {total} characters; the limit is {max_chars}")
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise InvalidInput(f"max_new_tokens {self.max_new_tokens}: allowed 1 to 8192")
+
+    def settings_key(self) -> str:
+        return json.dumps(
+            {"max_new_tokens": self.max_new_tokens, "stop": list(self.stop), "greedy": True},
+            sort_keys=True,
+        )
+
+
+@dataclass
+class GenResult:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)  # generated ids, when the engine knows them
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Engine(Protocol):
+    """Anything that can run a batch of requests; results come back in request order."""
+
+    name: str
+
+    def generate(
+        self, requests: Sequence[GenRequest], progress: ProgressFn | None = None
+    ) -> list[GenResult]: ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` before the first stop string; (text, whether one was found)."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -1,0 +1,242 @@
+"""Durable jobs: a table of long operations, workers that run them, and progress.
+
+A job is a row (kind, arguments, state, progress, heartbeat, attempts, result). Any
+process can run it: the CLI runs its own jobs in the foreground, `upstream up` runs an
+in-process worker thread, and `upstream worker` is a separate process. While a job
+runs, a heartbeat is written every few seconds; a running job whose heartbeat went
+stale lost its worker and is claimed again, up to `max_attempts` times. Handlers must
+therefore be safe to re-run (they write content-addressed blobs and idempotent rows).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, select, update
+
+from upstream.db.schema import Job, utcnow
+from upstream.errors import NotFound, UpstreamError
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+
+log = logging.getLogger(__name__)
+
+# kind -> "module:function"; imported only when a job of that kind runs, so that
+# claiming and listing jobs stays free of heavy imports.
+HANDLERS: dict[str, str] = {
+    "models.import": "upstream.registry:run_import_job",
+}
+
+ProgressCallback = Callable[[float, float, str], None]
+
+
+class JobFailed(UpstreamError):
+    """A job ended in the failed state; the message is the job's error."""
+
+
+class JobContext:
+    """What a running handler sees: the hub, its arguments, and a progress reporter."""
+
+    def __init__(self, hub: Hub, job: Job, on_progress: ProgressCallback | None = None):
+        self.hub = hub
+        self.job_id = job.id
+        self.args = dict(job.args)
+        self._on_progress = on_progress
+        self._last_write = 0.0
+        self._total = 0.0
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Report progress; stored at most twice a second, shown at once in the foreground."""
+        if total is not None:
+            self._total = total
+        if self._on_progress:
+            self._on_progress(done, self._total, message)
+        now = time.monotonic()
+        if now - self._last_write < 0.5 and done < self._total:
+            return
+        self._last_write = now
+        with self.hub.session() as s, s.begin():
+            s.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(
+                    progress=done,
+                    progress_total=self._total,
+                    message=message,
+                    heartbeat_at=utcnow(),
+                )
+            )
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class JobQueue:
+    def __init__(self, hub: Hub):
+        self.hub = hub
+
+    def enqueue(self, kind: str, args: dict[str, Any], max_attempts: int = 3) -> int:
+        if kind not in HANDLERS:
+            raise UpstreamError(f"unknown job kind {kind!r}; known: {', '.join(sorted(HANDLERS))}")
+        with self.hub.session() as s, s.begin():
+            job = Job(kind=kind, args=args, max_attempts=max_attempts)
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def get(self, job_id: int) -> Job:
+        with self.hub.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            return job
+
+    def list(self, state: str | None = None, limit: int = 50) -> list[Job]:
+        with self.hub.session() as s:
+            q = select(Job).order_by(Job.id.desc()).limit(limit)
+            if state:
+                q = q.where(Job.state == state)
+            return list(s.scalars(q))
+
+    def claim(self, worker: str, job_id: int | None = None) -> Job | None:
+        """Take one runnable job (queued, or running with a stale heartbeat), or None.
+
+        The claim is a compare-and-set UPDATE, so two workers never run the same job.
+        """
+        cutoff = utcnow() - timedelta(seconds=self.hub.settings.job_stale_after)
+        runnable = or_(
+            Job.state == "queued",
+            (Job.state == "running") & (Job.heartbeat_at < cutoff),
+        )
+        with self.hub.session() as s:
+            q = select(Job.id, Job.attempts, Job.max_attempts).where(runnable).order_by(Job.id)
+            if job_id is not None:
+                q = q.where(Job.id == job_id)
+            candidates = list(s.execute(q.limit(20)))
+        for cid, attempts, max_attempts in candidates:
+            with self.hub.session() as s, s.begin():
+                if attempts >= max_attempts:
+                    s.execute(
+                        update(Job)
+                        .where(Job.id == cid, runnable)
+                        .values(
+                            state="failed",
+                            finished_at=utcnow(),
+                            error=f"gave up after {attempts} attempts (its worker stopped)",
+                        )
+                    )
+                    continue
+                now = utcnow()
+                taken = s.execute(  # type: ignore[attr-defined]
+                    update(Job)
+                    .where(Job.id == cid, runnable, Job.attempts == attempts)
+                    .values(
+                        state="running",
+                        worker=worker,
+                        attempts=attempts + 1,
+                        heartbeat_at=now,
+                        started_at=now,
+                        error="",
+                    )
+                ).rowcount
+            if taken == 1:
+                return self.get(cid)
+        return None
+
+    def run(self, job: Job, on_progress: ProgressCallback | None = None) -> Job:
+        """Run a claimed job to its end, recording result or error; returns the final row."""
+        module_name, func_name = HANDLERS[job.kind].split(":")
+        handler = getattr(importlib.import_module(module_name), func_name)
+        ctx = JobContext(self.hub, job, on_progress)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job.id, stop), daemon=True)
+        beat.start()
+        values: dict[str, Any]
+        try:
+            result = handler(ctx)
+            values = {"state": "done", "result": result or {}}
+        except UpstreamError as e:  # the input is wrong: retrying cannot help
+            values = {"state": "failed", "error": str(e)}
+        except Exception as e:
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            retry = job.attempts < job.max_attempts
+            values = {
+                "state": "queued" if retry else "failed",
+                "error": f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}",
+            }
+        finally:
+            stop.set()
+            beat.join()
+        with self.hub.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job.id).values(finished_at=utcnow(), **values))
+        return self.get(job.id)
+
+    def run_foreground(
+        self, kind: str, args: dict[str, Any], on_progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        """Enqueue a job and run it here and now (the CLI's way); returns its result."""
+        job_id = self.enqueue(kind, args, max_attempts=1)
+        job = self.claim(worker_name(), job_id=job_id)
+        # claim() fails only if another worker took the job within microseconds
+        job = self.wait(job_id) if job is None else self.run(job, on_progress)
+        if job.state != "done":
+            raise JobFailed(job.error.splitlines()[0] if job.error else f"job {job_id} failed")
+        return job.result or {}
+
+    def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.2) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.state in ("done", "failed"):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                return job
+            time.sleep(poll)
+
+    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+        while not stop.wait(self.hub.settings.job_heartbeat_every):
+            with self.hub.session() as s, s.begin():
+                s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+
+
+class Worker:
+    """Claims and runs jobs until stopped; used in a thread by `up`, alone by `worker`."""
+
+    def __init__(self, hub: Hub, poll: float = 1.0):
+        self.queue = JobQueue(hub)
+        self.poll = poll
+        self.name = worker_name()
+        self.stopping = threading.Event()
+
+    def run_once(self) -> Job | None:
+        job = self.queue.claim(self.name)
+        if job is None:
+            return None
+        log.info("worker %s runs job %s (%s)", self.name, job.id, job.kind)
+        return self.queue.run(job)
+
+    def run_forever(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:
+                log.exception("worker loop error")
+                ran = None
+            if ran is None:
+                self.stopping.wait(self.poll)
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, name="upstream-worker", daemon=True)
+        thread.start()
+        return thread

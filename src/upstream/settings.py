@@ -1,0 +1,91 @@
+"""Hub settings, read from the environment and `$UPSTREAM_HOME/config.toml`.
+
+Precedence, highest first: environment variables, the config file, defaults.
+
+| setting          | env                        | default                         |
+|------------------|----------------------------|---------------------------------|
+| home             | UPSTREAM_HOME              | ./.upstream                     |
+| database_url     | UPSTREAM_DATABASE_URL      | sqlite:///<home>/upstream.db    |
+| blob_dir         | UPSTREAM_BLOB_DIR          | <home>/blobs                    |
+| host, port       | UPSTREAM_HOST/PORT         | 127.0.0.1, 8321                 |
+| model_cache_size | UPSTREAM_MODEL_CACHE_SIZE  | 2 (loaded models kept in memory)|
+| job_stale_after  | UPSTREAM_JOB_STALE_AFTER   | 60 (seconds without heartbeat)  |
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from upstream.errors import InvalidInput
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str = ""
+    blob_dir: Path = field(default_factory=Path)
+    host: str = "127.0.0.1"
+    port: int = 8321
+    # Loaded models kept in memory per process; 135M parameters in fp32 are ~0.5 GB each.
+    model_cache_size: int = 2
+    # A running job whose heartbeat is older than this is taken to have lost its worker.
+    job_stale_after: float = 60.0  # seconds
+    # How often a running job's heartbeat is refreshed while it works.
+    job_heartbeat_every: float = 10.0  # seconds
+    # The longest prompt (in characters) a generation request may carry.
+    max_prompt_chars: int = 32_000
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space: materialised revisions, temporary conversions."""
+        return self.home / "work"
+
+    @classmethod
+    def load(cls, home: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings for the hub at `home` (or $UPSTREAM_HOME, or ./.upstream)."""
+        home_path = Path(home or os.environ.get("UPSTREAM_HOME") or ".upstream").absolute()
+        values: dict[str, Any] = {}
+        config_path = home_path / CONFIG_FILE
+        if config_path.exists():
+            try:
+                values.update(tomllib.loads(config_path.read_text("utf-8")))
+            except tomllib.TOMLDecodeError as e:
+                raise InvalidInput(f"{config_path}: not valid TOML: {e}") from e
+        known = {f.name: f for f in fields(cls) if f.name != "home"}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InvalidInput(
+                f"{config_path}: unknown setting(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+        for name in known:
+            env = os.environ.get(f"UPSTREAM_{name.upper()}")
+            if env is not None:
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for name, value in list(values.items()):
+            values[name] = _coerce(name, known[name].type, value)
+        values.setdefault("database_url", f"sqlite:///{home_path / 'upstream.db'}")
+        values.setdefault("blob_dir", home_path / "blobs")
+        return cls(home=home_path, **values)
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    """Turn a config or env value into the setting's type, or say which setting is wrong."""
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "Path":
+            return Path(value).absolute()
+        return str(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"setting {name}={value!r} is not a valid {kind}") from e

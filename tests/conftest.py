@@ -1,0 +1,33 @@
+"""Shared fixtures: hubs in temporary homes and tiny models built offline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import build_model
+from upstream.hub import Hub
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with tokenizer and ChatML template (built once per run)."""
+    return build_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    h = Hub.open(tmp_path / "home")
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def tiny_hub(hub: Hub, tiny_model_dir: Path) -> Hub:
+    """A hub with the tiny Llama imported as model `tiny`."""
+    from upstream.registry import import_model
+
+    import_model(hub, str(tiny_model_dir), "tiny")
+    return hub
