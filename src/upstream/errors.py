@@ -27,3 +27,9 @@ class InvalidInput(UpstreamError):
     """Input that cannot be accepted: a bad file, a bad value, an unsupported format."""
 
     status_code = 422
+
+
+class Unavailable(UpstreamError):
+    """Something the hub depends on (a model server) did not answer properly."""
+
+    status_code = 502

@@ -186,10 +186,7 @@ def import_model(
     hub: Hub, source: str, name: str, progress: Progress = _no_progress
 ) -> ImportResult:
     """Import `source` as a new revision of model `name` (created if needed)."""
-    if not NAME_RE.match(name):
-        raise InvalidInput(
-            f"model name {name!r}: use 1-100 lowercase letters, digits, '.', '_' and '-'"
-        )
+    check_name(name)
     kind, path = locate_source(source)
     if kind in ("bundled", "gguf"):
         source_sha = _sha256_file(path, progress, "hashing GGUF file")
@@ -204,6 +201,13 @@ def import_model(
                 info["license"] = BUNDLED_LICENSE
             return _import_dir(hub, Path(tmp), name, info, progress)
     return _import_dir(hub, path, name, {"kind": kind, "source": source}, progress)
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise InvalidInput(
+            f"model name {name!r}: use 1-100 lowercase letters, digits, '.', '_' and '-'"
+        )
 
 
 def locate_source(source: str) -> tuple[str, Path]:

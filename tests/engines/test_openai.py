@@ -173,7 +173,8 @@ def test_stop_strings_cut_and_length_mapped(server: FakeServer) -> None:
             GenRequest.from_prompt("a long prompt", max_new_tokens=5),
         ]
     )
-    assert server.bodies[0]["stop"] == ["STOP"]
+    [stop_body] = [b for b in server.bodies if "STOP" in b["messages"][0]["content"]]
+    assert stop_body["stop"] == ["STOP"]
     assert (stopped.text, stopped.finish_reason) == ("echo: one ", "stop")
     assert (cut.text, cut.finish_reason) == ("echo:", "length")
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from upstream.engines.base import GenRequest, GenResult, ProgressFn, cut_at_stop
-from upstream.errors import InvalidInput, UpstreamError
+from upstream.errors import InvalidInput, Unavailable, UpstreamError
 
 MAX_RETRY_AFTER = 60.0  # seconds; a longer Retry-After from the server is cut to this
 JITTER = 0.1  # up to this fraction is added to each backoff, so workers do not retry in step
@@ -122,7 +122,7 @@ class OpenAIEngine:
                 last = e
                 if attempt + 1 < attempts and cancelled.wait(self._delay(attempt, e.retry_after)):
                     raise UpstreamError(f"{self.url}: cancelled; another request failed") from e
-        raise UpstreamError(f"{self.url}: gave up after {attempts} attempts; last error: {last}")
+        raise Unavailable(f"{self.url}: gave up after {attempts} attempts; last error: {last}")
 
     def _post(self, client: httpx.Client, body: dict[str, Any]) -> Any:
         """One attempt: the decoded JSON reply, or `_Retryable` / `UpstreamError`."""

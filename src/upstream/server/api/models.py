@@ -1,0 +1,56 @@
+"""/api/models: list, show and import models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from upstream import registry
+from upstream.hub import Hub
+from upstream.server.deps import get_hub
+
+router = APIRouter(tags=["models"])
+
+
+class ImportRequest(BaseModel):
+    source: str = Field(description="HF model dir, .gguf path, cached repo id or bundled:NAME")
+    name: str = Field(description="model name in this hub")
+
+
+@router.get("/models")
+def list_models(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Every model with its latest revision and tags."""
+    with hub.session() as s:
+        return {"models": [registry.model_summary(m) for m in registry.list_models(s)]}
+
+
+@router.get("/models/{name}")
+def show_model(name: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """One model and all its revisions, newest first."""
+    with hub.session() as s:
+        model = registry.get_model(s, name)
+        return {
+            **registry.model_summary(model),
+            "revision_list": [
+                registry.revision_summary(model, r) for r in reversed(model.revisions)
+            ],
+        }
+
+
+@router.get("/models/{name}/revisions/{rev}")
+def show_revision(name: str, rev: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """One revision by tag or id prefix."""
+    with hub.session() as s:
+        revision = registry.resolve(s, f"{name}@{rev}")
+        return registry.revision_summary(revision.model, revision)
+
+
+@router.post("/models/import", status_code=202)
+def import_model(body: ImportRequest, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Queue an import; poll /api/jobs/{id} for its progress and result."""
+    registry.check_name(body.name)
+    registry.locate_source(body.source)  # refuse a bad source now, not in the job
+    job_id = hub.jobs.enqueue("models.import", {"source": body.source, "name": body.name})
+    return {"job": job_id, "state": "queued"}

@@ -1,0 +1,83 @@
+"""The command line as a user runs it: real processes, exit codes, JSON on stdout."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMANDS = [
+    [], ["init"], ["up"], ["worker"], ["fsck"], ["generate"], ["models"], ["models", "import"],
+    ["models", "list"], ["models", "show"], ["jobs"], ["jobs", "list"],
+]
+
+
+def upstream(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UPSTREAM_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "upstream", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "upstream")
+def test_every_command_has_help(tmp_path: Path, command: list[str]) -> None:
+    out = upstream(tmp_path, *command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout and len(out.stdout.splitlines()) > 4
+
+
+def test_import_list_show_generate(tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    assert upstream(home, "init").returncode == 0
+    imported = upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny", "--json")
+    assert imported.returncode == 0, imported.stderr
+    result = json.loads(imported.stdout)
+    assert result["new"] is True
+    again = upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny")
+    assert "already stored" in again.stdout and "nothing new stored" in again.stdout
+
+    listing = json.loads(upstream(home, "models", "list", "--json").stdout)
+    assert listing["models"][0]["latest"] == result["revision"]
+    shown = json.loads(upstream(home, "models", "show", f"tiny@{result['revision'][:6]}",
+                                "--json").stdout)
+    assert shown["revision"] == result["revision"] and shown["tags"] == ["latest"]
+    human = upstream(home, "models", "show", "tiny")
+    assert result["revision"] in human.stdout and "model.safetensors" in human.stdout
+
+    gen = upstream(home, "generate", "tiny", "hello", "--max-new-tokens", "5", "--json")
+    assert gen.returncode == 0, gen.stderr
+    out = json.loads(gen.stdout)
+    assert out["completion_tokens"] == 5 and out["revision"] == result["revision"]
+
+    fsck = upstream(home, "fsck", "--json")
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["ok"] is True
+
+
+def test_user_mistakes_exit_2_with_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    missing_hub = upstream(home, "models", "list")
+    assert missing_hub.returncode == 2 and "upstream init" in missing_hub.stderr
+    upstream(home, "init")
+    for args, message in [
+        (["generate", "nope", "hi"], "unknown model 'nope'"),
+        (["models", "show", "nope@v1"], "unknown model"),
+        (["models", "import", str(tmp_path / "absent"), "--name", "x"], "no such file"),
+        (["models", "import", str(tmp_path), "--name", "x"], "no config.json"),
+    ]:
+        out = upstream(home, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) <= 3  # one line, maybe wrapped
+
+
+def test_fsck_reports_a_damaged_blob(tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny")
+    blob_files = sorted((home / "blobs").glob("??/*"), key=lambda p: p.stat().st_size)
+    victim = blob_files[0]
+    victim.chmod(0o644)
+    victim.write_bytes(b"tampered")
+    out = upstream(home, "fsck", "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["corrupt"] == [victim.parent.name + victim.name]

@@ -1,0 +1,121 @@
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from upstream import jobs as jobs_module
+from upstream.db.schema import Job, utcnow
+from upstream.errors import InvalidInput
+from upstream.hub import Hub
+from upstream.jobs import JobContext, JobFailed, Worker
+
+calls: list[dict[str, Any]] = []
+
+
+def echo_job(ctx: JobContext) -> dict[str, Any]:
+    """A test handler: reports progress, then returns its arguments."""
+    calls.append(ctx.args)
+    for i in range(3):
+        ctx.progress(i + 1, 3, f"step {i + 1}")
+    if ctx.args.get("fail") == "user":
+        raise InvalidInput("bad argument x")
+    if ctx.args.get("fail") == "crash":
+        raise RuntimeError("boom")
+    return {"echo": ctx.args}
+
+
+@pytest.fixture(autouse=True)
+def echo_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(jobs_module.HANDLERS, "test.echo", "tests.test_jobs:echo_job")
+    calls.clear()
+
+
+def test_foreground_job_reports_progress_and_result(hub: Hub) -> None:
+    seen: list[tuple[float, float, str]] = []
+    result = hub.jobs.run_foreground("test.echo", {"a": 1}, lambda *p: seen.append(p))
+    assert result == {"echo": {"a": 1}}
+    assert seen == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    [job] = hub.jobs.list()
+    assert (job.state, job.progress, job.progress_total, job.attempts) == ("done", 3, 3, 1)
+    assert job.finished_at is not None
+
+
+def test_user_errors_fail_without_retry_and_crashes_are_retried(hub: Hub) -> None:
+    with pytest.raises(JobFailed, match="bad argument x"):
+        hub.jobs.run_foreground("test.echo", {"fail": "user"})
+    crash = hub.jobs.enqueue("test.echo", {"fail": "crash"}, max_attempts=2)
+    worker = Worker(hub)
+    assert worker.run_once().state == "queued"  # first crash: back in the queue
+    final = worker.run_once()
+    assert final is not None and final.id == crash
+    assert (final.state, final.attempts) == ("failed", 2)
+    assert "RuntimeError: boom" in final.error
+    assert worker.run_once() is None
+
+
+def test_a_job_is_claimed_by_one_worker_only(hub: Hub) -> None:
+    job_id = hub.jobs.enqueue("test.echo", {})
+    first = hub.jobs.claim("worker-a")
+    second = hub.jobs.claim("worker-b")
+    assert first is not None and first.id == job_id and first.worker == "worker-a"
+    assert second is None
+
+
+def test_a_job_whose_worker_died_is_picked_up_again(hub: Hub) -> None:
+    job_id = hub.jobs.enqueue("test.echo", {"n": 7})
+    dead = hub.jobs.claim("worker-that-dies")
+    assert dead is not None
+    assert hub.jobs.claim("other") is None  # heartbeat still fresh
+    stale = utcnow() - timedelta(seconds=hub.settings.job_stale_after + 5)
+    with hub.session() as s, s.begin():
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=stale))
+    rescued = Worker(hub).run_once()
+    assert rescued is not None and rescued.id == job_id
+    assert (rescued.state, rescued.attempts, rescued.result) == ("done", 2, {"echo": {"n": 7}})
+
+
+def test_stale_job_out_of_attempts_is_failed(hub: Hub) -> None:
+    job_id = hub.jobs.enqueue("test.echo", {}, max_attempts=1)
+    hub.jobs.claim("dies")
+    stale = utcnow() - timedelta(seconds=hub.settings.job_stale_after + 5)
+    with hub.session() as s, s.begin():
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=stale))
+    assert hub.jobs.claim("other") is None
+    job = hub.jobs.get(job_id)
+    assert job.state == "failed" and "gave up after 1 attempts" in job.error
+
+
+def test_heartbeat_is_refreshed_while_a_job_runs(tmp_path: Path) -> None:
+    hub = Hub.open(tmp_path / "h", job_heartbeat_every=0.05)
+    job_id = hub.jobs.enqueue("test.echo", {})
+    job = hub.jobs.claim("w")
+    assert job is not None
+    first_beat = job.heartbeat_at
+    stop = jobs_module.threading.Event()
+    beat = jobs_module.threading.Thread(target=hub.jobs._heartbeat, args=(job_id, stop))
+    beat.start()
+    time.sleep(0.3)
+    stop.set()
+    beat.join()
+    assert hub.jobs.get(job_id).heartbeat_at > first_beat
+
+
+def test_upstream_worker_process_runs_queued_jobs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    hub = Hub.open(home)
+    job_id = hub.jobs.enqueue("models.import", {"source": str(tiny_model_dir), "name": "tiny"})
+    env = {**os.environ, "UPSTREAM_HOME": str(home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "upstream", "worker", "--once"], env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job = hub.jobs.get(job_id)
+    assert job.state == "done", job.error
+    assert job.result is not None and job.result["new"] is True
