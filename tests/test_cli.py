@@ -9,15 +9,30 @@ from pathlib import Path
 import pytest
 
 COMMANDS = [
-    [], ["init"], ["up"], ["worker"], ["fsck"], ["generate"], ["models"], ["models", "import"],
-    ["models", "list"], ["models", "show"], ["jobs"], ["jobs", "list"],
+    [],
+    ["init"],
+    ["up"],
+    ["worker"],
+    ["fsck"],
+    ["generate"],
+    ["models"],
+    ["models", "import"],
+    ["models", "list"],
+    ["models", "show"],
+    ["jobs"],
+    ["jobs", "list"],
 ]
 
 
 def upstream(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "UPSTREAM_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "upstream", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "upstream", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "upstream")
@@ -39,8 +54,9 @@ def test_import_list_show_generate(tmp_path: Path, tiny_model_dir: Path) -> None
 
     listing = json.loads(upstream(home, "models", "list", "--json").stdout)
     assert listing["models"][0]["latest"] == result["revision"]
-    shown = json.loads(upstream(home, "models", "show", f"tiny@{result['revision'][:6]}",
-                                "--json").stdout)
+    shown = json.loads(
+        upstream(home, "models", "show", f"tiny@{result['revision'][:6]}", "--json").stdout
+    )
     assert shown["revision"] == result["revision"] and shown["tags"] == ["latest"]
     human = upstream(home, "models", "show", "tiny")
     assert result["revision"] in human.stdout and "model.safetensors" in human.stdout

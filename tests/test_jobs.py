@@ -112,8 +112,11 @@ def test_upstream_worker_process_runs_queued_jobs(tiny_model_dir: Path, tmp_path
     job_id = hub.jobs.enqueue("models.import", {"source": str(tiny_model_dir), "name": "tiny"})
     env = {**os.environ, "UPSTREAM_HOME": str(home)}
     proc = subprocess.run(
-        [sys.executable, "-m", "upstream", "worker", "--once"], env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "upstream", "worker", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     job = hub.jobs.get(job_id)

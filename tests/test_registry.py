@@ -71,8 +71,14 @@ def test_reference_errors_name_the_problem(tiny_hub: Hub) -> None:
         # two revisions sharing a prefix make that prefix ambiguous
         rev = resolve(s, "tiny")
         for h in ("abcd" + "1" * 60, "abcd" + "2" * 60):
-            s.add(Revision(model_id=rev.model_id, hash=h, manifest=rev.manifest,
-                           architecture=rev.architecture))
+            s.add(
+                Revision(
+                    model_id=rev.model_id,
+                    hash=h,
+                    manifest=rev.manifest,
+                    architecture=rev.architecture,
+                )
+            )
         s.commit()
         with pytest.raises(Conflict, match="ambiguous"):
             resolve(s, "tiny@abcd")
@@ -117,8 +123,10 @@ def test_bad_directories_are_refused_before_anything_is_stored(
         config.update(model_type="bert", architectures=["BertModel"])
     elif damage == "remote-code":
         config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
-    (d / "config.json").write_text(json.dumps(config)) if damage in ("bad-arch", "remote-code") \
-        else None
+    (d / "config.json").write_text(json.dumps(config)) if damage in (
+        "bad-arch",
+        "remote-code",
+    ) else None
     with pytest.raises(InvalidInput, match=message):
         import_model(hub, str(d), "broken")
     assert list(hub.blobs) == []
@@ -157,5 +165,6 @@ def test_materialize_links_the_revision_files(tiny_hub: Hub) -> None:
     path = materialize(tiny_hub, rev)
     assert materialize(tiny_hub, rev) == path
     assert (path / "model.safetensors").stat().st_size == rev.manifest["files"][
-        "model.safetensors"]["size"]
+        "model.safetensors"
+    ]["size"]
     assert (path / ".complete").read_text() == rev.hash

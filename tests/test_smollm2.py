@@ -71,8 +71,9 @@ def test_batched_equals_one_by_one_on_smollm2(smol_hub: Hub) -> None:
     requests = [GenRequest.from_prompt(q, max_new_tokens=24) for q in QUESTIONS]
     batched = engine.generate(requests)
     single = HFEngine(engine.loaded, batch_size=1).generate(requests)
-    mismatched = [q for q, b, o in zip(QUESTIONS, batched, single, strict=True)
-                  if b.token_ids != o.token_ids]
+    mismatched = [
+        q for q, b, o in zip(QUESTIONS, batched, single, strict=True) if b.token_ids != o.token_ids
+    ]
     assert mismatched == []
 
 

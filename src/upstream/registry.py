@@ -276,6 +276,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     hf_logging.disable_progress_bar()
     _check_gguf_header(gguf_path)
     folder, filename = str(gguf_path.parent), gguf_path.name
+    # transformers' GGUF reader draws its own tqdm bar; the job's progress bar is enough.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         gguf_model = AutoModelForCausalLM.from_pretrained(
@@ -283,6 +286,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         )
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise InvalidInput(f"{gguf_path}: cannot read this GGUF file: {e}") from e
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     config = gguf_model.config
     for attr in ("quantization_config", "_model_name_or_path"):
         if hasattr(config, attr):

@@ -23,8 +23,9 @@ def free_port() -> int:
 @pytest.fixture
 def server(tiny_hub: Hub) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(create_app(tiny_hub, worker=True), host="127.0.0.1", port=port,
-                            log_level="warning")
+    config = uvicorn.Config(
+        create_app(tiny_hub, worker=True), host="127.0.0.1", port=port, log_level="warning"
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -63,13 +64,16 @@ def test_errors_are_json_4xx(server: str) -> None:
 def test_import_through_the_api_runs_on_the_in_process_worker(
     server: str, tiny_model_dir: Path
 ) -> None:
-    r = httpx.post(f"{server}/api/models/import",
-                   json={"source": str(tiny_model_dir), "name": "tiny-copy"})
+    r = httpx.post(
+        f"{server}/api/models/import", json={"source": str(tiny_model_dir), "name": "tiny-copy"}
+    )
     assert r.status_code == 202
     job_id = r.json()["job"]
     deadline = time.monotonic() + 60
     while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
-            "done", "failed"):
+        "done",
+        "failed",
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert job["state"] == "done", job["error"]

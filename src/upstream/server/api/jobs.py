@@ -15,9 +15,16 @@ router = APIRouter(tags=["jobs"])
 
 def job_json(job: Job) -> dict[str, Any]:
     return {
-        "id": job.id, "kind": job.kind, "args": job.args, "state": job.state,
-        "progress": job.progress, "total": job.progress_total, "message": job.message,
-        "attempts": job.attempts, "result": job.result, "error": job.error,
+        "id": job.id,
+        "kind": job.kind,
+        "args": job.args,
+        "state": job.state,
+        "progress": job.progress,
+        "total": job.progress_total,
+        "message": job.message,
+        "attempts": job.attempts,
+        "result": job.result,
+        "error": job.error,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
