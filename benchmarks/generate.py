@@ -59,16 +59,24 @@ def main() -> None:
     base_wall = rows[0][1]
     import torch
 
-    print(f"\nSmolLM2-135M-Instruct, fp32, greedy, {len(prompts)} prompts, "
-          f"max_new_tokens={args.max_new_tokens}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"{'mode':<16}{'wall s':>9}{'prompts/s':>11}{'tokens/s':>10}{'speed-up':>10}"
-          f"{'same as 1x1':>13}")
+    print(
+        f"\nSmolLM2-135M-Instruct, fp32, greedy, {len(prompts)} prompts, "
+        f"max_new_tokens={args.max_new_tokens}"
+    )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print(
+        f"{'mode':<16}{'wall s':>9}{'prompts/s':>11}{'tokens/s':>10}{'speed-up':>10}"
+        f"{'same as 1x1':>13}"
+    )
     for batch_size, wall, pps, tps, same in rows:
         mode = "one by one" if batch_size == 1 else f"batch {batch_size}"
-        print(f"{mode:<16}{wall:>9.1f}{pps:>11.2f}{tps:>10.1f}{base_wall / wall:>9.1f}x"
-              f"{same:>8}/{len(prompts)}")
+        print(
+            f"{mode:<16}{wall:>9.1f}{pps:>11.2f}{tps:>10.1f}{base_wall / wall:>9.1f}x"
+            f"{same:>8}/{len(prompts)}"
+        )
 
 
 if __name__ == "__main__":

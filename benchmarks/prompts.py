@@ -1,13 +1,43 @@
 """About a hundred short, varied instructions for speed benchmarks."""
 
-COUNTRIES = ["France", "Japan", "Kenya", "Peru", "Canada", "Italy", "Egypt", "Norway",
-             "India", "Chile"]
+COUNTRIES = [
+    "France",
+    "Japan",
+    "Kenya",
+    "Peru",
+    "Canada",
+    "Italy",
+    "Egypt",
+    "Norway",
+    "India",
+    "Chile",
+]
 WORDS = ["hot", "fast", "happy", "early", "light", "open", "strong", "quiet", "rich", "full"]
 NOUNS = ["mouse", "child", "city", "knife", "tooth", "leaf", "box", "person", "wolf", "cactus"]
-TOPICS = ["rain", "the sea", "a library", "autumn", "a train", "bread", "the moon", "a cat",
-          "a bridge", "coffee"]
-THINGS = ["photosynthesis", "a noun", "gravity", "an atom", "democracy", "a volcano",
-          "inflation", "a verb", "DNA", "an eclipse"]
+TOPICS = [
+    "rain",
+    "the sea",
+    "a library",
+    "autumn",
+    "a train",
+    "bread",
+    "the moon",
+    "a cat",
+    "a bridge",
+    "coffee",
+]
+THINGS = [
+    "photosynthesis",
+    "a noun",
+    "gravity",
+    "an atom",
+    "democracy",
+    "a volcano",
+    "inflation",
+    "a verb",
+    "DNA",
+    "an eclipse",
+]
 
 
 def instructions() -> list[str]:
