@@ -194,8 +194,8 @@ def import_model(
         if already is not None:
             return already
         with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
-            progress(0, 1, "dequantizing GGUF to safetensors (once)")
-            convert_gguf(path, Path(tmp))
+            progress(0, 1, "reading GGUF")
+            convert_gguf(path, Path(tmp), progress)
             info = {"kind": kind, "source": source, "sha256": source_sha}
             if kind == "bundled":
                 info["license"] = BUNDLED_LICENSE
@@ -263,7 +263,7 @@ def _from_hf_cache(repo_id: str) -> Path | None:
         return None
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+def convert_gguf(gguf_path: Path, out_dir: Path, progress: Progress = _no_progress) -> None:
     """Dequantize a GGUF checkpoint into a plain safetensors model directory.
 
     transformers loads GGUF, but such a model refuses `save_pretrained`; so a plain
@@ -276,9 +276,17 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     hf_logging.disable_progress_bar()
     _check_gguf_header(gguf_path)
     folder, filename = str(gguf_path.parent), gguf_path.name
-    # transformers' GGUF reader draws its own tqdm bar; the job's progress bar is enough.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    # transformers' GGUF reader draws its own tqdm bar; route it to the job's progress.
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def report(items: Any, **_: Any) -> Any:
+        items = list(items)
+        for i, item in enumerate(items):
+            progress(i, len(items), "dequantizing GGUF tensors (once)")
+            yield item
+
+    original_tqdm = gguf_utils.tqdm
+    gguf_utils.tqdm = report
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         gguf_model = AutoModelForCausalLM.from_pretrained(
@@ -287,10 +295,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise InvalidInput(f"{gguf_path}: cannot read this GGUF file: {e}") from e
     finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+        gguf_utils.tqdm = original_tqdm
     config = gguf_model.config
     for attr in ("quantization_config", "_model_name_or_path"):
         if hasattr(config, attr):

@@ -21,7 +21,8 @@ from rich.progress import (
 
 from upstream.hub import Hub
 
-console = Console()
+# Piped output is not cut to 80 columns: tables stay whole for logs and grep.
+console = Console(width=None if sys.stdout.isatty() else 160)
 # Progress and notes go to stderr, so that `--json` output on stdout stays one document.
 err_console = Console(stderr=True)
 

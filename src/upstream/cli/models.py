@@ -93,7 +93,16 @@ def show(
         f"architecture {info['architecture']}  ({human_count(info['num_parameters'])} "
         f"parameters, {human_size(info['size_bytes'])})"
     )
-    console.print(f"source       {info['source']}")
+    source = info["source"]
+    details = ", ".join(
+        f"{k} {v[:12] if k == 'sha256' else v}"
+        for k, v in source.items()
+        if k not in ("kind", "source")
+    )
+    console.print(
+        f"source       {source.get('source', source.get('kind'))}"
+        + (f"  ({details})" if details else "")
+    )
     console.print(f"created      {info['created_at']}")
     table = Table("file", "size")
     for path, size in info["files"].items():
