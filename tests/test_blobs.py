@@ -50,6 +50,28 @@ def test_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Mon
     assert list(store) == []
 
 
+def test_reimporting_a_stored_file_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    src = tmp_path / "w.safetensors"
+    src.write_bytes(b"w" * 100_000)
+    store.put_file(src)
+
+    def must_not_write(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stored blob was written again")
+
+    monkeypatch.setattr(store, "put_stream", must_not_write)
+    assert store.put_file(src).new is False
+
+
+def test_stray_files_do_not_break_listing(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    blob = store.put_bytes(b"content")
+    (store.root / blob.sha256[:2] / ".DS_Store").write_bytes(b"junk")
+    assert list(store) == [blob.sha256]
+
+
 def test_blob_ids_are_validated(tmp_path: Path) -> None:
     with pytest.raises(BlobError, match="not a sha256"):
         BlobStore(tmp_path).path("../../etc/passwd")

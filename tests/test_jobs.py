@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -59,12 +60,25 @@ def test_user_errors_fail_without_retry_and_crashes_are_retried(hub: Hub) -> Non
     assert worker.run_once() is None
 
 
-def test_a_job_is_claimed_by_one_worker_only(hub: Hub) -> None:
-    job_id = hub.jobs.enqueue("test.echo", {})
-    first = hub.jobs.claim("worker-a")
-    second = hub.jobs.claim("worker-b")
-    assert first is not None and first.id == job_id and first.worker == "worker-a"
-    assert second is None
+def test_racing_workers_never_claim_the_same_job(hub: Hub) -> None:
+    ids = {hub.jobs.enqueue("test.echo", {"i": i}) for i in range(40)}
+    claimed: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def claim_all(name: str) -> None:
+        barrier.wait()
+        mine = claimed.setdefault(name, [])
+        while (job := hub.jobs.claim(name)) is not None:
+            mine.append(job.id)
+
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [j for js in claimed.values() for j in js]
+    assert sorted(every) == sorted(ids)  # each job claimed exactly once
+    assert sum(1 for js in claimed.values() if js) > 1  # and the workers really raced
 
 
 def test_a_job_whose_worker_died_is_picked_up_again(hub: Hub) -> None:
@@ -91,19 +105,37 @@ def test_stale_job_out_of_attempts_is_failed(hub: Hub) -> None:
     assert job.state == "failed" and "gave up after 1 attempts" in job.error
 
 
-def test_heartbeat_is_refreshed_while_a_job_runs(tmp_path: Path) -> None:
-    hub = Hub.open(tmp_path / "h", job_heartbeat_every=0.05)
-    job_id = hub.jobs.enqueue("test.echo", {})
-    job = hub.jobs.claim("w")
-    assert job is not None
-    first_beat = job.heartbeat_at
-    stop = jobs_module.threading.Event()
-    beat = jobs_module.threading.Thread(target=hub.jobs._heartbeat, args=(job_id, stop))
-    beat.start()
-    time.sleep(0.3)
-    stop.set()
-    beat.join()
-    assert hub.jobs.get(job_id).heartbeat_at > first_beat
+def slow_job(ctx: JobContext) -> dict[str, Any]:
+    """Works without reporting progress, so only the heartbeat thread keeps it alive."""
+    with ctx.hub.session() as s:
+        started = s.get(Job, ctx.job_id).heartbeat_at  # type: ignore[union-attr]
+    time.sleep(0.5)
+    with ctx.hub.session() as s:
+        later = s.get(Job, ctx.job_id).heartbeat_at  # type: ignore[union-attr]
+    return {"beat_moved": later > started}
+
+
+def test_heartbeat_is_refreshed_while_a_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(jobs_module.HANDLERS, "test.slow", "tests.test_jobs:slow_job")
+    hub = Hub.open(tmp_path / "h", job_heartbeat_every=0.05, job_stale_after=1)
+    assert hub.jobs.run_foreground("test.slow", {}) == {"beat_moved": True}
+
+
+def test_a_replaced_worker_cannot_overwrite_the_new_run(hub: Hub) -> None:
+    job_id = hub.jobs.enqueue("test.echo", {"n": 1})
+    old = hub.jobs.claim("presumed-dead")
+    assert old is not None
+    stale = utcnow() - timedelta(seconds=hub.settings.job_stale_after + 5)
+    with hub.session() as s, s.begin():
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=stale))
+    new = hub.jobs.claim("rescuer")
+    assert new is not None and new.attempts == 2
+    hub.jobs.run(old)  # the old worker wakes up and finishes: its writes must not land
+    row = hub.jobs.get(job_id)
+    assert (row.state, row.worker) == ("running", "rescuer")
+    assert hub.jobs.run(new).state == "done"
 
 
 def test_upstream_worker_process_runs_queued_jobs(tiny_model_dir: Path, tmp_path: Path) -> None:

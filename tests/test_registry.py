@@ -60,6 +60,55 @@ def test_revision_id_is_the_manifest_hash(hub: Hub, tiny_model_dir: Path, tmp_pa
         assert len(model.revisions) == 2
 
 
+def test_user_tags_move_and_go(tiny_hub: Hub) -> None:
+    from upstream.registry import tag, untag
+
+    with tiny_hub.session() as s:
+        latest = resolve(s, "tiny").hash
+    assert tag(tiny_hub, f"tiny@{latest[:6]}", "stable")["revision"] == latest
+    with tiny_hub.session() as s:
+        assert resolve(s, "tiny@stable").hash == latest
+    untag(tiny_hub, "tiny", "stable")
+    with tiny_hub.session() as s, pytest.raises(NotFound, match="no such tag"):
+        resolve(s, "tiny@stable")
+    with pytest.raises(InvalidInput, match="cannot be removed"):
+        untag(tiny_hub, "tiny", "latest")
+    with pytest.raises(InvalidInput, match="tag 'Bad Tag'"):
+        tag(tiny_hub, "tiny", "Bad Tag")
+
+
+def test_repo_id_resolves_from_the_local_hf_cache_only(
+    hub: Hub, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cache layout huggingface_hub uses: models--ORG--NAME/{refs/main, snapshots/SHA/}
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--tinyorg--tiny-llama"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    result = import_model(hub, "tinyorg/tiny-llama", "from-cache")
+    with hub.session() as s:
+        assert resolve(s, "from-cache").source["kind"] == "hf_cache"
+    assert result.new
+
+
+def test_only_the_weights_transformers_loads_are_stored(
+    hub: Hub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    d = copy_model(tiny_model_dir, tmp_path / "with-extra")
+    shutil.copy(d / "model.safetensors", d / "consolidated.safetensors")
+    result = import_model(hub, str(d), "extra")
+    with hub.session() as s:
+        files = resolve(s, "extra").manifest["files"]
+    assert "consolidated.safetensors" not in files and "model.safetensors" in files
+    assert result.total_bytes < 2 * (d / "model.safetensors").stat().st_size
+
+
 def test_reference_errors_name_the_problem(tiny_hub: Hub) -> None:
     with tiny_hub.session() as s:
         with pytest.raises(NotFound, match="unknown model 'nope'.*tiny"):

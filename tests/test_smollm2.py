@@ -9,7 +9,7 @@ from upstream.engines.base import GenRequest
 from upstream.engines.hf import HFEngine
 from upstream.generation import generate_one
 from upstream.hub import Hub
-from upstream.registry import bundled_gguf_path, import_model, resolve
+from upstream.registry import bundled_gguf_path, default_model_import, import_model, resolve
 
 pytestmark = pytest.mark.smollm2
 NAME = "smollm2-135m-instruct"
@@ -33,8 +33,12 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def smol_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     hub = Hub.open(tmp_path_factory.mktemp("smol") / "home")
-    result = import_model(hub, f"bundled:{NAME}", NAME)
-    assert result.new
+    # as `upstream up` does it: an empty hub gets the bundled model, through a job
+    args = default_model_import(hub)
+    assert args == {"source": f"bundled:{NAME}", "name": NAME}
+    result = hub.jobs.run_foreground("models.import", args)
+    assert result["new"] is True
+    assert default_model_import(hub) is None
     yield hub
     hub.close()
 

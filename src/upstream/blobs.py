@@ -23,6 +23,19 @@ from upstream.errors import NotFound, UpstreamError
 CHUNK = 4 * 1024 * 1024  # bytes read per step while hashing
 
 
+def sha256_file(path: Path, progress: Callable[[int], object] | None = None) -> str:
+    """The sha256 hex digest of a file; `progress` gets the bytes read so far."""
+    digest = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done)
+    return digest.hexdigest()
+
+
 class BlobError(UpstreamError):
     """A blob is missing, truncated, or does not match its hash."""
 
@@ -49,9 +62,19 @@ class BlobStore:
         return self.path(sha256).exists()
 
     def put_file(self, source: Path, progress: Callable[[int], None] | None = None) -> StoredBlob:
-        """Store the content of `source`; `progress` is called with bytes copied so far."""
+        """Store the content of `source`; `progress` is called with bytes done so far.
+
+        The file is hashed first and copied only when the store lacks it, so a re-import
+        of large weights reads them once and writes nothing.
+        """
+        size = source.stat().st_size
+        sha = sha256_file(source, lambda n: progress(n // 2) if progress else None)
+        if self.exists(sha) and self.path(sha).stat().st_size == size:
+            if progress:
+                progress(size)
+            return StoredBlob(sha, size, new=False)
         with open(source, "rb") as f:
-            return self.put_stream(f, progress)
+            return self.put_stream(f, lambda n: progress(size // 2 + n // 2) if progress else None)
 
     def put_bytes(self, data: bytes) -> StoredBlob:
         sha = hashlib.sha256(data).hexdigest()
@@ -136,18 +159,17 @@ class BlobStore:
             shutil.copyfile(src, dest)
 
     def __iter__(self) -> Iterator[str]:
+        """Every stored blob id; stray files that are not named by a hash are skipped."""
         for sub in sorted(self.root.iterdir()):
             if len(sub.name) == 2 and sub.is_dir():
                 for f in sorted(sub.iterdir()):
-                    yield sub.name + f.name
+                    name = sub.name + f.name
+                    if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+                        yield name
 
     def verify(self, sha256: str) -> bool:
         """Re-hash one blob; True when its content matches its name."""
-        digest = hashlib.sha256()
-        with open(self.path(sha256), "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest() == sha256
+        return sha256_file(self.path(sha256)) == sha256
 
     def clean_tmp(self, older_than: float = 3600.0) -> int:
         """Remove leftovers of interrupted writes older than `older_than` seconds.

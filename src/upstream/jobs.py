@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select, update
 
 from upstream.db.schema import Job, utcnow
-from upstream.errors import NotFound, UpstreamError
+from upstream.errors import NotFound, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -50,6 +50,7 @@ class JobContext:
     def __init__(self, hub: Hub, job: Job, on_progress: ProgressCallback | None = None):
         self.hub = hub
         self.job_id = job.id
+        self.owner = owned(job)
         self.args = dict(job.args)
         self._on_progress = on_progress
         self._last_write = 0.0
@@ -68,7 +69,7 @@ class JobContext:
         with self.hub.session() as s, s.begin():
             s.execute(
                 update(Job)
-                .where(Job.id == self.job_id)
+                .where(*self.owner)
                 .values(
                     progress=done,
                     progress_total=self._total,
@@ -78,8 +79,31 @@ class JobContext:
             )
 
 
+def owned(job: Job) -> tuple[Any, ...]:
+    """WHERE clauses that match this run of the job only, not a later re-claim of it."""
+    return (Job.id == job.id, Job.worker == job.worker, Job.attempts == job.attempts)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The JSON shape of a job, shared by `jobs list --json` and the API."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "args": job.args,
+        "state": job.state,
+        "progress": job.progress,
+        "total": job.progress_total,
+        "message": job.message,
+        "attempts": job.attempts,
+        "result": job.result,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
 
 
 class JobQueue:
@@ -160,12 +184,15 @@ class JobQueue:
         handler = getattr(importlib.import_module(module_name), func_name)
         ctx = JobContext(self.hub, job, on_progress)
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job.id, stop), daemon=True)
+        beat = threading.Thread(target=self._heartbeat, args=(job, stop), daemon=True)
         beat.start()
         values: dict[str, Any]
         try:
             result = handler(ctx)
             values = {"state": "done", "result": result or {}}
+        except Unavailable as e:  # a model server is down: worth another attempt
+            retry = job.attempts < job.max_attempts
+            values = {"state": "queued" if retry else "failed", "error": str(e)}
         except UpstreamError as e:  # the input is wrong: retrying cannot help
             values = {"state": "failed", "error": str(e)}
         except Exception as e:
@@ -179,7 +206,8 @@ class JobQueue:
             stop.set()
             beat.join()
         with self.hub.session() as s, s.begin():
-            s.execute(update(Job).where(Job.id == job.id).values(finished_at=utcnow(), **values))
+            # A worker that was presumed dead and replaced must not overwrite the new run.
+            s.execute(update(Job).where(*owned(job)).values(finished_at=utcnow(), **values))
         return self.get(job.id)
 
     def run_foreground(
@@ -204,10 +232,13 @@ class JobQueue:
                 return job
             time.sleep(poll)
 
-    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+    def _heartbeat(self, job: Job, stop: threading.Event) -> None:
         while not stop.wait(self.hub.settings.job_heartbeat_every):
-            with self.hub.session() as s, s.begin():
-                s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+            try:
+                with self.hub.session() as s, s.begin():
+                    s.execute(update(Job).where(*owned(job)).values(heartbeat_at=utcnow()))
+            except Exception:  # a busy database must not silently end the heartbeat
+                log.exception("heartbeat of job %s failed; will retry", job.id)
 
 
 class Worker:

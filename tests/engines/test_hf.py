@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,18 @@ def test_max_new_tokens_and_stop_strings(engine: HFEngine) -> None:
     [cut] = engine.generate([GenRequest.from_prompt("hi", max_new_tokens=8, stop=(stop,))])
     assert cut.text == full.text[: full.text.find(stop)]
     assert cut.finish_reason == "stop"
+
+
+def test_stop_strings_in_a_batch_match_one_by_one(engine: HFEngine) -> None:
+    prompts = PROMPTS[:6]
+    plain = engine.generate([GenRequest.from_prompt(p, max_new_tokens=12) for p in prompts])
+    # a stop string taken from one output, so at least that sequence stops early
+    stop = plain[0].text[3:6]
+    requests = [GenRequest.from_prompt(p, max_new_tokens=12, stop=(stop,)) for p in prompts]
+    batched = engine.generate(requests)
+    single = HFEngine(engine.loaded, batch_size=1).generate(requests)
+    assert [(r.text, r.token_ids) for r in batched] == [(r.text, r.token_ids) for r in single]
+    assert batched[0].finish_reason == "stop" and stop not in batched[0].text
 
 
 def test_mixed_settings_are_batched_separately() -> None:
@@ -107,5 +120,15 @@ def test_lora_adapter_changes_the_output(
     adapted_engine = HFEngine.for_revision(tiny_hub, rev, adapters=[tmp_path / "adapter"])
     adapted = adapted_engine.generate(request)[0]
     assert adapted.token_ids != plain.token_ids
+    # an adapter for other module names is refused with a message, not a traceback
+    wrong = tmp_path / "adapter"
+    cfg = json.loads((wrong / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["no_such_proj"]
+    (wrong / "adapter_config.json").write_text(json.dumps(cfg))
+    from upstream.engines.hf import clear_cache
+
+    clear_cache()
+    with pytest.raises(InvalidInput, match="does not fit the base LlamaForCausalLM"):
+        HFEngine.for_revision(tiny_hub, rev, adapters=[wrong])
     # the base model in the cache was not modified by merging the adapter
     assert HFEngine.for_revision(tiny_hub, rev).generate(request)[0].token_ids == plain.token_ids

@@ -81,6 +81,15 @@ def test_import_through_the_api_runs_on_the_in_process_worker(
     assert names == ["tiny", "tiny-copy"]
 
 
+def test_tags_through_the_api(server: str) -> None:
+    latest = httpx.get(f"{server}/api/models").json()["models"][0]["latest"]
+    r = httpx.put(f"{server}/api/models/tiny/tags/stable", json={"revision": latest[:8]})
+    assert r.status_code == 200 and r.json()["revision"] == latest
+    assert httpx.get(f"{server}/api/models/tiny/revisions/stable").json()["revision"] == latest
+    assert httpx.delete(f"{server}/api/models/tiny/tags/stable").status_code == 204
+    assert httpx.delete(f"{server}/api/models/tiny/tags/latest").status_code == 422
+
+
 def test_the_page_lists_models_and_revisions(server: str) -> None:
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

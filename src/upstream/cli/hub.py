@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -17,9 +16,6 @@ from upstream.cli.common import (
     progress_bar,
     run_job,
 )
-from upstream.hub import Hub
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def init(json_out: bool = JsonOption) -> None:
@@ -36,22 +32,6 @@ def init(json_out: bool = JsonOption) -> None:
         console.print(f"hub ready at {info['home']}")
 
 
-def ensure_default_model(hub: Hub) -> None:
-    """Import the bundled SmolLM2 when the hub has no models yet."""
-    from upstream.registry import list_models
-
-    with hub.session() as s:
-        if list_models(s):
-            return
-    err_console.print(f"no models yet: importing the bundled {DEFAULT_MODEL} (once)")
-    run_job(
-        hub,
-        "models.import",
-        {"source": f"bundled:{DEFAULT_MODEL}", "name": DEFAULT_MODEL},
-        "importing",
-    )
-
-
 def up(
     host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", help="Port (default 8321)."),
@@ -62,11 +42,14 @@ def up(
     """Start the hub: web UI, REST API, /v1 and a job worker."""
     import uvicorn
 
+    from upstream.registry import default_model_import
     from upstream.server.app import create_app
 
     hub = open_hub(create=True)
-    if not no_import:
-        ensure_default_model(hub)
+    args = None if no_import else default_model_import(hub)
+    if args:
+        err_console.print(f"no models yet: importing the bundled {args['name']} (once)")
+        run_job(hub, "models.import", args, "importing")
     host = host or hub.settings.host
     port = port or hub.settings.port
     err_console.print(f"Upstream hub at http://{host}:{port}  (home {hub.settings.home})")
@@ -122,29 +105,16 @@ def jobs_list(
     json_out: bool = JsonOption,
 ) -> None:
     """List recent jobs with their state and progress."""
+    from upstream.jobs import job_json
+
     hub = open_hub()
-    jobs = hub.jobs.list(state)
-    rows: list[dict[str, Any]] = [
-        {
-            "id": j.id,
-            "kind": j.kind,
-            "state": j.state,
-            "attempts": j.attempts,
-            "progress": j.progress,
-            "total": j.progress_total,
-            "message": j.message,
-            "error": j.error.splitlines()[0] if j.error else "",
-            "created_at": j.created_at.isoformat(),
-        }
-        for j in jobs
-    ]
+    rows = [job_json(j) for j in hub.jobs.list(state)]
     if json_out:
         emit_json({"jobs": rows})
         return
     table = Table("id", "kind", "state", "attempts", "progress", "message / error")
     for r in rows:
         pct = f"{100 * r['progress'] / r['total']:.0f}%" if r["total"] else "-"
-        table.add_row(
-            str(r["id"]), r["kind"], r["state"], str(r["attempts"]), pct, r["error"] or r["message"]
-        )
+        note = r["error"].splitlines()[0] if r["error"] else r["message"]
+        table.add_row(str(r["id"]), r["kind"], r["state"], str(r["attempts"]), pct, note)
     console.print(table)

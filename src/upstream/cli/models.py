@@ -112,3 +112,27 @@ def show(
         "revisions of this model: "
         + "; ".join(f"{h} ({', '.join(t) or 'untagged'})" for h, t in others)
     )
+
+
+@app.command("tag")
+def tag(
+    ref: str = typer.Argument(..., help="NAME@REV to tag (REV: a tag or id prefix)."),
+    name: str = typer.Argument(..., help="The tag, e.g. stable or v1."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Point a tag at a revision (moves the tag if it already exists)."""
+    result = registry.tag(open_hub(), ref, name)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{result['model']}@{name} -> {result['revision'][:12]}")
+
+
+@app.command("untag")
+def untag(
+    model: str = typer.Argument(..., help="Model name."),
+    name: str = typer.Argument(..., help="The tag to remove (not latest)."),
+) -> None:
+    """Remove a tag from a model."""
+    registry.untag(open_hub(), model, name)
+    console.print(f"removed tag {name} of {model}")

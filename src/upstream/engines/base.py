@@ -17,6 +17,7 @@ Message = dict[str, str]
 ProgressFn = Callable[[int, int], None]  # (requests done, requests total)
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_PROMPT_CHARS = 32_000  # default limit on a request's total message characters
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from upstream.engines.base import GenRequest, GenResult, ProgressFn, cut_at_stop
+from upstream.engines.base import (
+    MAX_PROMPT_CHARS,
+    GenRequest,
+    GenResult,
+    ProgressFn,
+    cut_at_stop,
+)
 from upstream.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -103,7 +109,12 @@ def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
             f"{adapter_dir}: adapter weights must be adapter_model.safetensors (pickle refused)"
         )
     # Merged in place so several adapters stack and generation runs at base speed.
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as e:
+        arch = type(model).__name__
+        raise InvalidInput(f"{adapter_dir}: this adapter does not fit the base {arch}: {e}") from e
+    return peft_model.merge_and_unload()
 
 
 class HFEngine:
@@ -113,7 +124,7 @@ class HFEngine:
         self,
         loaded: LoadedModel,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_prompt_chars: int = 32_000,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
     ):
         self.loaded = loaded
         self.batch_size = max(1, batch_size)

@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 
-from upstream.engines.base import GenRequest, GenResult, ProgressFn, cut_at_stop
+from upstream.engines.base import (
+    MAX_PROMPT_CHARS,
+    GenRequest,
+    GenResult,
+    ProgressFn,
+    cut_at_stop,
+)
 from upstream.errors import InvalidInput, Unavailable, UpstreamError
 
 MAX_RETRY_AFTER = 60.0  # seconds; a longer Retry-After from the server is cut to this
@@ -47,7 +53,7 @@ class OpenAIEngine:
         max_retries: int = 4,
         timeout: float = 120.0,  # seconds, for each of connect, read, write and pool
         backoff: float = 0.5,  # seconds before the first retry; doubles on each next one
-        max_chars: int = 32000,  # characters of prompt allowed per request
+        max_chars: int = MAX_PROMPT_CHARS,  # characters of prompt allowed per request
     ) -> None:
         for field, value, low in [
             ("concurrency", concurrency, 1),

@@ -29,7 +29,11 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
             job_worker.stopping.set()
             thread.join(timeout=5)
 
-    app = FastAPI(title="Upstream", version=__version__, lifespan=lifespan)
+    # The interactive /docs pages load scripts from a CDN; the hub works offline, so only the
+    # OpenAPI document itself is served.
+    app = FastAPI(
+        title="Upstream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.hub = hub
 
     @app.exception_handler(UpstreamError)

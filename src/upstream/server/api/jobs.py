@@ -6,28 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from upstream.db.schema import Job
 from upstream.hub import Hub
+from upstream.jobs import job_json
 from upstream.server.deps import get_hub
 
 router = APIRouter(tags=["jobs"])
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "args": job.args,
-        "state": job.state,
-        "progress": job.progress,
-        "total": job.progress_total,
-        "message": job.message,
-        "attempts": job.attempts,
-        "result": job.result,
-        "error": job.error,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
 
 
 @router.get("/jobs")

@@ -30,13 +30,7 @@ def list_models(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
 def show_model(name: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """One model and all its revisions, newest first."""
     with hub.session() as s:
-        model = registry.get_model(s, name)
-        return {
-            **registry.model_summary(model),
-            "revision_list": [
-                registry.revision_summary(model, r) for r in reversed(model.revisions)
-            ],
-        }
+        return registry.model_detail(registry.get_model(s, name))
 
 
 @router.get("/models/{name}/revisions/{rev}")
@@ -45,6 +39,22 @@ def show_revision(name: str, rev: str, hub: Hub = Depends(get_hub)) -> dict[str,
     with hub.session() as s:
         revision = registry.resolve(s, f"{name}@{rev}")
         return registry.revision_summary(revision.model, revision)
+
+
+class TagRequest(BaseModel):
+    revision: str = Field(description="a tag or revision id prefix")
+
+
+@router.put("/models/{name}/tags/{tag}")
+def put_tag(name: str, tag: str, body: TagRequest, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Point a tag at a revision (moving it if it exists)."""
+    return registry.tag(hub, f"{name}@{body.revision}", tag)
+
+
+@router.delete("/models/{name}/tags/{tag}", status_code=204)
+def delete_tag(name: str, tag: str, hub: Hub = Depends(get_hub)) -> None:
+    """Remove a tag (not `latest`)."""
+    registry.untag(hub, name, tag)
 
 
 @router.post("/models/import", status_code=202)

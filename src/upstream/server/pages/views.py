@@ -19,13 +19,7 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, hub: Hub = Depends(get_hub)) -> HTMLResponse:
     with hub.session() as s:
-        models = [
-            {
-                **registry.model_summary(m),
-                "revision_list": [registry.revision_summary(m, r) for r in reversed(m.revisions)],
-            }
-            for m in registry.list_models(s)
-        ]
+        models = [registry.model_detail(m) for m in registry.list_models(s)]
     return templates.TemplateResponse(
         request, "index.html", {"models": models, "version": __version__}
     )
