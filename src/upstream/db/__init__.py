@@ -31,6 +31,11 @@ def open_database(url: str) -> Engine:
 
         return engine
     if url.startswith(("postgresql", "postgres")):
+        # psycopg 3 (the `postgres` extra) unless the URL names another driver
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         return create_engine(url, pool_pre_ping=True)
     raise InvalidInput(
         f"database_url {url!r}: only sqlite:/// and postgresql:// URLs are supported"
