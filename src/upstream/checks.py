@@ -1,0 +1,296 @@
+"""Checks: machine-checkable expectations about a model's output.
+
+A check is a typed spec (JSON) with a version, parsed once into an object whose
+`score(output)` is pure: the same output always gets the same verdict, so outputs can
+be re-scored after a check changes without generating again.
+
+    {"type": "exact", "value": "Paris"}
+    {"type": "max_words", "value": 1}
+    {"type": "all_of", "checks": [...]}
+
+Text checks compare normalised text by default: Unicode NFKC, case folded, whitespace
+collapsed, surrounding whitespace and punctuation stripped ("Paris." matches "paris").
+`"strict": true` compares the text exactly; `"case_sensitive": true` keeps case only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from upstream.errors import InvalidInput
+
+CHECK_VERSION = 1
+PUNCTUATION = string.punctuation + "“”‘’«»…–—¿¡"
+# Embeds texts into unit vectors; given to `similar` checks by the caller.
+Embedder = Callable[[Sequence[str]], Sequence[Sequence[float]]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    score: float  # 0..1
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    strict: bool = False
+    case_sensitive: bool = False
+
+    def __call__(self, text: str) -> str:
+        if self.strict:
+            return text
+        text = unicodedata.normalize("NFKC", text)
+        text = " ".join(text.split())
+        text = text.strip(PUNCTUATION + " ")
+        return text if self.case_sensitive else text.casefold()
+
+
+@dataclass(frozen=True)
+class Check:
+    """Base of every check: its spec (as given, with the version) and normaliser."""
+
+    spec: dict[str, Any]
+    norm: Normalizer = field(default_factory=Normalizer)
+
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        raise NotImplementedError
+
+
+def _verdict(passed: bool, why: str) -> Outcome:
+    return Outcome(passed, 1.0 if passed else 0.0, why)
+
+
+class Exact(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        want = self.spec["value"]
+        ok = self.norm(output) == self.norm(want)
+        return _verdict(ok, f"output {'equals' if ok else 'does not equal'} {want!r}")
+
+
+class OneOf(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        got = self.norm(output)
+        hit = next((v for v in self.spec["values"] if self.norm(v) == got), None)
+        return _verdict(
+            hit is not None,
+            f"matches {hit!r}" if hit is not None else f"is none of {self.spec['values']!r}",
+        )
+
+
+class Contains(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        got = self.norm(output)
+        values = self.spec["values"]
+        found = [v for v in values if self.norm(v) in got]
+        need_all = self.spec.get("mode", "any") == "all"
+        ok = len(found) == len(values) if need_all else bool(found)
+        missing = [v for v in values if v not in found]
+        return Outcome(
+            ok,
+            len(found) / len(values),
+            f"contains {found!r}" + (f", lacks {missing!r}" if missing else ""),
+        )
+
+
+class NotContains(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        got = self.norm(output)
+        found = [v for v in self.spec["values"] if self.norm(v) in got]
+        return _verdict(
+            not found,
+            f"contains forbidden {found!r}" if found else "contains none of the forbidden strings",
+        )
+
+
+class Regex(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        flags = 0 if self.spec.get("case_sensitive", False) else re.IGNORECASE
+        m = re.search(self.spec["pattern"], output, flags)
+        return _verdict(
+            m is not None, f"pattern {'found' if m else 'not found'}: {self.spec['pattern']!r}"
+        )
+
+
+class Json(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        text = output.strip()
+        fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
+        try:
+            value = json.loads(fenced.group(1) if fenced else text)
+        except json.JSONDecodeError as e:
+            return _verdict(False, f"not JSON: {e.msg} at character {e.pos}")
+        schema = self.spec.get("schema")
+        if schema is not None:
+            import jsonschema
+
+            errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+            if errors:
+                return _verdict(False, f"JSON does not fit the schema: {errors[0].message}")
+        return _verdict(True, "valid JSON" + (" fitting the schema" if schema else ""))
+
+
+NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+class Number(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        want = float(self.spec["value"])
+        tol = float(self.spec.get("tolerance", 0.0))
+        numbers = [float(n.replace(",", "")) for n in NUMBER_RE.findall(output)]
+        if not numbers:
+            return _verdict(False, "no number in the output")
+        got = numbers[0] if self.spec.get("first", True) else numbers[-1]
+        ok = math.isclose(got, want, abs_tol=tol) or got == want
+        return _verdict(ok, f"number {got:g} {'within' if ok else 'outside'} {tol:g} of {want:g}")
+
+
+class MaxWords(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        words = len(re.findall(r"\w+(?:['’-]\w+)*", output))
+        limit = int(self.spec["value"])
+        return _verdict(words <= limit, f"{words} word(s), limit {limit}")
+
+
+class Similar(Check):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        if embed is None:
+            raise InvalidInput("a 'similar' check needs an embedding model to score")
+        a, b = embed([self.norm(output), self.norm(self.spec["value"])])
+        cosine = sum(x * y for x, y in zip(a, b, strict=True))
+        threshold = float(self.spec.get("threshold", 0.8))
+        return Outcome(
+            cosine >= threshold,
+            max(0.0, min(1.0, cosine)),
+            f"cosine {cosine:.3f} vs threshold {threshold:g}",
+        )
+
+
+@dataclass(frozen=True)
+class Combinator(Check):
+    children: tuple[Check, ...] = ()
+
+
+class AllOf(Combinator):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        outs = [c.score(output, embed) for c in self.children]
+        failed = [o.explanation for o in outs if not o.passed]
+        return Outcome(
+            not failed,
+            min(o.score for o in outs),
+            "all passed" if not failed else "failed: " + "; ".join(failed),
+        )
+
+
+class AnyOf(Combinator):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        outs = [c.score(output, embed) for c in self.children]
+        passed = [o.explanation for o in outs if o.passed]
+        return Outcome(
+            bool(passed),
+            max(o.score for o in outs),
+            "passed: " + passed[0] if passed else "none passed",
+        )
+
+
+class Not(Combinator):
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        inner = self.children[0].score(output, embed)
+        return Outcome(not inner.passed, 1.0 - inner.score, f"not ({inner.explanation})")
+
+
+# type -> (class, required fields with their types, optional fields with their types)
+TYPES: dict[str, tuple[type[Check], dict[str, Any], dict[str, Any]]] = {
+    "exact": (Exact, {"value": str}, {}),
+    "one_of": (OneOf, {"values": list}, {}),
+    "contains": (Contains, {"values": list}, {"mode": str}),
+    "not_contains": (NotContains, {"values": list}, {}),
+    "regex": (Regex, {"pattern": str}, {}),
+    "json": (Json, {}, {"schema": dict}),
+    "number": (Number, {"value": (int, float)}, {"tolerance": (int, float), "first": bool}),
+    "max_words": (MaxWords, {"value": int}, {}),
+    "similar": (Similar, {"value": str}, {"threshold": (int, float)}),
+    "all_of": (AllOf, {"checks": list}, {}),
+    "any_of": (AnyOf, {"checks": list}, {}),
+    "not": (Not, {"check": dict}, {}),
+}
+COMMON = {"type": str, "version": int, "strict": bool, "case_sensitive": bool}
+
+
+def parse_check(spec: Any, where: str = "expected") -> Check:
+    """Validate a check spec and build its check; errors name the field (`where`)."""
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{where}: a check must be a JSON object, got {type(spec).__name__}")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise InvalidInput(
+            f"{where}.type {kind!r}: unknown check type; allowed: {', '.join(TYPES)}"
+        )
+    cls, required, optional = TYPES[kind]
+    allowed = {**COMMON, **required, **optional}
+    for key, value in spec.items():
+        if key not in allowed:
+            raise InvalidInput(
+                f"{where}.{key}: unknown field for a {kind} check; allowed: "
+                f"{', '.join(sorted(allowed))}"
+            )
+        if not isinstance(value, allowed[key]) or (
+            isinstance(value, bool) and allowed[key] in (int, (int, float))
+        ):
+            raise InvalidInput(f"{where}.{key}: {value!r} has the wrong type for a {kind} check")
+    for key in required:
+        if key not in spec:
+            raise InvalidInput(f"{where}.{key}: required for a {kind} check")
+    version = spec.get("version", CHECK_VERSION)
+    if version > CHECK_VERSION:
+        raise InvalidInput(
+            f"{where}.version {version}: this hub knows check versions up to {CHECK_VERSION}"
+        )
+    _validate_values(kind, spec, where)
+    norm = Normalizer(spec.get("strict", False), spec.get("case_sensitive", False))
+    full = {**spec, "version": version}
+    if issubclass(cls, Combinator):
+        subs = spec["checks"] if "checks" in spec else [spec["check"]]
+        if not subs:
+            raise InvalidInput(f"{where}.checks: needs at least one check")
+        field_name = "checks" if "checks" in spec else "check"
+        children = tuple(
+            parse_check(
+                c, f"{where}.{field_name}[{i}]" if field_name == "checks" else f"{where}.check"
+            )
+            for i, c in enumerate(subs)
+        )
+        return cls(full, norm, children)
+    return cls(full, norm)
+
+
+def _validate_values(kind: str, spec: dict[str, Any], where: str) -> None:
+    if "values" in spec and (
+        not spec["values"] or not all(isinstance(v, str) for v in spec["values"])
+    ):
+        raise InvalidInput(f"{where}.values: a non-empty list of strings is needed")
+    if kind == "regex":
+        try:
+            re.compile(spec["pattern"])
+        except re.error as e:
+            raise InvalidInput(f"{where}.pattern {spec['pattern']!r}: bad regex: {e}") from e
+    if kind == "json" and "schema" in spec:
+        import jsonschema
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(spec["schema"])
+        except jsonschema.SchemaError as e:
+            raise InvalidInput(f"{where}.schema: not a valid JSON Schema: {e.message}") from e
+    if kind == "max_words" and spec["value"] < 0:
+        raise InvalidInput(f"{where}.value: must be 0 or more")
+    if kind == "contains" and spec.get("mode", "any") not in ("any", "all"):
+        raise InvalidInput(f"{where}.mode {spec['mode']!r}: allowed: any, all")
+    if kind == "similar" and not 0 < float(spec.get("threshold", 0.8)) <= 1:
+        raise InvalidInput(f"{where}.threshold: allowed 0 < threshold <= 1")
