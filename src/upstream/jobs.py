@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # claiming and listing jobs stays free of heavy imports.
 HANDLERS: dict[str, str] = {
     "models.import": "upstream.registry:run_import_job",
+    "reports.reproduce": "upstream.reproduction:run_reproduce_job",
 }
 
 ProgressCallback = Callable[[float, float, str], None]

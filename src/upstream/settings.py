@@ -10,6 +10,8 @@ Precedence, highest first: environment variables, the config file, defaults.
 | host, port       | UPSTREAM_HOST/PORT         | 127.0.0.1, 8321                 |
 | model_cache_size | UPSTREAM_MODEL_CACHE_SIZE  | 2 (loaded models kept in memory)|
 | job_stale_after  | UPSTREAM_JOB_STALE_AFTER   | 60 (seconds without heartbeat)  |
+| maintainers      | UPSTREAM_MAINTAINERS       | the OS user who runs the hub    |
+| duplicate_distance | UPSTREAM_DUPLICATE_DISTANCE | 0.2 (cosine distance)        |
 """
 
 from __future__ import annotations
@@ -41,6 +43,21 @@ class Settings:
     job_heartbeat_every: float = 10.0  # seconds
     # The longest prompt (in characters) a generation request may carry.
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    # Comma-separated user names who may confirm, close and triage directly; empty means
+    # the operating-system user running the hub (a single-user hub is its own maintainer).
+    maintainers: str = ""
+    # A new report this close (cosine distance of embeddings) to an open report of the
+    # same model is linked to it as a likely duplicate.
+    duplicate_distance: float = 0.2
+    # Confirmations from distinct people (not the reporter) that confirm a report.
+    confirmations_needed: int = 3
+
+    @property
+    def maintainer_names(self) -> set[str]:
+        import getpass
+
+        names = {n.strip() for n in self.maintainers.split(",") if n.strip()}
+        return names or {getpass.getuser()}
 
     @property
     def work_dir(self) -> Path:
@@ -94,6 +111,8 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
             return float(value)
         if kind == "Path":
             return Path(value).absolute()
+        if isinstance(value, list):  # e.g. maintainers = ["ana", "bo"] in config.toml
+            return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"setting {name}={value!r} is not a valid {kind}") from e

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from upstream.cli import hub as hub_commands
-from upstream.cli import models
+from upstream.cli import models, reports
 from upstream.cli.generate import generate
 from upstream.errors import UpstreamError
 
@@ -23,6 +23,7 @@ app.command()(hub_commands.worker)
 app.command()(hub_commands.fsck)
 app.command()(generate)
 app.add_typer(models.app, name="models")
+app.add_typer(reports.app, name="reports")
 app.add_typer(hub_commands.jobs_app, name="jobs")
 
 

@@ -80,3 +80,16 @@ def human_count(n: int) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f}K"
     return str(n)
+
+
+AsOption = typer.Option(
+    None, "--as", help="Act as this user (default: $UPSTREAM_USER or your login name)."
+)
+
+
+def current_user(explicit: str | None = None) -> str:
+    """Who is acting: --as, else $UPSTREAM_USER, else the login name."""
+    import getpass
+    import os
+
+    return explicit or os.environ.get("UPSTREAM_USER") or getpass.getuser()

@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -115,3 +125,108 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Report(Base):
+    """A structured failure finding against a model revision."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    # The chat messages of the failing input (a bare prompt is one user message).
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    # Generation settings for reproduction: {"max_new_tokens": ..., "stop": [...]}; greedy.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    observed: Mapped[str | None] = mapped_column(Text)
+    expected: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # a check spec
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    severity: Mapped[str] = mapped_column(String(20), default="medium", index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    reporter: Mapped[str] = mapped_column(String(100), index=True)
+    source: Mapped[str] = mapped_column(String(20), default="cli")
+    license: Mapped[str] = mapped_column(String(40), default="CC-BY-4.0")
+    consent: Mapped[bool] = mapped_column(default=True)  # may be shared upstream
+    status: Mapped[str] = mapped_column(String(20), default="new", index=True)
+    # Share of the prompt and its variants on which the failure reproduced (0..1).
+    reproduction_rate: Mapped[float | None] = mapped_column(Float)
+    reproduced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # sha256 of the normalised content; the same content filed again is the same report
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 (384,)
+    # A likely duplicate: the nearest open report of the same model, and how near.
+    similar_to_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), index=True)
+    similar_distance: Mapped[float | None] = mapped_column(Float)
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"))
+    fixed_in_revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model: Mapped[Model] = relationship()
+    revision: Mapped[Revision] = relationship(foreign_keys=[revision_id])
+    variants: Mapped[list[ReportVariant]] = relationship(
+        order_by="ReportVariant.position", cascade="all, delete-orphan"
+    )
+    events: Mapped[list[ReportEvent]] = relationship(
+        order_by="ReportEvent.id", cascade="all, delete-orphan"
+    )
+    filings: Mapped[list[ReportFiling]] = relationship(
+        order_by="ReportFiling.id", cascade="all, delete-orphan"
+    )
+    confirmations: Mapped[list[ReportConfirmation]] = relationship(cascade="all, delete-orphan")
+
+
+class ReportVariant(Base):
+    """One input of a report: position 0 is the report's own prompt, then its variants."""
+
+    __tablename__ = "report_variants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    expected: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # None: the report's check
+    output: Mapped[str | None] = mapped_column(Text)  # what reproduction generated
+    passed: Mapped[bool | None] = mapped_column()
+    score: Mapped[float | None] = mapped_column(Float)
+    explanation: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReportEvent(Base):
+    """Every change of a report's state: who, when, from, to, why."""
+
+    __tablename__ = "report_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(30))  # filed, status, confirmation, refiled
+    from_status: Mapped[str] = mapped_column(String(20), default="")
+    to_status: Mapped[str] = mapped_column(String(20), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReportFiling(Base):
+    """Each time someone filed this report's content (the first filing included)."""
+
+    __tablename__ = "report_filings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    reporter: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReportConfirmation(Base):
+    """A person vouching that a report is a real failure (three make it confirmed)."""
+
+    __tablename__ = "report_confirmations"
+    __table_args__ = (UniqueConstraint("report_id", "user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    user: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,299 @@
+"""`upstream reports`: file failure reports, list and show them, triage them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from upstream import reports as domain
+from upstream.cli.common import (
+    AsOption,
+    JsonOption,
+    console,
+    current_user,
+    emit_json,
+    err_console,
+    open_hub,
+    run_job,
+)
+from upstream.errors import InvalidInput
+from upstream.hub import Hub
+
+app = typer.Typer(help="File failure reports, find them, and triage them.", no_args_is_help=True)
+
+
+@app.command("file")
+def file_(
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="NAME or NAME@REV the failure is in "
+        '(for --jsonl: the default for lines without "model").',
+    ),
+    prompt: str = typer.Option(None, "--prompt", help="The prompt that fails."),
+    jsonl: Path = typer.Option(None, "--jsonl", help="A JSONL file of reports, one per line."),
+    expect: str = typer.Option(
+        None, "--expect", help='A check, e.g. \'{"type": "exact", "value": "Paris"}\'.'
+    ),
+    tag: list[str] = typer.Option([], "--tag", help="A tag (repeatable)."),
+    severity: str = typer.Option("medium", "--severity", help="low, medium, high, critical."),
+    description: str = typer.Option("", "--description", help="What is wrong, in words."),
+    observed: str = typer.Option(None, "--observed", help="The output you saw (optional)."),
+    variant: list[str] = typer.Option(
+        [], "--variant", help="Another prompt showing the same failure (repeatable)."
+    ),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=4096),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="With --jsonl: file the good lines and list the bad ones."
+    ),
+    no_reproduce: bool = typer.Option(
+        False, "--no-reproduce", help="Queue reproduction for a worker instead of running it now."
+    ),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """File a failure report (or a JSONL file of them); then reproduce it."""
+    if (prompt is None) == (jsonl is None):
+        raise InvalidInput("give exactly one of --prompt or --jsonl")
+    hub = open_hub()
+    reporter = current_user(as_user)
+    if jsonl is not None:
+        if not jsonl.is_file():
+            raise InvalidInput(f"--jsonl {jsonl}: no such file")
+        good, bad = domain.parse_jsonl(jsonl.read_bytes(), default_model=model)
+        submission = domain.submit(hub, good, reporter, "cli", skip_invalid, bad)
+    else:
+        if model is None:
+            raise InvalidInput("--model is needed with --prompt")
+        data: dict[str, Any] = {
+            "model": model,
+            "prompt": prompt,
+            "tags": tag,
+            "severity": severity,
+            "description": description,
+            "observed": observed,
+            "variants": variant,
+            "max_new_tokens": max_new_tokens,
+        }
+        if expect is not None:
+            try:
+                data["expected"] = json.loads(expect)
+            except json.JSONDecodeError as e:
+                raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
+        submission = domain.submit_one(hub, domain.parse_report(data), reporter, "cli")
+    result = _reproduce(hub, submission.to_reproduce, queue=no_reproduce)
+    if json_out:
+        emit_json({**submission.as_dict(), **result})
+        return
+    for f in submission.filed:
+        what = "filed" if f.created else "already reported; your filing was counted on"
+        near = (
+            f"  (likely duplicate of #{f.similar_to}, distance {f.distance:.2f})"
+            if f.created and f.similar_to
+            else ""
+        )
+        console.print(f"{what} report #{f.id}{near}")
+    for n, error in submission.invalid:
+        err_console.print(f"[yellow]skipped[/] line {n}: {error}", highlight=False)
+    _print_reproduction(result)
+
+
+def _reproduce(hub: Hub, ids: list[int], queue: bool) -> dict[str, Any]:
+    if not ids:
+        return {"reproduction": None}
+    if queue:
+        job = hub.jobs.enqueue("reports.reproduce", {"reports": ids})
+        return {"reproduction": {"job": job, "state": "queued"}}
+    out = run_job(hub, "reports.reproduce", {"reports": ids}, "reproducing")
+    return {"reproduction": out}
+
+
+def _print_reproduction(result: dict[str, Any]) -> None:
+    rep = result.get("reproduction")
+    if not rep:
+        return
+    if "job" in rep:
+        console.print(f"reproduction queued as job {rep['job']} (run `upstream worker`)")
+        return
+    counts: dict[str, int] = {}
+    for r in rep["reports"].values():
+        counts[r["result"]] = counts.get(r["result"], 0) + 1
+    console.print("reproduction: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+
+
+@app.command("list")
+def list_(
+    model: str = typer.Option(None, "--model", help="Only this model."),
+    status: str = typer.Option(None, "--status", help=", ".join(domain.STATUSES)),
+    tag: str = typer.Option(None, "--tag", help="Only reports with this tag."),
+    severity: str = typer.Option(None, "--severity", help=", ".join(domain.SEVERITIES)),
+    text: str = typer.Option(None, "--text", help="Text in the prompt or description."),
+    clusters: bool = typer.Option(False, "--clusters", help="Group likely duplicates."),
+    limit: int = typer.Option(100, "--limit", min=1),
+    json_out: bool = JsonOption,
+) -> None:
+    """List reports, newest first, filtered; or their duplicate clusters."""
+    from upstream.duplicates import clusters as group
+
+    hub = open_hub()
+    query = domain.ReportQuery(
+        model, status, tag, severity, text, limit=limit if not clusters else 1_000_000
+    )
+    with hub.session() as s:
+        found = domain.list_reports(s, query)
+        if clusters:
+            groups = group(found)[:limit]
+        rows = [domain.report_summary(r) for r in found[:limit]]
+    if clusters:
+        if json_out:
+            emit_json({"clusters": groups})
+            return
+        table = Table("cluster", "reports", "reporters", "statuses", "first prompt")
+        for c in groups:
+            table.add_row(
+                f"#{c['id']}",
+                str(c["size"]),
+                str(c["reporters"]),
+                ", ".join(c["statuses"]),
+                _short(c["prompt"]),
+            )
+        console.print(table)
+        return
+    if json_out:
+        emit_json({"reports": rows})
+        return
+    if not rows:
+        err_console.print("no reports match")
+        return
+    table = Table("id", "model", "status", "sev", "repro", "tags", "prompt")
+    for r in rows:
+        rate = "-" if r["reproduction_rate"] is None else f"{r['reproduction_rate']:.0%}"
+        table.add_row(
+            str(r["id"]),
+            r["model"],
+            r["status"],
+            r["severity"],
+            rate,
+            ",".join(r["tags"]),
+            _short(r["prompt"]),
+        )
+    console.print(table)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command("show")
+def show(
+    report_id: int = typer.Argument(..., help="Report id."), json_out: bool = JsonOption
+) -> None:
+    """Show a whole report: input, check, reproduction outputs and history."""
+    hub = open_hub()
+    with hub.session() as s:
+        d = domain.report_detail(s, domain.get_report(s, report_id))
+    if json_out:
+        emit_json(d)
+        return
+    console.print(
+        f"[bold]report #{d['id']}[/]  {d['status']}  severity {d['severity']}  "
+        f"model {d['model']}@{(d['revision'] or '')[:12]}"
+    )
+    console.print(
+        f"reported by {d['reporter']} via {d['source']} "
+        f"({d['filings']} filing(s), {d['reporters']} reporter(s)), "
+        f"licence {d['license']}"
+    )
+    if d["tags"]:
+        console.print(f"tags: {', '.join(d['tags'])}")
+    if d["description"]:
+        console.print(f"description: {d['description']}", markup=False)
+    console.print(
+        f"expected: {json.dumps(d['expected']) if d['expected'] else '(no check)'}", markup=False
+    )
+    if d["similar_to"]:
+        console.print(
+            f"likely duplicate of #{d['similar_to']} (distance {d['similar_distance']:.2f})"
+        )
+    rate = d["reproduction_rate"]
+    console.print("reproduction rate: " + ("-" if rate is None else f"{rate:.0%}"))
+    table = Table("#", "prompt", "output", "pass", "why")
+    for v in d["variants"]:
+        verdict = {True: "pass", False: "FAIL", None: "-"}[v["passed"]]
+        table.add_row(
+            str(v["position"]),
+            _short(v["prompt"], 50),
+            _short(v["output"] or "(not run yet)", 60),
+            verdict,
+            v["explanation"],
+        )
+    console.print(table)
+    for e in d["events"]:
+        move = f"{e['from']} -> {e['to']}" if e["to"] else e["kind"]
+        console.print(f"  {e['at'][:19]}  {e['actor']}: {move}  {e['note']}", markup=False)
+
+
+@app.command("confirm")
+def confirm(
+    report_ids: list[int] = typer.Argument(..., help="Report ids."),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Confirm reports (maintainers directly; others count toward three)."""
+    from upstream.triage import confirm as do_confirm
+
+    hub = open_hub()
+    user = current_user(as_user)
+    results = [do_confirm(hub, rid, user) for rid in report_ids]
+    if json_out:
+        emit_json({"reports": results})
+        return
+    for r in results:
+        extra = (
+            ""
+            if r["status"] == "confirmed"
+            else f" ({len(r['confirmations'])} of {r['needed']} confirmations)"
+        )
+        console.print(f"report #{r['id']}: {r['message']}, now {r['status']}{extra}")
+
+
+@app.command("close")
+def close(
+    report_id: int = typer.Argument(..., help="Report id."),
+    reason: str = typer.Option("", "--reason", help="Why it is closed."),
+    duplicate_of: int = typer.Option(
+        None, "--duplicate-of", help="Close as a duplicate of this report."
+    ),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Close a report as wontfix, or as a duplicate of another."""
+    from upstream.triage import close as do_close
+
+    status = "duplicate" if duplicate_of is not None else "wontfix"
+    r = do_close(open_hub(), report_id, current_user(as_user), reason, status, duplicate_of)
+    if json_out:
+        emit_json(r)
+    else:
+        console.print(f"report #{r['id']}: {r['message']}")
+
+
+@app.command("reproduce")
+def reproduce(
+    report_ids: list[int] = typer.Argument(..., help="Report ids."), json_out: bool = JsonOption
+) -> None:
+    """Run reproduction again (e.g. after the check or the model changed)."""
+    hub = open_hub()
+    with hub.session() as s:
+        for rid in report_ids:
+            domain.get_report(s, rid)
+    result = _reproduce(hub, report_ids, queue=False)
+    if json_out:
+        emit_json(result)
+    else:
+        _print_reproduction(result)

@@ -1,0 +1,525 @@
+"""Failure reports: what a report holds, filing one or many, and finding them again.
+
+Filing validates everything first (model reference, input, check specs, limits), so a
+bad report is refused whole and nothing is half-filed. The same normalised content
+filed again returns the existing report and counts the new reporter; a report close in
+meaning to an open one is linked to it as a likely duplicate (see `duplicates.py`).
+Reproduction runs afterwards as a job (see `reproduction.py`); triage is in `triage.py`.
+
+Limits: a prompt (all its messages) up to `max_prompt_chars` characters (32,000), up to
+50 variants, 20 tags of up to 50 characters, a description up to 10,000 characters,
+`max_new_tokens` from 1 to 4,096, and 10,000 reports in one JSONL file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from upstream.checks import parse_check
+from upstream.db.schema import (
+    Report,
+    ReportEvent,
+    ReportFiling,
+    ReportVariant,
+    Revision,
+    utcnow,
+)
+from upstream.engines.base import ROLES
+from upstream.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+
+REPORT_SCHEMA = 1
+SEVERITIES = ("low", "medium", "high", "critical")
+SOURCES = ("cli", "api", "web", "feedback", "import")
+STATUSES = (
+    "new",
+    "reproduced",
+    "not_reproduced",
+    "needs_check",
+    "confirmed",
+    "fixed",
+    "wontfix",
+    "duplicate",
+)
+CLOSED = ("fixed", "wontfix", "duplicate")
+MAX_VARIANTS = 50
+MAX_TAGS = 20
+MAX_LINES = 10_000
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class VariantIn(BaseModel):
+    """Another prompt showing the same failure, optionally with its own check."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = None
+    messages: list[MessageIn] | None = None
+    expected: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> VariantIn:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class ReportIn(BaseModel):
+    """A report as filed: the JSONL line format and the API's request body."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="NAME or NAME@REV")
+    prompt: str | None = None
+    messages: list[MessageIn] | None = None
+    expected: dict[str, Any] | None = Field(None, description="a check spec")
+    observed: str | None = None
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    severity: Literal["low", "medium", "high", "critical"] = "medium"
+    description: str = Field("", max_length=10_000)
+    variants: list[str | VariantIn] = Field(default_factory=list, max_length=MAX_VARIANTS)
+    max_new_tokens: int = Field(256, ge=1, le=4096)
+    license: str = Field("CC-BY-4.0", max_length=40)
+    consent: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ReportIn:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        for t in tags:
+            if not t.strip() or len(t) > 50:
+                raise ValueError(f"tag {t!r}: 1 to 50 characters")
+        return sorted({t.strip().lower() for t in tags})
+
+
+def parse_report(data: Any, where: str = "report") -> ReportIn:
+    """Validate one report (a dict); errors name each bad field."""
+    try:
+        return ReportIn.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(f"{where}: {_pydantic_errors(e)}") from e
+
+
+def _pydantic_errors(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"] if x not in ("str", "VariantIn"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field (allowed: {', '.join(ReportIn.model_fields)})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- preparing
+
+
+@dataclass
+class Prepared:
+    """A validated report, resolved against the hub, ready to store."""
+
+    data: ReportIn
+    model_id: int
+    revision_id: int
+    messages: list[dict[str, str]]
+    variants: list[tuple[list[dict[str, str]], dict[str, Any] | None]]
+    content_hash: str
+
+    @property
+    def text(self) -> str:
+        """The text that is embedded for duplicate detection: the user turns."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
+
+
+def prepare(session: Session, data: ReportIn, max_chars: int, where: str = "report") -> Prepared:
+    """Resolve the model and check every field; raise InvalidInput naming the first problem."""
+    from upstream.registry import resolve
+
+    try:
+        revision = resolve(session, data.model)
+    except NotFound as e:
+        raise NotFound(f"{where}.model: {e}") from e
+    messages = _messages(data.prompt, data.messages, f"{where}", max_chars)
+    if data.expected is not None:
+        parse_check(data.expected, f"{where}.expected")
+    variants: list[tuple[list[dict[str, str]], dict[str, Any] | None]] = []
+    for i, v in enumerate(data.variants):
+        w = f"{where}.variants[{i}]"
+        if isinstance(v, str):
+            variants.append((_messages(v, None, w, max_chars), None))
+        else:
+            if v.expected is not None:
+                parse_check(v.expected, f"{w}.expected")
+            variants.append((_messages(v.prompt, v.messages, w, max_chars), v.expected))
+    content = {
+        "model": revision.model.name,
+        "revision": revision.hash,
+        "messages": [_norm_message(m) for m in messages],
+        "variants": [[_norm_message(m) for m in ms] for ms, _ in variants],
+        "expected": data.expected,
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return Prepared(data, revision.model_id, revision.id, messages, variants, digest)
+
+
+def _messages(
+    prompt: str | None, messages: Sequence[MessageIn] | None, where: str, max_chars: int
+) -> list[dict[str, str]]:
+    if prompt is not None:
+        out = [{"role": "user", "content": prompt}]
+    else:
+        out = [{"role": m.role, "content": m.content} for m in messages or []]
+    if not out or not any(m["role"] == "user" for m in out):
+        raise InvalidInput(f"{where}.messages: at least one user message is needed")
+    if not any(m["content"].strip() for m in out):
+        raise InvalidInput(f"{where}.prompt: is empty")
+    size = sum(len(m["content"]) for m in out)
+    if size > max_chars:
+        raise InvalidInput(f"{where}.prompt: {size} characters; the limit is {max_chars}")
+    assert all(m["role"] in ROLES for m in out)
+    return out
+
+
+def _norm_message(m: dict[str, str]) -> dict[str, str]:
+    text = " ".join(unicodedata.normalize("NFKC", m["content"]).split()).casefold()
+    return {"role": m["role"], "content": text}
+
+
+# ---------------------------------------------------------------- filing
+
+
+@dataclass
+class Filed:
+    id: int
+    created: bool  # False: the same content was already reported; this filing was counted
+    similar_to: int | None
+    distance: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def file_reports(
+    hub: Hub, items: Sequence[Prepared], reporter: str, source: str = "cli"
+) -> list[Filed]:
+    """Store prepared reports in one transaction; exact repeats count a new filing."""
+    from upstream import duplicates
+
+    if source not in SOURCES:
+        raise InvalidInput(f"source {source!r}: allowed {', '.join(SOURCES)}")
+    if not reporter.strip():
+        raise InvalidInput("reporter: a name is needed")
+    out: list[Filed] = []
+    with hub.session() as s, s.begin():
+        existing = duplicates.find_same_content(s, [p.content_hash for p in items])
+        fresh = [p for p in items if p.content_hash not in existing]
+        # one batched embedding for the whole filing
+        vectors: Any = duplicates.embed_texts([p.text for p in fresh]) if fresh else []
+        index = duplicates.SimilarityIndex.load(s, {p.model_id for p in fresh})
+        new_by_hash: dict[str, Report] = {}
+        vec_iter = iter(vectors)
+        for p in items:
+            if p.content_hash in existing or p.content_hash in new_by_hash:
+                report = existing.get(p.content_hash) or new_by_hash[p.content_hash]
+                s.add(ReportFiling(report_id=report.id, reporter=reporter, source=source))
+                s.add(
+                    ReportEvent(
+                        report_id=report.id,
+                        actor=reporter,
+                        kind="refiled",
+                        note=f"same content filed again via {source}",
+                    )
+                )
+                out.append(Filed(report.id, False, report.similar_to_id, report.similar_distance))
+                continue
+            vector = next(vec_iter)
+            near = index.nearest(p.model_id, vector, hub.settings.duplicate_distance)
+            report = _new_report(p, reporter, source, vector, near)
+            s.add(report)
+            s.flush()
+            index.add(p.model_id, report.id, vector)
+            new_by_hash[p.content_hash] = report
+            out.append(Filed(report.id, True, report.similar_to_id, report.similar_distance))
+    return out
+
+
+def _new_report(
+    p: Prepared, reporter: str, source: str, vector: Any, near: tuple[int, float] | None
+) -> Report:
+    from upstream.embeddings import to_bytes
+
+    d = p.data
+    report = Report(
+        model_id=p.model_id,
+        revision_id=p.revision_id,
+        messages=p.messages,
+        settings={"max_new_tokens": d.max_new_tokens},
+        observed=d.observed,
+        expected=d.expected,
+        tags=d.tags,
+        severity=d.severity,
+        description=d.description,
+        reporter=reporter,
+        source=source,
+        license=d.license,
+        consent=d.consent,
+        status="new",
+        content_hash=p.content_hash,
+        embedding=to_bytes(vector),
+        similar_to_id=near[0] if near else None,
+        similar_distance=near[1] if near else None,
+    )
+    report.variants = [ReportVariant(position=0, messages=p.messages, expected=None)] + [
+        ReportVariant(position=i + 1, messages=ms, expected=exp)
+        for i, (ms, exp) in enumerate(p.variants)
+    ]
+    report.filings = [ReportFiling(reporter=reporter, source=source)]
+    report.events = [
+        ReportEvent(actor=reporter, kind="filed", to_status="new", note=f"filed via {source}")
+    ]
+    return report
+
+
+def parse_jsonl(
+    raw: bytes, default_model: str | None = None
+) -> tuple[list[tuple[int, ReportIn]], list[tuple[int, str]]]:
+    """Parse a JSONL file of reports: (good lines, bad lines with their reasons)."""
+    good: list[tuple[int, ReportIn]] = []
+    bad: list[tuple[int, str]] = []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return [], [(line, f"not UTF-8 (byte {e.start})")]
+    rows = text.splitlines()
+    if len([r for r in rows if r.strip()]) > MAX_LINES:
+        return [], [(0, f"more than {MAX_LINES} reports in one file; split it")]
+    for n, row in enumerate(rows, start=1):
+        if not row.strip():
+            continue
+        try:
+            data = json.loads(row)
+        except json.JSONDecodeError as e:
+            bad.append((n, f"not JSON: {e.msg} at column {e.colno}"))
+            continue
+        if isinstance(data, dict) and default_model and "model" not in data:
+            data["model"] = default_model
+        try:
+            good.append((n, parse_report(data, f"line {n}")))
+        except InvalidInput as e:
+            bad.append((n, str(e).removeprefix(f"line {n}: ")))
+    return good, bad
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class ReportQuery:
+    model: str | None = None
+    status: str | None = None
+    tag: str | None = None
+    severity: str | None = None
+    text: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def list_reports(session: Session, q: ReportQuery) -> list[Report]:
+    """Reports matching every given filter, newest first."""
+    from upstream.db.schema import Model
+
+    stmt = (
+        select(Report)
+        .order_by(Report.id.desc())
+        .options(selectinload(Report.model), selectinload(Report.filings))
+    )
+    if q.model:
+        stmt = stmt.join(Model, Report.model_id == Model.id).where(
+            Model.name == q.model.partition("@")[0]
+        )
+    if q.status:
+        if q.status not in STATUSES:
+            raise InvalidInput(f"status {q.status!r}: allowed {', '.join(STATUSES)}")
+        stmt = stmt.where(Report.status == q.status)
+    if q.severity:
+        if q.severity not in SEVERITIES:
+            raise InvalidInput(f"severity {q.severity!r}: allowed {', '.join(SEVERITIES)}")
+        stmt = stmt.where(Report.severity == q.severity)
+    if q.text:
+        like = f"%{q.text}%"
+        stmt = stmt.where(
+            or_(Report.description.ilike(like), Report.messages.cast(_text_type()).ilike(like))
+        )
+    reports = list(session.scalars(stmt))
+    if q.tag:  # tags are a JSON list; filtered here to stay portable across databases
+        reports = [r for r in reports if q.tag.lower() in r.tags]
+    return reports[q.offset : q.offset + q.limit]
+
+
+def _text_type() -> Any:
+    from sqlalchemy import Text
+
+    return Text()
+
+
+def get_report(session: Session, report_id: int) -> Report:
+    report = session.get(Report, report_id)
+    if report is None:
+        raise NotFound(f"no report {report_id}")
+    return report
+
+
+def report_summary(r: Report) -> dict[str, Any]:
+    """The short JSON shape of a report (lists)."""
+    return {
+        "id": r.id,
+        "model": r.model.name,
+        "status": r.status,
+        "severity": r.severity,
+        "tags": r.tags,
+        "prompt": _prompt_text(r.messages),
+        "reporter": r.reporter,
+        "reporters": len({f.reporter for f in r.filings}),
+        "filings": len(r.filings),
+        "reproduction_rate": r.reproduction_rate,
+        "similar_to": r.similar_to_id,
+        "created_at": _iso(r.created_at),
+    }
+
+
+def report_detail(session: Session, r: Report) -> dict[str, Any]:
+    """The whole record: input, check, outputs of reproduction, history."""
+    revision = session.get(Revision, r.revision_id)
+    return {
+        **report_summary(r),
+        "schema": REPORT_SCHEMA,
+        "revision": revision.hash if revision else None,
+        "messages": r.messages,
+        "settings": r.settings,
+        "expected": r.expected,
+        "observed": r.observed,
+        "description": r.description,
+        "source": r.source,
+        "license": r.license,
+        "consent": r.consent,
+        "similar_distance": r.similar_distance,
+        "duplicate_of": r.duplicate_of_id,
+        "variants": [
+            {
+                "position": v.position,
+                "prompt": _prompt_text(v.messages),
+                "expected": v.expected,
+                "output": v.output,
+                "passed": v.passed,
+                "score": v.score,
+                "explanation": v.explanation,
+            }
+            for v in r.variants
+        ],
+        "confirmations": sorted(c.user for c in r.confirmations),
+        "events": [
+            {
+                "actor": e.actor,
+                "kind": e.kind,
+                "from": e.from_status,
+                "to": e.to_status,
+                "note": e.note,
+                "at": _iso(e.created_at),
+            }
+            for e in r.events
+        ],
+    }
+
+
+def _prompt_text(messages: list[dict[str, str]]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def touch(report: Report) -> None:
+    report.updated_at = utcnow()
+
+
+# ---------------------------------------------------------------- submitting
+
+
+@dataclass
+class Submission:
+    filed: list[Filed]
+    invalid: list[tuple[int, str]]  # (line number, reason) of refused lines
+
+    @property
+    def to_reproduce(self) -> list[int]:
+        """New reports, whose reproduction should run next."""
+        return [f.id for f in self.filed if f.created]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "filed": [f.as_dict() for f in self.filed],
+            "invalid": [{"line": n, "error": e} for n, e in self.invalid],
+        }
+
+
+def submit(
+    hub: Hub,
+    items: Sequence[tuple[int, ReportIn]],
+    reporter: str,
+    source: str,
+    skip_invalid: bool = False,
+    invalid: Sequence[tuple[int, str]] = (),
+) -> Submission:
+    """Validate every report, then file them all, or refuse the whole lot.
+
+    `items` are (line number, report) pairs; `invalid` are lines already refused by
+    parsing. Unless `skip_invalid`, any bad line refuses the submission, listing every
+    bad line and its reason; with it, the good lines are filed and the bad listed.
+    """
+    bad = list(invalid)
+    prepared: list[Prepared] = []
+    with hub.session() as s:
+        for n, item in items:
+            where = f"line {n}" if len(items) > 1 or n > 1 else "report"
+            try:
+                prepared.append(prepare(s, item, hub.settings.max_prompt_chars, where))
+            except InvalidInput as e:
+                bad.append((n, str(e).removeprefix(f"{where}: ").removeprefix(f"{where}.")))
+            except NotFound as e:
+                bad.append((n, str(e).removeprefix(f"{where}.")))
+    bad.sort()
+    if bad and not skip_invalid:
+        listing = "; ".join(f"line {n}: {e}" if n else e for n, e in bad)
+        raise InvalidInput(f"{len(bad)} invalid report(s), nothing filed: {listing}")
+    filed = file_reports(hub, prepared, reporter, source) if prepared else []
+    return Submission(filed, bad)
+
+
+def submit_one(hub: Hub, item: ReportIn, reporter: str, source: str) -> Submission:
+    """File one report; a bad field raises at once with its own message."""
+    with hub.session() as s:
+        prepared = prepare(s, item, hub.settings.max_prompt_chars)
+    return Submission(file_reports(hub, [prepared], reporter, source), [])

@@ -1,0 +1,128 @@
+"""Reproduction: run a report's revision on its prompt and variants, and judge the check.
+
+A job (`reports.reproduce`) over a list of reports. Each revision is loaded once and
+every input of its reports is generated in one batched pass with the reports'
+generation settings (greedy, so a reproduction is exact). Results:
+
+- `reproduced`: the check fails on at least one input (the rate says on how many);
+- `not_reproduced`: the check passes on every input;
+- `needs_check`: the report has no expectation to judge.
+
+Outputs are stored per input, so they can be re-scored later without generating.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from upstream.checks import Embedder, parse_check
+from upstream.db.schema import Report, utcnow
+from upstream.engines.base import GenRequest
+from upstream.triage import OPEN_UNCONFIRMED, set_status
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+    from upstream.jobs import JobContext
+
+
+def reproduce(hub: Hub, report_ids: list[int], progress: Any = None) -> dict[str, Any]:
+    """Reproduce these reports; returns each one's status and rate."""
+    from upstream.engines.hf import HFEngine
+
+    with hub.session() as s:
+        reports = list(
+            s.scalars(
+                select(Report)
+                .where(Report.id.in_(report_ids))
+                .options(selectinload(Report.variants), selectinload(Report.revision))
+            )
+        )
+    by_revision: dict[int, list[Report]] = defaultdict(list)
+    for r in reports:
+        by_revision[r.revision_id].append(r)
+    total = sum(len(r.variants) for r in reports)
+    done = 0
+    results: dict[int, dict[str, Any]] = {}
+    for group in by_revision.values():
+        engine = HFEngine.for_revision(hub, group[0].revision)
+        inputs = [(r, v) for r in group for v in r.variants]
+        requests = [
+            GenRequest(
+                messages=v.messages, max_new_tokens=int(r.settings.get("max_new_tokens", 256))
+            )
+            for r, v in inputs
+        ]
+
+        def step(n: int, _total: int, base: int = done) -> None:
+            if progress:
+                progress(base + n, total, "generating")
+
+        outputs = engine.generate(requests, step)
+        done += len(inputs)
+        with hub.session() as s, s.begin():
+            for r in group:
+                report = s.get(Report, r.id)
+                assert report is not None
+                mine = [o for (rr, _), o in zip(inputs, outputs, strict=True) if rr.id == r.id]
+                results[r.id] = _judge(s, report, [o.text for o in mine])
+    return {"reports": results}
+
+
+def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
+    """Score each input's output with its check; set the report's result."""
+    embed = _lazy_embedder()
+    failing = checked = 0
+    for variant, output in zip(report.variants, outputs, strict=True):
+        variant.output = output
+        spec = variant.expected or report.expected
+        if spec is None:
+            variant.passed, variant.score, variant.explanation = None, None, "no check"
+            continue
+        outcome = parse_check(spec).score(output, embed)
+        variant.passed, variant.score = outcome.passed, outcome.score
+        variant.explanation = outcome.explanation
+        checked += 1
+        failing += not outcome.passed
+    if report.observed is None:
+        report.observed = outputs[0]
+    report.reproduced_at = utcnow()
+    if checked == 0:
+        result, report.reproduction_rate = "needs_check", None
+    else:
+        report.reproduction_rate = failing / checked
+        result = "reproduced" if failing else "not_reproduced"
+    if report.status in OPEN_UNCONFIRMED and report.status != result:
+        set_status(
+            session,
+            report,
+            result,
+            "reproduction",
+            f"failed on {failing} of {checked} checked inputs" if checked else "no check",
+        )
+    return {
+        "status": report.status,
+        "result": result,
+        "rate": report.reproduction_rate,
+        "failing": failing,
+        "checked": checked,
+    }
+
+
+def _lazy_embedder() -> Embedder:
+    """An embedder that loads the embedding model only if a `similar` check needs it."""
+
+    def embed(texts: Any) -> Any:
+        from upstream.embeddings import embed as real_embed
+
+        return real_embed(list(texts))
+
+    return embed
+
+
+def run_reproduce_job(ctx: JobContext) -> dict[str, Any]:
+    """Job handler for `reports.reproduce`."""
+    return reproduce(ctx.hub, list(ctx.args["reports"]), ctx.progress)

@@ -1,0 +1,95 @@
+"""/api/reports: file, list, show and confirm failure reports.
+
+The acting user comes from the `X-Upstream-User` header until accounts arrive; the
+server binds to loopback by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query
+
+from upstream import reports as domain
+from upstream.duplicates import clusters as group
+from upstream.errors import InvalidInput
+from upstream.hub import Hub
+from upstream.server.deps import get_hub
+from upstream.triage import close as close_report
+from upstream.triage import confirm as confirm_report
+
+router = APIRouter(tags=["reports"])
+UserHeader = Header(None, alias="X-Upstream-User", description="who is acting")
+
+
+def _user(value: str | None, required: bool = False) -> str:
+    if value and value.strip():
+        return value.strip()[:100]
+    if required:
+        raise InvalidInput("X-Upstream-User header: say who is acting")
+    return "anonymous"
+
+
+@router.post("/reports", status_code=201)
+def file_report(
+    body: dict[str, Any], user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """File a report (the JSONL line format); its reproduction is queued as a job."""
+    submission = domain.submit_one(hub, domain.parse_report(body), _user(user), "api")
+    [filed] = submission.filed
+    job = (
+        hub.jobs.enqueue("reports.reproduce", {"reports": submission.to_reproduce})
+        if submission.to_reproduce
+        else None
+    )
+    return {**filed.as_dict(), "reproduction_job": job}
+
+
+@router.get("/reports")
+def list_reports(
+    model: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    severity: str | None = None,
+    text: str | None = None,
+    clusters: bool = False,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """Reports matching the filters, newest first; or, with clusters, likely duplicates."""
+    with hub.session() as s:
+        if clusters:
+            found = domain.list_reports(
+                s, domain.ReportQuery(model, status, tag, severity, text, limit=1_000_000)
+            )
+            return {"clusters": group(found)[offset : offset + limit]}
+        query = domain.ReportQuery(model, status, tag, severity, text, limit, offset)
+        return {"reports": [domain.report_summary(r) for r in domain.list_reports(s, query)]}
+
+
+@router.get("/reports/{report_id}")
+def show_report(report_id: int, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """The whole report: input, check, reproduction outputs, history."""
+    with hub.session() as s:
+        return domain.report_detail(s, domain.get_report(s, report_id))
+
+
+@router.post("/reports/{report_id}/confirm")
+def confirm(
+    report_id: int, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Confirm (a maintainer) or add a confirmation (anyone but the reporter)."""
+    return confirm_report(hub, report_id, _user(user, required=True))
+
+
+@router.post("/reports/{report_id}/close")
+def close(
+    report_id: int, body: dict[str, Any], user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Close as wontfix, or as a duplicate with {"duplicate_of": ID}."""
+    dup = body.get("duplicate_of")
+    status = "duplicate" if dup is not None else "wontfix"
+    return close_report(
+        hub, report_id, _user(user, required=True), str(body.get("reason", "")), status, dup
+    )

@@ -1,0 +1,137 @@
+"""Triage: the life of a report and who may move it.
+
+    new -> reproduced | not_reproduced | needs_check     (set by reproduction)
+        -> confirmed                                     (a maintainer, or N people)
+        -> fixed (in revision R) | wontfix
+    any open state -> duplicate (of another report), wontfix
+
+A maintainer (settings.maintainers) confirms directly. Anyone else adds a confirmation;
+a report is confirmed once `confirmations_needed` (3) different people other than its
+reporter have confirmed it, the rule Dynabench uses for validated examples. Every change
+is recorded as an event with who and when.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from upstream.db.schema import Report, ReportConfirmation, ReportEvent
+from upstream.errors import Conflict, InvalidInput
+from upstream.reports import get_report, touch
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+
+OPEN_UNCONFIRMED = {"new", "reproduced", "not_reproduced", "needs_check"}
+TRANSITIONS: dict[str, set[str]] = {
+    **{s: OPEN_UNCONFIRMED | {"confirmed", "wontfix", "duplicate"} for s in OPEN_UNCONFIRMED},
+    "confirmed": {"fixed", "wontfix", "duplicate"},
+    "fixed": {"confirmed"},  # a regression reopens it
+    "wontfix": {"confirmed"},
+    "duplicate": set(),
+}
+
+
+def set_status(session: Session, report: Report, to: str, actor: str, note: str = "") -> None:
+    """Move a report to `to`, refusing moves the lifecycle does not allow."""
+    allowed = TRANSITIONS[report.status]
+    if to not in allowed:
+        options = ", ".join(sorted(allowed)) or "none (final)"
+        raise Conflict(f"report {report.id} is {report.status}; it can move to: {options}")
+    session.add(
+        ReportEvent(
+            report_id=report.id,
+            actor=actor,
+            kind="status",
+            from_status=report.status,
+            to_status=to,
+            note=note,
+        )
+    )
+    report.status = to
+    touch(report)
+
+
+def is_maintainer(hub: Hub, user: str) -> bool:
+    return user in hub.settings.maintainer_names
+
+
+def confirm(hub: Hub, report_id: int, user: str) -> dict[str, Any]:
+    """Confirm a report: directly for a maintainer, else one confirmation of those needed."""
+    needed = hub.settings.confirmations_needed
+    with hub.session() as s, s.begin():
+        report = get_report(s, report_id)
+        if report.status == "confirmed":
+            return _state(report, needed, "already confirmed")
+        if report.status not in OPEN_UNCONFIRMED:
+            raise Conflict(
+                f"report {report_id} is {report.status}; only open reports are confirmed"
+            )
+        if is_maintainer(hub, user):
+            set_status(s, report, "confirmed", user, "confirmed by a maintainer")
+            return _state(report, needed, "confirmed by a maintainer")
+        if user == report.reporter:
+            raise InvalidInput(
+                f"report {report_id}: its reporter ({user}) cannot confirm it; "
+                "others or a maintainer must"
+            )
+        if any(c.user == user for c in report.confirmations):
+            raise Conflict(f"report {report_id}: {user} has already confirmed it")
+        report.confirmations.append(ReportConfirmation(user=user))
+        s.add(
+            ReportEvent(
+                report_id=report.id,
+                actor=user,
+                kind="confirmation",
+                note=f"{len(report.confirmations)} of {needed}",
+            )
+        )
+        if len(report.confirmations) >= needed:
+            set_status(
+                s,
+                report,
+                "confirmed",
+                user,
+                f"{needed} people other than the reporter confirmed it",
+            )
+        touch(report)
+        return _state(report, needed, "confirmation recorded")
+
+
+def close(
+    hub: Hub,
+    report_id: int,
+    user: str,
+    reason: str,
+    status: str = "wontfix",
+    duplicate_of: int | None = None,
+) -> dict[str, Any]:
+    """Close a report as wontfix (or duplicate of another); maintainers and its reporter."""
+    if status not in ("wontfix", "duplicate"):
+        raise InvalidInput(f"status {status!r}: a report is closed as wontfix or duplicate")
+    with hub.session() as s, s.begin():
+        report = get_report(s, report_id)
+        if not (is_maintainer(hub, user) or user == report.reporter):
+            raise InvalidInput(
+                f"report {report_id}: only a maintainer or its reporter may "
+                f"close it ({user} is neither)"
+            )
+        if status == "duplicate":
+            if duplicate_of is None or duplicate_of == report_id:
+                raise InvalidInput("a duplicate needs --of ID naming another report")
+            get_report(s, duplicate_of)
+            report.duplicate_of_id = duplicate_of
+        set_status(s, report, status, user, reason)
+        return _state(report, hub.settings.confirmations_needed, f"closed as {status}")
+
+
+def _state(report: Report, needed: int, message: str) -> dict[str, Any]:
+    return {
+        "id": report.id,
+        "status": report.status,
+        "message": message,
+        "confirmations": sorted(c.user for c in report.confirmations),
+        "needed": needed,
+    }
