@@ -97,3 +97,61 @@ def test_fsck_reports_a_damaged_blob(tmp_path: Path, tiny_model_dir: Path) -> No
     out = upstream(home, "fsck", "--json")
     assert out.returncode == 1
     assert json.loads(out.stdout)["corrupt"] == [victim.parent.name + victim.name]
+
+
+def test_reports_from_the_command_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny")
+    data = Path(__file__).parent / "data" / "paraphrased_failures.jsonl"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text().splitlines()[0] + "\n{oops\n")
+    refused = upstream(home, "reports", "file", "--model", "tiny", "--jsonl", str(bad))
+    assert refused.returncode == 2 and "line 2: not JSON" in refused.stderr
+    assert json.loads(upstream(home, "reports", "list", "--json").stdout)["reports"] == []
+
+    partial = upstream(
+        home, "reports", "file", "--model", "tiny", "--jsonl", str(bad), "--skip-invalid", "--json"
+    )
+    assert partial.returncode == 0, partial.stderr
+    out = json.loads(partial.stdout)
+    assert len(out["filed"]) == 1 and out["invalid"][0]["line"] == 2
+    [result] = out["reproduction"]["reports"].values()
+    assert result["status"] == "reproduced"  # the tiny model never says "Canberra"
+
+    one = upstream(
+        home,
+        "reports",
+        "file",
+        "--model",
+        "tiny",
+        "--prompt",
+        "hi",
+        "--expect",
+        '{"type": "exact", "value": "hello"}',
+        "--tag",
+        "greeting",
+        "--max-new-tokens",
+        "4",
+        "--as",
+        "bo",
+        "--json",
+    )
+    report_id = json.loads(one.stdout)["filed"][0]["id"]
+    shown = upstream(home, "reports", "show", str(report_id))
+    assert "FAIL" in shown.stdout and "greeting" in shown.stdout and "bo" in shown.stdout
+    confirmed = upstream(home, "reports", "confirm", str(report_id), "--json")  # a maintainer
+    assert json.loads(confirmed.stdout)["reports"][0]["status"] == "confirmed"
+    bad_check = upstream(
+        home,
+        "reports",
+        "file",
+        "--model",
+        "tiny",
+        "--prompt",
+        "x",
+        "--expect",
+        '{"type": "regex", "pattern": "("}',
+    )
+    assert bad_check.returncode == 2 and "report.expected.pattern" in bad_check.stderr
+    clusters = json.loads(upstream(home, "reports", "list", "--clusters", "--json").stdout)
+    assert {c["size"] for c in clusters["clusters"]} == {1}

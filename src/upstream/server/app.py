@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from upstream import __version__
@@ -39,6 +40,13 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     @app.exception_handler(UpstreamError)
     async def _user_error(request: Request, exc: UpstreamError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'] if x != 'body')}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"error": problems}, status_code=422)
 
     @app.get("/health", tags=["hub"])
     def health() -> dict[str, object]:

@@ -1,0 +1,80 @@
+"""/api/reports over real HTTP, with the in-process worker reproducing."""
+
+import time
+
+import httpx
+
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+
+
+def wait_job(server: str, job_id: int) -> dict:
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
+        "done",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return job
+
+
+def test_file_reproduce_list_show_confirm(server: str) -> None:
+    body = {
+        "model": "tiny",
+        "prompt": "What is the capital of France?",
+        "expected": NEVER,
+        "tags": ["capitals"],
+        "max_new_tokens": 5,
+    }
+    r = httpx.post(f"{server}/api/reports", json=body, headers={"X-Upstream-User": "ana"})
+    assert r.status_code == 201, r.text
+    filed = r.json()
+    assert filed["created"] is True
+    assert wait_job(server, filed["reproduction_job"])["state"] == "done"
+    report = httpx.get(f"{server}/api/reports/{filed['id']}").json()
+    assert report["status"] == "reproduced" and report["reporter"] == "ana"
+    assert report["variants"][0]["output"] and report["variants"][0]["passed"] is False
+
+    again = httpx.post(f"{server}/api/reports", json=body, headers={"X-Upstream-User": "bo"})
+    assert again.json()["id"] == filed["id"] and again.json()["reproduction_job"] is None
+    listed = httpx.get(f"{server}/api/reports", params={"tag": "capitals"}).json()["reports"]
+    assert [x["id"] for x in listed] == [filed["id"]] and listed[0]["reporters"] == 2
+    assert (
+        httpx.get(f"{server}/api/reports", params={"status": "confirmed"}).json()["reports"] == []
+    )
+
+    for user in ("cy", "di"):
+        r = httpx.post(
+            f"{server}/api/reports/{filed['id']}/confirm", headers={"X-Upstream-User": user}
+        )
+        assert r.status_code == 200 and r.json()["status"] == "reproduced"
+    r = httpx.post(f"{server}/api/reports/{filed['id']}/confirm", headers={"X-Upstream-User": "ed"})
+    assert r.json()["status"] == "confirmed"
+    clusters = httpx.get(f"{server}/api/reports", params={"clusters": True}).json()
+    assert clusters["clusters"][0]["reports"] == [filed["id"]]
+
+
+def test_bad_reports_are_4xx_naming_the_field(server: str) -> None:
+    cases = [
+        ({"model": "tiny", "prompt": "x", "colour": 1}, 422, "colour: unknown field"),
+        ({"model": "tiny"}, 422, "exactly one of prompt or messages"),
+        ({"model": "nope", "prompt": "x"}, 404, "unknown model 'nope'"),
+        (
+            {"model": "tiny", "prompt": "x", "expected": {"type": "json", "schema": {"type": 7}}},
+            422,
+            "expected.schema",
+        ),
+        ({"model": "tiny", "prompt": "x" * 40_000}, 422, "limit is 32000"),
+    ]
+    for body, status, message in cases:
+        r = httpx.post(f"{server}/api/reports", json=body)
+        assert r.status_code == status and message in r.json()["error"], (body, r.text)
+    assert httpx.get(f"{server}/api/reports").json()["reports"] == []
+    r = httpx.post(f"{server}/api/reports/1/confirm")
+    assert r.status_code in (404, 422)
+    assert httpx.get(f"{server}/api/reports/99").status_code == 404
+
+
+def test_a_body_that_is_not_an_object_is_a_json_error(server: str) -> None:
+    r = httpx.post(f"{server}/api/reports", json=["not", "an", "object"])
+    assert r.status_code == 422 and "error" in r.json()

@@ -1,0 +1,171 @@
+"""Filing, reproduction, duplicates and triage, on the tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from upstream import reports as domain
+from upstream.duplicates import clusters
+from upstream.errors import Conflict, InvalidInput, NotFound
+from upstream.hub import Hub
+from upstream.reproduction import reproduce
+from upstream.triage import close, confirm
+
+DATA = Path(__file__).parent / "data"
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+ALWAYS = {"type": "max_words", "value": 10_000}
+
+
+def file_one(hub: Hub, reporter: str = "ana", **fields) -> domain.Filed:
+    data = {
+        "model": "tiny",
+        "prompt": "What is the capital of France?",
+        "max_new_tokens": 6,
+        **fields,
+    }
+    return domain.submit_one(hub, domain.parse_report(data), reporter, "cli").filed[0]
+
+
+def detail(hub: Hub, report_id: int) -> dict:
+    with hub.session() as s:
+        return domain.report_detail(s, domain.get_report(s, report_id))
+
+
+def test_reproduction_sets_the_result_and_stores_outputs(tiny_hub: Hub) -> None:
+    failing = file_one(tiny_hub, expected=NEVER)
+    passing = file_one(tiny_hub, prompt="hi", expected=ALWAYS)
+    unchecked = file_one(tiny_hub, prompt="Write a story")
+    mixed = file_one(
+        tiny_hub,
+        prompt="List three fruits",
+        expected=NEVER,
+        variants=["Name three fruits", {"prompt": "Fruits?", "expected": ALWAYS}],
+    )
+    out = reproduce(tiny_hub, [failing.id, passing.id, unchecked.id, mixed.id])["reports"]
+    assert out[failing.id]["result"] == "reproduced"
+    assert out[passing.id]["result"] == "not_reproduced"
+    assert out[unchecked.id]["result"] == "needs_check"
+    d = detail(tiny_hub, mixed.id)
+    assert d["status"] == "reproduced" and d["reproduction_rate"] == pytest.approx(2 / 3)
+    assert [v["passed"] for v in d["variants"]] == [False, False, True]
+    assert all(v["output"] for v in d["variants"])
+    assert d["observed"] == d["variants"][0]["output"]  # generated when not given
+    assert [(e["from"], e["to"]) for e in d["events"]] == [("", "new"), ("new", "reproduced")]
+
+
+def test_same_content_twice_is_one_report_with_two_reporters(tiny_hub: Hub) -> None:
+    first = file_one(tiny_hub, "ana", expected=NEVER)
+    # whitespace and case do not make a different report
+    again = file_one(tiny_hub, "bo", prompt="what is the  CAPITAL of France?", expected=NEVER)
+    assert (again.id, again.created) == (first.id, False)
+    d = detail(tiny_hub, first.id)
+    assert (d["filings"], d["reporters"]) == (2, 2)
+    other_check = file_one(tiny_hub, "bo", expected=ALWAYS)
+    assert other_check.created and other_check.id != first.id
+
+
+def test_paraphrases_of_three_failures_form_three_clusters(tiny_hub: Hub) -> None:
+    good, bad = domain.parse_jsonl((DATA / "paraphrased_failures.jsonl").read_bytes(), "tiny")
+    assert len(good) == 20 and bad == []
+    submission = domain.submit(tiny_hub, good, "ana", "import")
+    assert len(submission.to_reproduce) == 20
+    with tiny_hub.session() as s:
+        groups = clusters(domain.list_reports(s, domain.ReportQuery(limit=1000)))
+        tags = {r.id: r.tags for r in domain.list_reports(s, domain.ReportQuery(limit=1000))}
+    assert sorted(g["size"] for g in groups) == [6, 7, 7]
+    for g in groups:  # each cluster holds the paraphrases of exactly one failure
+        assert (
+            len({next(t for t in tags[i] if t.startswith("failure-")) for i in g["reports"]}) == 1
+        )
+
+
+def test_a_bad_jsonl_is_refused_whole_with_every_line_listed(tiny_hub: Hub, tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"prompt": "fine", "expected": NEVER}),
+        "{not json",
+        json.dumps({"prompt": "x", "colour": "red"}),
+        json.dumps({"model": "nope", "prompt": "x"}),
+        json.dumps({"prompt": "x", "expected": {"type": "regex", "pattern": "(unclosed"}}),
+        json.dumps({"prompt": "   "}),
+        json.dumps({"prompt": "x" * 40_000}),
+        json.dumps({"prompt": "also fine"}),
+    ]
+    raw = ("\n".join(lines) + "\n").encode()
+    good, bad = domain.parse_jsonl(raw, "tiny")
+    with pytest.raises(InvalidInput) as refused:
+        domain.submit(tiny_hub, good, "ana", "cli", invalid=bad)
+    message = str(refused.value)
+    for n, reason in [
+        (2, "not JSON"),
+        (3, "colour: unknown field"),
+        (4, "unknown model 'nope'"),
+        (5, "bad regex"),
+        (6, "is empty"),
+        (7, "the limit is 32000"),
+    ]:
+        assert f"line {n}: " in message and reason in message, (n, message)
+    assert "6 invalid report(s), nothing filed" in message
+    with tiny_hub.session() as s:
+        assert domain.list_reports(s, domain.ReportQuery()) == []
+    partial = domain.submit(tiny_hub, good, "ana", "cli", skip_invalid=True, invalid=bad)
+    assert len(partial.filed) == 2 and [n for n, _ in partial.invalid] == [2, 3, 4, 5, 6, 7]
+
+
+def test_non_utf8_files_are_refused_with_the_line() -> None:
+    good, bad = domain.parse_jsonl(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', "tiny")
+    assert good == [] and bad[0][0] == 2 and "not UTF-8" in bad[0][1]
+
+
+def test_unknown_revision_and_bad_check_name_the_field(tiny_hub: Hub) -> None:
+    with pytest.raises(NotFound, match="report.model: tiny@ffffff"):
+        file_one(tiny_hub, model="tiny@ffffff")
+    with pytest.raises(InvalidInput, match=r"report.variants\[0\].expected.type 'fuzzy'"):
+        file_one(tiny_hub, variants=[{"prompt": "x", "expected": {"type": "fuzzy"}}])
+    with pytest.raises(InvalidInput, match="severity"):
+        file_one(tiny_hub, severity="apocalyptic")
+
+
+def test_triage_maintainer_and_three_people(tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM_MAINTAINERS", "mia")
+    hub = Hub.open(tiny_hub.settings.home)
+    direct = file_one(hub, "ana", expected=NEVER)
+    assert confirm(hub, direct.id, "mia")["status"] == "confirmed"
+
+    crowd = file_one(hub, "ana", prompt="hi", expected=NEVER)
+    with pytest.raises(InvalidInput, match="its reporter .ana. cannot confirm"):
+        confirm(hub, crowd.id, "ana")
+    assert confirm(hub, crowd.id, "bo")["status"] == "new"
+    with pytest.raises(Conflict, match="already confirmed"):
+        confirm(hub, crowd.id, "bo")
+    assert confirm(hub, crowd.id, "cy")["status"] == "new"
+    final = confirm(hub, crowd.id, "di")
+    assert final["status"] == "confirmed" and final["confirmations"] == ["bo", "cy", "di"]
+    history = detail(hub, crowd.id)["events"]
+    assert history[-1]["actor"] == "di" and history[-1]["to"] == "confirmed"
+
+    with pytest.raises(InvalidInput, match="only a maintainer or its reporter"):
+        close(hub, direct.id, "bo", "not a bug")
+    assert close(hub, direct.id, "mia", "by design")["status"] == "wontfix"
+    dup = file_one(hub, "ed", prompt="Write a story", expected=NEVER)
+    assert close(hub, dup.id, "mia", "same", "duplicate", crowd.id)["status"] == "duplicate"
+    with pytest.raises(Conflict, match="is duplicate; only open reports"):
+        confirm(hub, dup.id, "mia")
+
+
+def test_list_filters(tiny_hub: Hub) -> None:
+    a = file_one(tiny_hub, tags=["capitals"], severity="high", description="says Lyon")
+    b = file_one(tiny_hub, prompt="hi", tags=["greeting"])
+    with tiny_hub.session() as s:
+
+        def ids(**q) -> list[int]:
+            return [r.id for r in domain.list_reports(s, domain.ReportQuery(**q))]
+
+        assert ids(tag="capitals") == [a.id]
+        assert ids(severity="high") == [a.id]
+        assert ids(text="lyon") == [a.id]
+        assert ids(text="capital of france") == [a.id]
+        assert ids(model="tiny") == [b.id, a.id]
+        assert ids(status="new") == [b.id, a.id]
+        with pytest.raises(InvalidInput, match="status 'open'"):
+            ids(status="open")
