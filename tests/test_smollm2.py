@@ -91,3 +91,20 @@ def test_loads_from_exported_files_without_network(smol_hub: Hub, tmp_path: Path
         path = materialize(smol_hub, resolve(s, NAME))
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
+
+
+def test_one_word_failures_reproduce_on_smollm2(smol_hub: Hub) -> None:
+    """SmolLM2 answers in full sentences, so "Answer with one word." reports reproduce."""
+    from upstream import reports
+    from upstream.reproduction import reproduce
+
+    raw = (Path(__file__).parent / "data" / "one_word_failures.jsonl").read_bytes()
+    good, bad = reports.parse_jsonl(raw, default_model=NAME)
+    assert len(good) >= 12 and bad == []
+    submission = reports.submit(smol_hub, good, "tester", "import")
+    results = reproduce(smol_hub, submission.to_reproduce)["reports"].values()
+    reproduced = [r for r in results if r["result"] == "reproduced"]
+    assert len(reproduced) >= 0.75 * len(good), [r["result"] for r in results]
+    with smol_hub.session() as s:
+        first = reports.get_report(s, submission.to_reproduce[0])
+        assert "Paris" in (first.observed or "")  # right answer, wrong form

@@ -9,10 +9,11 @@ the nearest one. Linked reports form clusters (connected components).
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import select
@@ -40,50 +41,98 @@ def embed_texts(texts: Sequence[str]) -> np.ndarray:
 
 
 @dataclass
+class _Vectors:
+    """One model's report embeddings: rows [0, n) of a growing matrix."""
+
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), dtype=np.float32))
+    n: int = 0
+    last_id: int = 0
+
+    def append(self, ids: list[int], rows: list[np.ndarray]) -> None:
+        need = self.n + len(ids)
+        if need > len(self.ids):  # grow by doubling: appends stay amortised O(1)
+            cap = max(need, 2 * len(self.ids), 256)
+            self.ids = np.resize(self.ids, cap)
+            grown = np.zeros((cap, self.matrix.shape[1]), dtype=np.float32)
+            grown[: self.n] = self.matrix[: self.n]
+            self.matrix = grown
+        self.ids[self.n : need] = ids
+        self.matrix[self.n : need] = np.stack(rows)
+        self.n = need
+        self.last_id = max(self.last_id, *ids)
+
+
 class SimilarityIndex:
-    """Embeddings of the open reports of some models, for nearest-neighbour lookups."""
+    """Every report embedding of each model, in memory, refreshed from the database by id.
 
-    ids: dict[int, list[int]] = field(default_factory=dict)
-    vectors: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    One per process (held by the Hub): a filing reads only the rows added since the last
+    one, instead of every embedding. Whether a neighbour is still open is asked of the
+    database for the few candidates within the distance, so closing a report needs no
+    cache invalidation.
+    """
 
-    @classmethod
-    def load(cls, session: Session, model_ids: Iterable[int]) -> SimilarityIndex:
+    def __init__(self) -> None:
+        self._models: dict[int, _Vectors] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, session: Session, model_ids: Iterable[int]) -> None:
         from upstream.embeddings import from_bytes
-        from upstream.reports import CLOSED
 
-        index = cls()
-        models = sorted(set(model_ids))
-        if not models:
-            return index
-        rows = session.execute(
-            select(Report.model_id, Report.id, Report.embedding).where(
-                Report.model_id.in_(models),
-                Report.status.not_in(CLOSED),
-                Report.embedding.is_not(None),
-            )
-        )
-        for model_id, rid, blob in rows:
-            if blob is not None:
-                index.add(model_id, rid, from_bytes(blob))
-        return index
-
-    def add(self, model_id: int, report_id: int, vector: np.ndarray) -> None:
-        self.ids.setdefault(model_id, []).append(report_id)
-        self.vectors.setdefault(model_id, []).append(vector)
+        with self._lock:
+            for model_id in set(model_ids):
+                vectors = self._models.setdefault(model_id, _Vectors())
+                rows = session.execute(
+                    select(Report.id, Report.embedding)
+                    .where(
+                        Report.model_id == model_id,
+                        Report.id > vectors.last_id,
+                        Report.embedding.is_not(None),
+                    )
+                    .order_by(Report.id)
+                ).all()
+                if rows:
+                    vectors.append(
+                        [r[0] for r in rows], [from_bytes(cast(bytes, r[1])) for r in rows]
+                    )
 
     def nearest(
-        self, model_id: int, vector: np.ndarray, max_distance: float
+        self,
+        session: Session,
+        model_id: int,
+        vector: np.ndarray,
+        max_distance: float,
+        pending: Sequence[tuple[int, np.ndarray]] = (),
+        k: int = 8,
     ) -> tuple[int, float] | None:
-        """The closest open report of the model within `max_distance`, if any."""
-        if not self.ids.get(model_id):
+        """The closest open report of the model within `max_distance`, if any.
+
+        `pending` are (id, vector) of reports added in the current, uncommitted filing.
+        """
+        from upstream.reports import CLOSED
+
+        with self._lock:
+            v = self._models.get(model_id) or _Vectors()
+            ids, distances = v.ids[: v.n], 1.0 - v.matrix[: v.n] @ vector  # (n,)
+        if pending:
+            ids = np.concatenate([ids, [p[0] for p in pending]])
+            distances = np.concatenate(
+                [distances, 1.0 - np.stack([p[1] for p in pending]) @ vector]
+            )
+        close_enough = np.flatnonzero(distances <= max_distance)
+        if close_enough.size == 0:
             return None
-        matrix = np.stack(self.vectors[model_id])  # (n, 384)
-        distances = 1.0 - matrix @ vector  # rows are unit vectors
-        best = int(np.argmin(distances))
-        distance = float(max(0.0, distances[best]))
-        if distance > max_distance:
-            return None
-        return self.ids[model_id][best], round(distance, 4)
+        order = close_enough[np.argsort(distances[close_enough])][:k]
+        candidates = [int(ids[i]) for i in order]
+        open_ids = set(
+            session.scalars(
+                select(Report.id).where(Report.id.in_(candidates), Report.status.not_in(CLOSED))
+            )
+        )
+        for i in order:
+            if int(ids[i]) in open_ids:
+                return int(ids[i]), round(float(max(0.0, distances[i])), 4)
+        return None
 
 
 def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,9 @@ from upstream.db import migrate, open_database, session_factory
 from upstream.errors import NotFound
 from upstream.jobs import JobQueue
 from upstream.settings import Settings
+
+if TYPE_CHECKING:
+    from upstream.duplicates import SimilarityIndex
 
 
 class Hub:
@@ -41,6 +45,13 @@ class Hub:
                 "or set UPSTREAM_HOME"
             )
         return cls(settings)
+
+    @cached_property
+    def similarity(self) -> SimilarityIndex:
+        """Report embeddings in memory, for duplicate detection (loaded on first use)."""
+        from upstream.duplicates import SimilarityIndex
+
+        return SimilarityIndex()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -235,7 +235,8 @@ def file_reports(
         fresh = [p for p in items if p.content_hash not in existing]
         # one batched embedding for the whole filing
         vectors: Any = duplicates.embed_texts([p.text for p in fresh]) if fresh else []
-        index = duplicates.SimilarityIndex.load(s, {p.model_id for p in fresh})
+        hub.similarity.refresh(s, {p.model_id for p in fresh})
+        pending: dict[int, list[tuple[int, Any]]] = {}
         new_by_hash: dict[str, Report] = {}
         vec_iter = iter(vectors)
         for p in items:
@@ -253,11 +254,14 @@ def file_reports(
                 out.append(Filed(report.id, False, report.similar_to_id, report.similar_distance))
                 continue
             vector = next(vec_iter)
-            near = index.nearest(p.model_id, vector, hub.settings.duplicate_distance)
+            mine = pending.setdefault(p.model_id, [])
+            near = hub.similarity.nearest(
+                s, p.model_id, vector, hub.settings.duplicate_distance, mine
+            )
             report = _new_report(p, reporter, source, vector, near)
             s.add(report)
             s.flush()
-            index.add(p.model_id, report.id, vector)
+            mine.append((report.id, vector))
             new_by_hash[p.content_hash] = report
             out.append(Filed(report.id, True, report.similar_to_id, report.similar_distance))
     return out

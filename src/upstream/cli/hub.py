@@ -38,6 +38,9 @@ def up(
     no_import: bool = typer.Option(
         False, "--no-import", help="Do not import the bundled model into an empty hub."
     ),
+    no_worker: bool = typer.Option(
+        False, "--no-worker", help="Serve only; run jobs with separate `upstream worker`s."
+    ),
 ) -> None:
     """Start the hub: web UI, REST API, /v1 and a job worker."""
     import uvicorn
@@ -53,7 +56,7 @@ def up(
     host = host or hub.settings.host
     port = port or hub.settings.port
     err_console.print(f"Upstream hub at http://{host}:{port}  (home {hub.settings.home})")
-    uvicorn.run(create_app(hub, worker=True), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(hub, worker=not no_worker), host=host, port=port, log_level="info")
 
 
 def worker(
