@@ -13,6 +13,13 @@ from upstream.errors import InvalidInput
         ({"type": "exact", "value": "Paris", "strict": True}, "Paris.", False),
         ({"type": "exact", "value": "Paris", "case_sensitive": True}, "paris", False),
         ({"type": "exact", "value": "café"}, "CAFÉ!", True),
+        ({"type": "exact", "value": "Paris", "keep_punctuation": True}, "Paris.", False),
+        ({"type": "exact", "value": "ﬁne"}, "fine", True),  # NFKC folds the ligature
+        (
+            {"type": "exact", "value": "ﬁne", "unicode_form": "NFC", "case_sensitive": True},
+            "fine",
+            False,
+        ),
         ({"type": "one_of", "values": ["cold", "chilly"]}, "Cold.", True),
         ({"type": "one_of", "values": ["cold", "chilly"]}, "warm", False),
         ({"type": "contains", "values": ["paris"]}, "It is Paris, France", True),
@@ -89,6 +96,7 @@ def test_similar_uses_the_given_embedder() -> None:
         ({"type": "contains", "values": []}, "expected.values: a non-empty list"),
         ({"type": "exact", "value": "a", "version": 99}, "check versions up to 1"),
         ("Paris", "must be a JSON object"),
+        ({"type": "exact", "value": "a", "unicode_form": "NFX"}, "unicode_form 'NFX'"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(spec: object, message: str) -> None:

@@ -169,3 +169,40 @@ def test_list_filters(tiny_hub: Hub) -> None:
         assert ids(status="new") == [b.id, a.id]
         with pytest.raises(InvalidInput, match="status 'open'"):
             ids(status="open")
+
+
+def test_rescoring_changes_the_verdict_without_generating(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream.engines import hf
+    from upstream.reproduction import rescore
+
+    filed = file_one(tiny_hub, expected=NEVER)
+    reproduce(tiny_hub, [filed.id])
+    output = detail(tiny_hub, filed.id)["variants"][0]["output"]
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rescoring must not generate")
+
+    monkeypatch.setattr(hf.HFEngine, "generate", no_generation)
+    result = rescore(tiny_hub, [filed.id], "mia", {"type": "exact", "value": output})
+    assert result["reports"][filed.id]["result"] == "not_reproduced"
+    d = detail(tiny_hub, filed.id)
+    assert d["status"] == "not_reproduced" and d["expected"]["value"] == output
+    assert d["events"][-2]["kind"] == "check" and d["events"][-2]["actor"] == "mia"
+    unrun = file_one(tiny_hub, prompt="never run", expected=NEVER)
+    with pytest.raises(InvalidInput, match="not been reproduced yet"):
+        rescore(tiny_hub, [unrun.id], "mia")
+
+
+def test_fixed_records_the_revision(tiny_hub: Hub) -> None:
+    from upstream.triage import mark_fixed
+
+    filed = file_one(tiny_hub, expected=NEVER)
+    with pytest.raises(Conflict, match="can move to"):
+        mark_fixed(tiny_hub, filed.id, 1, "release")  # only confirmed reports get fixed
+    confirm(tiny_hub, filed.id, next(iter(tiny_hub.settings.maintainer_names)))
+    mark_fixed(tiny_hub, filed.id, 1, "release")
+    with tiny_hub.session() as s:
+        report = domain.get_report(s, filed.id)
+        assert (report.status, report.fixed_in_revision_id) == ("fixed", 1)

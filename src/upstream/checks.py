@@ -10,7 +10,9 @@ be re-scored after a check changes without generating again.
 
 Text checks compare normalised text by default: Unicode NFKC, case folded, whitespace
 collapsed, surrounding whitespace and punctuation stripped ("Paris." matches "paris").
-`"strict": true` compares the text exactly; `"case_sensitive": true` keeps case only.
+Each step is an option of the spec: `"case_sensitive": true` keeps case,
+`"keep_punctuation": true` keeps surrounding punctuation, `"unicode_form"` is one of
+NFKC (default), NFC, NFD, NFKD or none; `"strict": true` turns all normalisation off.
 """
 
 from __future__ import annotations
@@ -39,17 +41,24 @@ class Outcome:
     explanation: str
 
 
+UNICODE_FORMS = ("NFKC", "NFC", "NFD", "NFKD", "none")
+
+
 @dataclass(frozen=True)
 class Normalizer:
     strict: bool = False
     case_sensitive: bool = False
+    keep_punctuation: bool = False
+    unicode_form: str = "NFKC"
 
     def __call__(self, text: str) -> str:
         if self.strict:
             return text
-        text = unicodedata.normalize("NFKC", text)
+        if self.unicode_form != "none":
+            text = unicodedata.normalize(self.unicode_form, text)  # type: ignore[arg-type]
         text = " ".join(text.split())
-        text = text.strip(PUNCTUATION + " ")
+        if not self.keep_punctuation:
+            text = text.strip(PUNCTUATION + " ")
         return text if self.case_sensitive else text.casefold()
 
 
@@ -221,7 +230,14 @@ TYPES: dict[str, tuple[type[Check], dict[str, Any], dict[str, Any]]] = {
     "any_of": (AnyOf, {"checks": list}, {}),
     "not": (Not, {"check": dict}, {}),
 }
-COMMON = {"type": str, "version": int, "strict": bool, "case_sensitive": bool}
+COMMON = {
+    "type": str,
+    "version": int,
+    "strict": bool,
+    "case_sensitive": bool,
+    "keep_punctuation": bool,
+    "unicode_form": str,
+}
 
 
 def parse_check(spec: Any, where: str = "expected") -> Check:
@@ -254,7 +270,16 @@ def parse_check(spec: Any, where: str = "expected") -> Check:
             f"{where}.version {version}: this hub knows check versions up to {CHECK_VERSION}"
         )
     _validate_values(kind, spec, where)
-    norm = Normalizer(spec.get("strict", False), spec.get("case_sensitive", False))
+    if spec.get("unicode_form", "NFKC") not in UNICODE_FORMS:
+        raise InvalidInput(
+            f"{where}.unicode_form {spec['unicode_form']!r}: allowed {', '.join(UNICODE_FORMS)}"
+        )
+    norm = Normalizer(
+        spec.get("strict", False),
+        spec.get("case_sensitive", False),
+        spec.get("keep_punctuation", False),
+        spec.get("unicode_form", "NFKC"),
+    )
     full = {**spec, "version": version}
     if issubclass(cls, Combinator):
         subs = spec["checks"] if "checks" in spec else [spec["check"]]

@@ -126,3 +126,37 @@ def _lazy_embedder() -> Embedder:
 def run_reproduce_job(ctx: JobContext) -> dict[str, Any]:
     """Job handler for `reports.reproduce`."""
     return reproduce(ctx.hub, list(ctx.args["reports"]), ctx.progress)
+
+
+def rescore(
+    hub: Hub, report_ids: list[int], actor: str, new_check: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Judge stored outputs again, optionally under a new check; nothing is generated."""
+    from upstream.db.schema import ReportEvent
+    from upstream.errors import InvalidInput
+    from upstream.reports import get_report
+
+    if new_check is not None:
+        parse_check(new_check, "expected")
+    results: dict[int, dict[str, Any]] = {}
+    with hub.session() as s, s.begin():
+        for rid in report_ids:
+            report = get_report(s, rid)
+            outputs = [v.output for v in report.variants]
+            if any(o is None for o in outputs):
+                raise InvalidInput(
+                    f"report {rid} has not been reproduced yet; run "
+                    "`upstream reports reproduce` first"
+                )
+            if new_check is not None:
+                s.add(
+                    ReportEvent(
+                        report_id=rid,
+                        actor=actor,
+                        kind="check",
+                        note=f"check changed from {report.expected} to {new_check}",
+                    )
+                )
+                report.expected = new_check
+            results[rid] = _judge(s, report, [o or "" for o in outputs])
+    return {"reports": results}

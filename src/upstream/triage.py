@@ -135,3 +135,11 @@ def _state(report: Report, needed: int, message: str) -> dict[str, Any]:
         "confirmations": sorted(c.user for c in report.confirmations),
         "needed": needed,
     }
+
+
+def mark_fixed(hub: Hub, report_id: int, revision_id: int, actor: str, note: str = "") -> None:
+    """Record that a confirmed report passes in a new revision (called by releases)."""
+    with hub.session() as s, s.begin():
+        report = get_report(s, report_id)
+        set_status(s, report, "fixed", actor, note or "passes in a new revision")
+        report.fixed_in_revision_id = revision_id

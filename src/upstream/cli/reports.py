@@ -47,6 +47,10 @@ def file_(
         [], "--variant", help="Another prompt showing the same failure (repeatable)."
     ),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=4096),
+    license_: str = typer.Option("CC-BY-4.0", "--license", help="Licence of the report's content."),
+    no_consent: bool = typer.Option(
+        False, "--no-consent", help="Do not share this report upstream (kept in this hub only)."
+    ),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="With --jsonl: file the good lines and list the bad ones."
     ),
@@ -78,6 +82,8 @@ def file_(
             "observed": observed,
             "variants": variant,
             "max_new_tokens": max_new_tokens,
+            "license": license_,
+            "consent": not no_consent,
         }
         if expect is not None:
             try:
@@ -293,6 +299,29 @@ def reproduce(
         for rid in report_ids:
             domain.get_report(s, rid)
     result = _reproduce(hub, report_ids, queue=False)
+    if json_out:
+        emit_json(result)
+    else:
+        _print_reproduction(result)
+
+
+@app.command("rescore")
+def rescore(
+    report_ids: list[int] = typer.Argument(..., help="Report ids."),
+    expect: str = typer.Option(None, "--expect", help="Replace the report's check first."),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Judge stored outputs again (optionally with a new check); generates nothing."""
+    from upstream.reproduction import rescore as do_rescore
+
+    check = None
+    if expect is not None:
+        try:
+            check = json.loads(expect)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
+    result = {"reproduction": do_rescore(open_hub(), report_ids, current_user(as_user), check)}
     if json_out:
         emit_json(result)
     else:
