@@ -36,6 +36,11 @@ from upstream.errors import InvalidInput
         ({"type": "number", "value": 3.14, "tolerance": 0.01}, "about 3.141", True),
         ({"type": "number", "value": 1000}, "1,000 people", True),
         ({"type": "number", "value": 7}, "seven", False),
+        ({"type": "number", "value": 0.5}, "about .5 litres", True),
+        ({"type": "number", "value": 10}, "between 10-20 people", True),
+        ({"type": "number", "value": -3}, "It is -3 degrees", True),
+        ({"type": "regex", "pattern": "Paris", "strict": True}, "paris", False),
+        ({"type": "json"}, 'Here you go:\n```JSON\n{"a": 1}\n```\nDone.', True),
         ({"type": "max_words", "value": 1}, "Paris.", True),
         ({"type": "max_words", "value": 1}, "It is Paris.", False),
         (
@@ -96,6 +101,9 @@ def test_similar_uses_the_given_embedder() -> None:
         ({"type": "contains", "values": []}, "expected.values: a non-empty list"),
         ({"type": "exact", "value": "a", "version": 99}, "check versions up to 1"),
         ("Paris", "must be a JSON object"),
+        ({"type": "number", "value": 1, "tolerance": -1}, "tolerance: must be 0 or more"),
+        ({"type": "number", "value": float("nan")}, "must be a finite number"),
+        ({"type": "contains", "values": ["."]}, "empty once normalised"),
         ({"type": "exact", "value": "a", "unicode_form": "NFX"}, "unicode_form 'NFX'"),
     ],
 )
@@ -106,3 +114,11 @@ def test_bad_specs_are_refused_naming_the_field(spec: object, message: str) -> N
 
 def test_spec_records_its_version() -> None:
     assert parse_check({"type": "max_words", "value": 1}).spec["version"] == 1
+
+
+def test_deep_nesting_is_refused_not_a_crash() -> None:
+    spec: dict = {"type": "exact", "value": "x"}
+    for _ in range(2000):
+        spec = {"type": "not", "check": spec}
+    with pytest.raises(InvalidInput, match="nest at most"):
+        parse_check(spec)

@@ -112,9 +112,18 @@ def test_a_bad_jsonl_is_refused_whole_with_every_line_listed(tiny_hub: Hub, tmp_
     assert len(partial.filed) == 2 and [n for n, _ in partial.invalid] == [2, 3, 4, 5, 6, 7]
 
 
-def test_non_utf8_files_are_refused_with_the_line() -> None:
-    good, bad = domain.parse_jsonl(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', "tiny")
-    assert good == [] and bad[0][0] == 2 and "not UTF-8" in bad[0][1]
+def test_non_utf8_and_separator_characters_are_judged_per_line() -> None:
+    raw = b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n{"prompt": "a\xe2\x80\xa8b"}\n'
+    good, bad = domain.parse_jsonl(raw, "tiny")
+    assert [n for n, _ in good] == [1, 3]  # U+2028 inside a JSON string is not a line break
+    assert bad[0][0] == 2 and "not UTF-8" in bad[0][1]
+
+
+def test_jsonl_defaults_fill_what_lines_leave_out() -> None:
+    raw = b'{"prompt": "a", "tags": ["x"]}\n{"prompt": "b", "expected": {"type": "json"}}\n'
+    good, _ = domain.parse_jsonl(raw, "tiny", {"tags": ["batch"], "expected": NEVER})
+    assert good[0][1].tags == ["batch", "x"] and good[0][1].expected == NEVER
+    assert good[1][1].expected == {"type": "json"}
 
 
 def test_unknown_revision_and_bad_check_name_the_field(tiny_hub: Hub) -> None:
@@ -148,7 +157,7 @@ def test_triage_maintainer_and_three_people(tiny_hub: Hub, monkeypatch: pytest.M
         close(hub, direct.id, "bo", "not a bug")
     assert close(hub, direct.id, "mia", "by design")["status"] == "wontfix"
     dup = file_one(hub, "ed", prompt="Write a story", expected=NEVER)
-    assert close(hub, dup.id, "mia", "same", "duplicate", crowd.id)["status"] == "duplicate"
+    assert close(hub, dup.id, "mia", "same", crowd.id)["status"] == "duplicate"
     with pytest.raises(Conflict, match="is duplicate; only open reports"):
         confirm(hub, dup.id, "mia")
 
@@ -206,3 +215,84 @@ def test_fixed_records_the_revision(tiny_hub: Hub) -> None:
     with tiny_hub.session() as s:
         report = domain.get_report(s, filed.id)
         assert (report.status, report.fixed_in_revision_id) == ("fixed", 1)
+
+
+def test_repeated_lines_in_one_file_keep_each_report_its_own_vector(tiny_hub: Hub) -> None:
+    from upstream.embeddings import embed, from_bytes
+
+    prompts = [
+        "What is the capital of France?",
+        "What is the capital of France?",
+        "Write a poem about the sea",
+        "How many legs does a spider have?",
+    ]
+    items = [
+        (i + 1, domain.parse_report({"model": "tiny", "prompt": p})) for i, p in enumerate(prompts)
+    ]
+    filed = domain.submit(tiny_hub, items, "ana", "import").filed
+    assert filed[0].id == filed[1].id and not filed[1].created
+    assert filed[2].similar_to is None and filed[3].similar_to is None
+    with tiny_hub.session() as s:
+        for f, p in zip(filed[2:], prompts[2:], strict=True):
+            stored = from_bytes(domain.get_report(s, f.id).embedding or b"")
+            assert float(stored @ embed([p])[0]) > 0.999
+
+
+def test_only_open_reports_of_the_same_model_are_linked(
+    tiny_hub: Hub, tiny_model_dir: Path
+) -> None:
+    from upstream.registry import import_model
+
+    changed = tiny_model_dir  # same files under another name: another model
+    import_model(tiny_hub, str(changed), "other")
+    first = file_one(tiny_hub, "ana", prompt="What is the capital of Australia?")
+    elsewhere = file_one(tiny_hub, "bo", model="other", prompt="Name Australia's capital.")
+    assert elsewhere.similar_to is None
+    close(tiny_hub, first.id, "ana", "my mistake")
+    after_close = file_one(tiny_hub, "bo", prompt="Name Australia's capital.")
+    assert after_close.similar_to is None
+    linked = file_one(tiny_hub, "cy", prompt="Which city is the capital of Australia?")
+    assert linked.similar_to == after_close.id
+
+
+def test_the_same_content_filed_at_once_is_one_report(tiny_hub: Hub) -> None:
+    import threading
+
+    from upstream.embeddings import embed
+
+    embed(["warm up"])  # so both threads race on the database, not on loading
+    results: list[domain.Filed] = []
+    barrier = threading.Barrier(2)
+
+    def go(user: str) -> None:
+        barrier.wait()
+        results.append(file_one(tiny_hub, user, prompt="a race", expected=NEVER))
+
+    threads = [threading.Thread(target=go, args=(u,)) for u in ("ana", "bo")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.id for r in results}) == 1
+    assert detail(tiny_hub, results[0].id)["filings"] == 2
+
+
+def test_text_search_is_literal_and_unicode(tiny_hub: Hub) -> None:
+    cafe = file_one(tiny_hub, prompt="Spell café")
+    file_one(tiny_hub, prompt="plain prompt")
+    with tiny_hub.session() as s:
+        assert [r.id for r in domain.list_reports(s, domain.ReportQuery(text="CAFÉ"))] == [cafe.id]
+        assert domain.list_reports(s, domain.ReportQuery(text="_")) == []
+        rev = domain.get_report(s, cafe.id).revision.hash
+        assert len(domain.list_reports(s, domain.ReportQuery(model=f"tiny@{rev[:8]}"))) == 2
+
+
+def test_duplicate_closing_is_checked(tiny_hub: Hub) -> None:
+    a = file_one(tiny_hub, "ana", prompt="one")
+    b = file_one(tiny_hub, "ana", prompt="two")
+    c = file_one(tiny_hub, "ana", prompt="three")
+    with pytest.raises(InvalidInput, match="another report of the same model"):
+        close(tiny_hub, a.id, "ana", "self", a.id)
+    close(tiny_hub, b.id, "ana", "same as one", a.id)
+    with pytest.raises(InvalidInput, match="itself a duplicate"):
+        close(tiny_hub, c.id, "ana", "chain", b.id)

@@ -121,7 +121,8 @@ class NotContains(Check):
 
 class Regex(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
-        flags = 0 if self.spec.get("case_sensitive", False) else re.IGNORECASE
+        exact_case = self.spec.get("case_sensitive", False) or self.spec.get("strict", False)
+        flags = 0 if exact_case else re.IGNORECASE
         m = re.search(self.spec["pattern"], output, flags)
         return _verdict(
             m is not None, f"pattern {'found' if m else 'not found'}: {self.spec['pattern']!r}"
@@ -131,7 +132,7 @@ class Regex(Check):
 class Json(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         text = output.strip()
-        fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
+        fenced = re.search(r"```(?:json)?\s*(.*?)\s*```", text, re.S | re.IGNORECASE)
         try:
             value = json.loads(fenced.group(1) if fenced else text)
         except json.JSONDecodeError as e:
@@ -146,7 +147,11 @@ class Json(Check):
         return _verdict(True, "valid JSON" + (" fitting the schema" if schema else ""))
 
 
-NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# A number not glued to a word or another number: "-3", "1,000", "3.14", ".5", "2e3"; in
+# "10-20" the dash is a range, not a minus sign.
+NUMBER_RE = re.compile(
+    r"(?<![\w.-])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+)
 
 
 class Number(Check):
@@ -240,8 +245,13 @@ COMMON = {
 }
 
 
-def parse_check(spec: Any, where: str = "expected") -> Check:
+MAX_DEPTH = 16  # nesting of all_of / any_of / not
+
+
+def parse_check(spec: Any, where: str = "expected", depth: int = 0) -> Check:
     """Validate a check spec and build its check; errors name the field (`where`)."""
+    if depth > MAX_DEPTH:
+        raise InvalidInput(f"{where}: checks nest at most {MAX_DEPTH} deep")
     if not isinstance(spec, dict):
         raise InvalidInput(f"{where}: a check must be a JSON object, got {type(spec).__name__}")
     kind = spec.get("type")
@@ -288,7 +298,9 @@ def parse_check(spec: Any, where: str = "expected") -> Check:
         field_name = "checks" if "checks" in spec else "check"
         children = tuple(
             parse_check(
-                c, f"{where}.{field_name}[{i}]" if field_name == "checks" else f"{where}.check"
+                c,
+                f"{where}.{field_name}[{i}]" if field_name == "checks" else f"{where}.check",
+                depth + 1,
             )
             for i, c in enumerate(subs)
         )
@@ -301,6 +313,18 @@ def _validate_values(kind: str, spec: dict[str, Any], where: str) -> None:
         not spec["values"] or not all(isinstance(v, str) for v in spec["values"])
     ):
         raise InvalidInput(f"{where}.values: a non-empty list of strings is needed")
+    if kind in ("contains", "not_contains", "one_of"):
+        norm = Normalizer(
+            spec.get("strict", False),
+            spec.get("case_sensitive", False),
+            spec.get("keep_punctuation", False),
+        )
+        empty = [v for v in spec["values"] if not norm(v)]
+        if empty:
+            raise InvalidInput(
+                f"{where}.values: {empty!r} is empty once normalised "
+                "(it would match anything); use strict or drop it"
+            )
     if kind == "regex":
         try:
             re.compile(spec["pattern"])
@@ -313,6 +337,12 @@ def _validate_values(kind: str, spec: dict[str, Any], where: str) -> None:
             jsonschema.Draft202012Validator.check_schema(spec["schema"])
         except jsonschema.SchemaError as e:
             raise InvalidInput(f"{where}.schema: not a valid JSON Schema: {e.message}") from e
+    if kind == "number":
+        for key in ("value", "tolerance"):
+            if key in spec and not math.isfinite(spec[key]):
+                raise InvalidInput(f"{where}.{key}: must be a finite number")
+        if spec.get("tolerance", 0) < 0:
+            raise InvalidInput(f"{where}.tolerance: must be 0 or more")
     if kind == "max_words" and spec["value"] < 0:
         raise InvalidInput(f"{where}.value: must be 0 or more")
     if kind == "contains" and spec.get("mode", "any") not in ("any", "all"):

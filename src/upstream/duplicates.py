@@ -103,7 +103,7 @@ class SimilarityIndex:
         vector: np.ndarray,
         max_distance: float,
         pending: Sequence[tuple[int, np.ndarray]] = (),
-        k: int = 8,
+        k: int = 100,
     ) -> tuple[int, float] | None:
         """The closest open report of the model within `max_distance`, if any.
 
@@ -137,6 +137,8 @@ class SimilarityIndex:
 
 def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
     """Group reports linked as likely duplicates; biggest clusters first."""
+    from upstream.reports import prompt_text
+
     parent = {r.id: r.id for r in reports}
 
     def root(i: int) -> int:
@@ -156,7 +158,6 @@ def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
     for members in groups.values():
         members.sort(key=lambda r: r.id)
         first = members[0]
-        users = [m["content"] for m in first.messages if m["role"] == "user"]
         out.append(
             {
                 "id": first.id,
@@ -164,7 +165,7 @@ def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
                 "reporters": len({f.reporter for m in members for f in m.filings}),
                 "reports": [m.id for m in members],
                 "statuses": sorted({m.status for m in members}),
-                "prompt": users[-1] if users else "",
+                "prompt": prompt_text(first.messages),
             }
         )
     out.sort(key=lambda c: (-int(c["size"]), int(c["id"])))

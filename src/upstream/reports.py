@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import or_, select
+from sqlalchemy import Text, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from upstream.checks import parse_check
@@ -88,7 +89,7 @@ class ReportIn(BaseModel):
     prompt: str | None = None
     messages: list[MessageIn] | None = None
     expected: dict[str, Any] | None = Field(None, description="a check spec")
-    observed: str | None = None
+    observed: str | None = Field(None, max_length=100_000)
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
     severity: Literal["low", "medium", "high", "critical"] = "medium"
     description: str = Field("", max_length=10_000)
@@ -123,12 +124,21 @@ def parse_report(data: Any, where: str = "report") -> ReportIn:
 def _pydantic_errors(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if x not in ("str", "VariantIn"))
+        raw_loc = [str(x) for x in err["loc"]]
+        if "str" in raw_loc and not isinstance(err.get("input"), str):
+            continue  # a variant given as an object: the plain-string branch is irrelevant
+        loc = ".".join(x for x in raw_loc if x != "str" and not x.startswith("function-"))
+        loc = loc.replace(".VariantIn", "")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown field (allowed: {', '.join(ReportIn.model_fields)})"
+            model: type[BaseModel] = ReportIn
+            if "messages" in raw_loc:
+                model = MessageIn
+            elif "variants" in raw_loc:
+                model = VariantIn
+            msg = f"unknown field (allowed: {', '.join(model.model_fields)})"
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+    return "; ".join(dict.fromkeys(parts))
 
 
 # ---------------------------------------------------------------- preparing
@@ -171,15 +181,28 @@ def prepare(session: Session, data: ReportIn, max_chars: int, where: str = "repo
             if v.expected is not None:
                 parse_check(v.expected, f"{w}.expected")
             variants.append((_messages(v.prompt, v.messages, w, max_chars), v.expected))
-    content = {
-        "model": revision.model.name,
-        "revision": revision.hash,
-        "messages": [_norm_message(m) for m in messages],
-        "variants": [[_norm_message(m) for m in ms] for ms, _ in variants],
-        "expected": data.expected,
-    }
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    digest = content_hash(
+        revision.model.name, revision.hash, messages, [ms for ms, _ in variants], data.expected
+    )
     return Prepared(data, revision.model_id, revision.id, messages, variants, digest)
+
+
+def content_hash(
+    model: str,
+    revision: str,
+    messages: list[dict[str, str]],
+    variants: list[list[dict[str, str]]],
+    expected: dict[str, Any] | None,
+) -> str:
+    """The identity of a report's content: same hash, same report."""
+    content = {
+        "model": model,
+        "revision": revision,
+        "messages": [_norm_message(m) for m in messages],
+        "variants": [[_norm_message(m) for m in ms] for ms in variants],
+        "expected": expected,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _messages(
@@ -191,7 +214,7 @@ def _messages(
         out = [{"role": m.role, "content": m.content} for m in messages or []]
     if not out or not any(m["role"] == "user" for m in out):
         raise InvalidInput(f"{where}.messages: at least one user message is needed")
-    if not any(m["content"].strip() for m in out):
+    if not any(m["content"].strip() for m in out if m["role"] == "user"):
         raise InvalidInput(f"{where}.prompt: is empty")
     size = sum(len(m["content"]) for m in out)
     if size > max_chars:
@@ -223,22 +246,35 @@ def file_reports(
     hub: Hub, items: Sequence[Prepared], reporter: str, source: str = "cli"
 ) -> list[Filed]:
     """Store prepared reports in one transaction; exact repeats count a new filing."""
-    from upstream import duplicates
 
     if source not in SOURCES:
         raise InvalidInput(f"source {source!r}: allowed {', '.join(SOURCES)}")
     if not reporter.strip():
         raise InvalidInput("reporter: a name is needed")
+    # Two filings of the same content at once: the unique content hash refuses the
+    # second, which is then retried and finds the first (counted as a refiling).
+    for attempt in range(3):
+        try:
+            return _file(hub, items, reporter, source)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _file(hub: Hub, items: Sequence[Prepared], reporter: str, source: str) -> list[Filed]:
+    from upstream import duplicates
+
     out: list[Filed] = []
     with hub.session() as s, s.begin():
         existing = duplicates.find_same_content(s, [p.content_hash for p in items])
-        fresh = [p for p in items if p.content_hash not in existing]
-        # one batched embedding for the whole filing
+        # one batched embedding for the whole filing, one vector per distinct content
+        fresh = list({p.content_hash: p for p in items if p.content_hash not in existing}.values())
         vectors: Any = duplicates.embed_texts([p.text for p in fresh]) if fresh else []
+        vector_of = {p.content_hash: vectors[i] for i, p in enumerate(fresh)}
         hub.similarity.refresh(s, {p.model_id for p in fresh})
         pending: dict[int, list[tuple[int, Any]]] = {}
         new_by_hash: dict[str, Report] = {}
-        vec_iter = iter(vectors)
         for p in items:
             if p.content_hash in existing or p.content_hash in new_by_hash:
                 report = existing.get(p.content_hash) or new_by_hash[p.content_hash]
@@ -253,7 +289,7 @@ def file_reports(
                 )
                 out.append(Filed(report.id, False, report.similar_to_id, report.similar_distance))
                 continue
-            vector = next(vec_iter)
+            vector = vector_of[p.content_hash]
             mine = pending.setdefault(p.model_id, [])
             near = hub.similarity.nearest(
                 s, p.model_id, vector, hub.settings.duplicate_distance, mine
@@ -305,29 +341,36 @@ def _new_report(
 
 
 def parse_jsonl(
-    raw: bytes, default_model: str | None = None
+    raw: bytes, default_model: str | None = None, defaults: dict[str, Any] | None = None
 ) -> tuple[list[tuple[int, ReportIn]], list[tuple[int, str]]]:
-    """Parse a JSONL file of reports: (good lines, bad lines with their reasons)."""
+    """Parse a JSONL file of reports: (good lines, bad lines with their reasons).
+
+    `defaults` fill fields a line leaves out (`tags` are added to the line's own).
+    """
     good: list[tuple[int, ReportIn]] = []
     bad: list[tuple[int, str]] = []
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return [], [(line, f"not UTF-8 (byte {e.start})")]
-    rows = text.splitlines()
-    if len([r for r in rows if r.strip()]) > MAX_LINES:
-        return [], [(0, f"more than {MAX_LINES} reports in one file; split it")]
-    for n, row in enumerate(rows, start=1):
-        if not row.strip():
+    rows = raw.split(b"\n")  # only \n ends a line: JSON strings may hold U+2028
+    if sum(1 for r in rows if r.strip()) > MAX_LINES:
+        raise InvalidInput(f"more than {MAX_LINES} reports in one file; split it")
+    for n, raw_row in enumerate(rows, start=1):
+        if not raw_row.strip():
             continue
         try:
-            data = json.loads(row)
+            data = json.loads(raw_row.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            bad.append((n, f"not UTF-8 (byte {e.start} of the line)"))
+            continue
         except json.JSONDecodeError as e:
             bad.append((n, f"not JSON: {e.msg} at column {e.colno}"))
             continue
-        if isinstance(data, dict) and default_model and "model" not in data:
-            data["model"] = default_model
+        if isinstance(data, dict):
+            if default_model and "model" not in data:
+                data["model"] = default_model
+            for key, value in (defaults or {}).items():
+                if key == "tags":
+                    data["tags"] = [*data.get("tags", []), *value]
+                else:
+                    data.setdefault(key, value)
         try:
             good.append((n, parse_report(data, f"line {n}")))
         except InvalidInput as e:
@@ -359,9 +402,12 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
         .options(selectinload(Report.model), selectinload(Report.filings))
     )
     if q.model:
-        stmt = stmt.join(Model, Report.model_id == Model.id).where(
-            Model.name == q.model.partition("@")[0]
-        )
+        name, rev = q.model.partition("@")[::2]
+        stmt = stmt.join(Model, Report.model_id == Model.id).where(Model.name == name)
+        if rev:
+            from upstream.registry import resolve
+
+            stmt = stmt.where(Report.revision_id == resolve(session, q.model).id)
     if q.status:
         if q.status not in STATUSES:
             raise InvalidInput(f"status {q.status!r}: allowed {', '.join(STATUSES)}")
@@ -371,20 +417,17 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
             raise InvalidInput(f"severity {q.severity!r}: allowed {', '.join(SEVERITIES)}")
         stmt = stmt.where(Report.severity == q.severity)
     if q.text:
-        like = f"%{q.text}%"
+        needle = q.text.lower()
         stmt = stmt.where(
-            or_(Report.description.ilike(like), Report.messages.cast(_text_type()).ilike(like))
+            or_(
+                func.lower(Report.description).contains(needle, autoescape=True),
+                func.lower(Report.messages.cast(Text)).contains(needle, autoescape=True),
+            )
         )
     reports = list(session.scalars(stmt))
     if q.tag:  # tags are a JSON list; filtered here to stay portable across databases
         reports = [r for r in reports if q.tag.lower() in r.tags]
     return reports[q.offset : q.offset + q.limit]
-
-
-def _text_type() -> Any:
-    from sqlalchemy import Text
-
-    return Text()
 
 
 def get_report(session: Session, report_id: int) -> Report:
@@ -402,7 +445,7 @@ def report_summary(r: Report) -> dict[str, Any]:
         "status": r.status,
         "severity": r.severity,
         "tags": r.tags,
-        "prompt": _prompt_text(r.messages),
+        "prompt": prompt_text(r.messages),
         "reporter": r.reporter,
         "reporters": len({f.reporter for f in r.filings}),
         "filings": len(r.filings),
@@ -432,7 +475,7 @@ def report_detail(session: Session, r: Report) -> dict[str, Any]:
         "variants": [
             {
                 "position": v.position,
-                "prompt": _prompt_text(v.messages),
+                "prompt": prompt_text(v.messages),
                 "expected": v.expected,
                 "output": v.output,
                 "passed": v.passed,
@@ -456,7 +499,13 @@ def report_detail(session: Session, r: Report) -> dict[str, Any]:
     }
 
 
-def _prompt_text(messages: list[dict[str, str]]) -> str:
+def _revision_hash(session: Session, revision_id: int | None) -> str | None:
+    revision = session.get(Revision, revision_id) if revision_id else None
+    return revision.hash if revision else None
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """The last user turn: what a list shows of a report's input."""
     users = [m["content"] for m in messages if m["role"] == "user"]
     return users[-1] if users else ""
 

@@ -123,6 +123,14 @@ def _lazy_embedder() -> Embedder:
     return embed
 
 
+JOB_KIND = "reports.reproduce"
+
+
+def queue_reproduction(hub: Hub, report_ids: list[int]) -> int | None:
+    """Queue a reproduction job for these reports (None when there are none)."""
+    return hub.jobs.enqueue(JOB_KIND, {"reports": report_ids}) if report_ids else None
+
+
 def run_reproduce_job(ctx: JobContext) -> dict[str, Any]:
     """Job handler for `reports.reproduce`."""
     return reproduce(ctx.hub, list(ctx.args["reports"]), ctx.progress)
@@ -134,7 +142,7 @@ def rescore(
     """Judge stored outputs again, optionally under a new check; nothing is generated."""
     from upstream.db.schema import ReportEvent
     from upstream.errors import InvalidInput
-    from upstream.reports import get_report
+    from upstream.reports import content_hash, get_report
 
     if new_check is not None:
         parse_check(new_check, "expected")
@@ -158,5 +166,12 @@ def rescore(
                     )
                 )
                 report.expected = new_check
+                report.content_hash = content_hash(
+                    report.model.name,
+                    report.revision.hash,
+                    report.messages,
+                    [v.messages for v in report.variants[1:]],
+                    new_check,
+                )
             results[rid] = _judge(s, report, [o or "" for o in outputs])
     return {"reports": results}

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from upstream.hub import Hub
 
 OPEN_UNCONFIRMED = {"new", "reproduced", "not_reproduced", "needs_check"}
+REPRODUCED = {"reproduced", "not_reproduced", "needs_check"}  # results of reproduction
 TRANSITIONS: dict[str, set[str]] = {
-    **{s: OPEN_UNCONFIRMED | {"confirmed", "wontfix", "duplicate"} for s in OPEN_UNCONFIRMED},
+    **{s: REPRODUCED | {"confirmed", "wontfix", "duplicate"} for s in OPEN_UNCONFIRMED},
     "confirmed": {"fixed", "wontfix", "duplicate"},
     "fixed": {"confirmed"},  # a regression reopens it
     "wontfix": {"confirmed"},
@@ -101,27 +102,28 @@ def confirm(hub: Hub, report_id: int, user: str) -> dict[str, Any]:
 
 
 def close(
-    hub: Hub,
-    report_id: int,
-    user: str,
-    reason: str,
-    status: str = "wontfix",
-    duplicate_of: int | None = None,
+    hub: Hub, report_id: int, user: str, reason: str, duplicate_of: int | None = None
 ) -> dict[str, Any]:
-    """Close a report as wontfix (or duplicate of another); maintainers and its reporter."""
-    if status not in ("wontfix", "duplicate"):
-        raise InvalidInput(f"status {status!r}: a report is closed as wontfix or duplicate")
+    """Close a report as wontfix, or as a duplicate of another; maintainers and its reporter."""
+    status = "wontfix" if duplicate_of is None else "duplicate"
     with hub.session() as s, s.begin():
         report = get_report(s, report_id)
         if not (is_maintainer(hub, user) or user == report.reporter):
             raise InvalidInput(
-                f"report {report_id}: only a maintainer or its reporter may "
-                f"close it ({user} is neither)"
+                f"report {report_id}: only a maintainer or its reporter may close it "
+                f"({user} is neither)"
             )
-        if status == "duplicate":
-            if duplicate_of is None or duplicate_of == report_id:
-                raise InvalidInput("a duplicate needs --of ID naming another report")
-            get_report(s, duplicate_of)
+        if duplicate_of is not None:
+            original = get_report(s, duplicate_of)
+            if original.id == report_id or original.model_id != report.model_id:
+                raise InvalidInput(
+                    f"report {report_id} can only duplicate another report of the same model"
+                )
+            if original.status == "duplicate":
+                raise InvalidInput(
+                    f"report {duplicate_of} is itself a duplicate of "
+                    f"{original.duplicate_of_id}; point to that one"
+                )
             report.duplicate_of_id = duplicate_of
         set_status(s, report, status, user, reason)
         return _state(report, hub.settings.confirmations_needed, f"closed as {status}")

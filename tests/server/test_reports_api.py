@@ -71,7 +71,13 @@ def test_bad_reports_are_4xx_naming_the_field(server: str) -> None:
         assert r.status_code == status and message in r.json()["error"], (body, r.text)
     assert httpx.get(f"{server}/api/reports").json()["reports"] == []
     r = httpx.post(f"{server}/api/reports/1/confirm")
-    assert r.status_code in (404, 422)
+    assert r.status_code == 422 and "X-Upstream-User" in r.json()["error"]
+    r = httpx.post(
+        f"{server}/api/reports/1/close",
+        json={"duplicate_of": [1]},
+        headers={"X-Upstream-User": "x"},
+    )
+    assert r.status_code == 422 and "duplicate_of" in r.json()["error"]
     assert httpx.get(f"{server}/api/reports/99").status_code == 404
 
 

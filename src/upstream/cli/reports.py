@@ -37,9 +37,14 @@ def file_(
     prompt: str = typer.Option(None, "--prompt", help="The prompt that fails."),
     jsonl: Path = typer.Option(None, "--jsonl", help="A JSONL file of reports, one per line."),
     expect: str = typer.Option(
-        None, "--expect", help='A check, e.g. \'{"type": "exact", "value": "Paris"}\'.'
+        None,
+        "--expect",
+        help='A check, e.g. \'{"type": "exact", "value": "Paris"}\' '
+        "(with --jsonl: for lines without one).",
     ),
-    tag: list[str] = typer.Option([], "--tag", help="A tag (repeatable)."),
+    tag: list[str] = typer.Option(
+        [], "--tag", help="A tag (repeatable; with --jsonl: added to every line)."
+    ),
     severity: str = typer.Option("medium", "--severity", help="low, medium, high, critical."),
     description: str = typer.Option("", "--description", help="What is wrong, in words."),
     observed: str = typer.Option(None, "--observed", help="The output you saw (optional)."),
@@ -68,7 +73,12 @@ def file_(
     if jsonl is not None:
         if not jsonl.is_file():
             raise InvalidInput(f"--jsonl {jsonl}: no such file")
-        good, bad = domain.parse_jsonl(jsonl.read_bytes(), default_model=model)
+        defaults: dict[str, Any] = {"tags": tag}
+        if severity != "medium":
+            defaults["severity"] = severity
+        if expect is not None:
+            defaults["expected"] = _check_option(expect)
+        good, bad = domain.parse_jsonl(jsonl.read_bytes(), model, defaults)
         submission = domain.submit(hub, good, reporter, "cli", skip_invalid, bad)
     else:
         if model is None:
@@ -86,10 +96,7 @@ def file_(
             "consent": not no_consent,
         }
         if expect is not None:
-            try:
-                data["expected"] = json.loads(expect)
-            except json.JSONDecodeError as e:
-                raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
+            data["expected"] = _check_option(expect)
         submission = domain.submit_one(hub, domain.parse_report(data), reporter, "cli")
     result = _reproduce(hub, submission.to_reproduce, queue=no_reproduce)
     if json_out:
@@ -108,13 +115,21 @@ def file_(
     _print_reproduction(result)
 
 
+def _check_option(expect: str) -> Any:
+    try:
+        return json.loads(expect)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
+
+
 def _reproduce(hub: Hub, ids: list[int], queue: bool) -> dict[str, Any]:
+    from upstream.reproduction import JOB_KIND, queue_reproduction
+
     if not ids:
         return {"reproduction": None}
     if queue:
-        job = hub.jobs.enqueue("reports.reproduce", {"reports": ids})
-        return {"reproduction": {"job": job, "state": "queued"}}
-    out = run_job(hub, "reports.reproduce", {"reports": ids}, "reproducing")
+        return {"reproduction": {"job": queue_reproduction(hub, ids), "state": "queued"}}
+    out = run_job(hub, JOB_KIND, {"reports": ids}, "reproducing")
     return {"reproduction": out}
 
 
@@ -281,8 +296,7 @@ def close(
     """Close a report as wontfix, or as a duplicate of another."""
     from upstream.triage import close as do_close
 
-    status = "duplicate" if duplicate_of is not None else "wontfix"
-    r = do_close(open_hub(), report_id, current_user(as_user), reason, status, duplicate_of)
+    r = do_close(open_hub(), report_id, current_user(as_user), reason, duplicate_of)
     if json_out:
         emit_json(r)
     else:
@@ -315,12 +329,7 @@ def rescore(
     """Judge stored outputs again (optionally with a new check); generates nothing."""
     from upstream.reproduction import rescore as do_rescore
 
-    check = None
-    if expect is not None:
-        try:
-            check = json.loads(expect)
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
+    check = _check_option(expect) if expect is not None else None
     result = {"reproduction": do_rescore(open_hub(), report_ids, current_user(as_user), check)}
     if json_out:
         emit_json(result)

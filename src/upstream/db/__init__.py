@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,11 @@ def open_database(url: str) -> Engine:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            json_serializer=_json_dumps,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -36,10 +41,15 @@ def open_database(url: str) -> Engine:
             url = "postgresql://" + url.removeprefix("postgres://")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, json_serializer=_json_dumps)
     raise InvalidInput(
         f"database_url {url!r}: only sqlite:/// and postgresql:// URLs are supported"
     )
+
+
+def _json_dumps(value: Any) -> str:
+    # Non-ASCII kept as is, so text search finds "café" in stored JSON.
+    return json.dumps(value, ensure_ascii=False)
 
 
 def migrate(engine: Engine) -> None:

@@ -153,7 +153,7 @@ class Report(Base):
     reproduction_rate: Mapped[float | None] = mapped_column(Float)
     reproduced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # sha256 of the normalised content; the same content filed again is the same report
-    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True, unique=True)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 (384,)
     # A likely duplicate: the nearest open report of the same model, and how near.
     similar_to_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), index=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import reports as domain
 from upstream.duplicates import clusters as group
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
+from upstream.reproduction import queue_reproduction
 from upstream.server.deps import get_hub
 from upstream.triage import close as close_report
 from upstream.triage import confirm as confirm_report
@@ -37,11 +39,7 @@ def file_report(
     """File a report (the JSONL line format); its reproduction is queued as a job."""
     submission = domain.submit_one(hub, domain.parse_report(body), _user(user), "api")
     [filed] = submission.filed
-    job = (
-        hub.jobs.enqueue("reports.reproduce", {"reports": submission.to_reproduce})
-        if submission.to_reproduce
-        else None
-    )
+    job = queue_reproduction(hub, submission.to_reproduce)
     return {**filed.as_dict(), "reproduction_job": job}
 
 
@@ -83,13 +81,15 @@ def confirm(
     return confirm_report(hub, report_id, _user(user, required=True))
 
 
+class CloseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=10_000)
+    duplicate_of: int | None = Field(None, description="close as a duplicate of this report")
+
+
 @router.post("/reports/{report_id}/close")
 def close(
-    report_id: int, body: dict[str, Any], user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    report_id: int, body: CloseRequest, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Close as wontfix, or as a duplicate with {"duplicate_of": ID}."""
-    dup = body.get("duplicate_of")
-    status = "duplicate" if dup is not None else "wontfix"
-    return close_report(
-        hub, report_id, _user(user, required=True), str(body.get("reason", "")), status, dup
-    )
+    return close_report(hub, report_id, _user(user, required=True), body.reason, body.duplicate_of)
