@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 HANDLERS: dict[str, str] = {
     "models.import": "upstream.registry:run_import_job",
     "reports.reproduce": "upstream.reproduction:run_reproduce_job",
+    "evals.run": "upstream.evals:run_eval_job",
 }
 
 ProgressCallback = Callable[[float, float, str], None]

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from upstream.cli import hub as hub_commands
-from upstream.cli import models, reports
+from upstream.cli import models, reports, suites
 from upstream.cli.generate import generate
 from upstream.errors import UpstreamError
 
@@ -24,6 +24,10 @@ app.command()(hub_commands.fsck)
 app.command()(generate)
 app.add_typer(models.app, name="models")
 app.add_typer(reports.app, name="reports")
+app.add_typer(suites.app, name="suites")
+app.command("eval")(suites.eval_)
+app.command("compare")(suites.compare)
+app.command("leaderboard")(suites.leaderboard)
 app.add_typer(hub_commands.jobs_app, name="jobs")
 
 

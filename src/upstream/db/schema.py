@@ -230,3 +230,102 @@ class ReportConfirmation(Base):
     report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
     user: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Case(Base):
+    """A test case: an input and a check. Its id is the hash of both, so it is immutable."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    expected: Mapped[dict[str, Any]] = mapped_column(JSON)  # a check spec
+    # sha256 of the normalised input alone: outputs are cached by it, so a new check on
+    # the same input is scored without generating again
+    input_hash: Mapped[str] = mapped_column(String(64), index=True)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), index=True)
+    source: Mapped[str] = mapped_column(String(20), default="report")  # report, import, hand
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Suite(Base):
+    """A named community benchmark; its content lives in frozen versions."""
+
+    __tablename__ = "suites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True)
+    heldout_percent: Mapped[int] = mapped_column(Integer, default=30)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    versions: Mapped[list[SuiteVersion]] = relationship(
+        order_by="SuiteVersion.number", cascade="all, delete-orphan"
+    )
+
+
+class SuiteVersion(Base):
+    """A frozen manifest of case ids; adding cases makes the next version."""
+
+    __tablename__ = "suite_versions"
+    __table_args__ = (UniqueConstraint("suite_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    suite_id: Mapped[int] = mapped_column(ForeignKey("suites.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    case_ids: Mapped[list[Any]] = mapped_column(JSON)
+    manifest_hash: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalOutput(Base):
+    """A generated output, cached by (subject, input, generation settings)."""
+
+    __tablename__ = "eval_outputs"
+
+    subject_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    input_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    settings_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    output: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalRun(Base):
+    """A subject (revision + adapters) measured on a suite version with some settings."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    suite_version_id: Mapped[int] = mapped_column(ForeignKey("suite_versions.id"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    # {"revision": hash, "adapters": [{"path": ..., "sha256": ...}], "engine": ...}
+    subject: Mapped[dict[str, Any]] = mapped_column(JSON)
+    subject_hash: Mapped[str] = mapped_column(String(64), index=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    split: Mapped[str] = mapped_column(String(20), default="all")
+    state: Mapped[str] = mapped_column(String(20), default="running")
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    generated: Mapped[int] = mapped_column(Integer, default=0)  # outputs not in the cache
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    results: Mapped[list[EvalResult]] = relationship(cascade="all, delete-orphan")
+
+
+class EvalResult(Base):
+    """One case's verdict in a run (scored from the cached output)."""
+
+    __tablename__ = "eval_results"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id"), primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(10))
+    passed: Mapped[bool] = mapped_column()
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    explanation: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")

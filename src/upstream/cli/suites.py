@@ -1,0 +1,275 @@
+"""`upstream suites`, `eval`, `compare`, `leaderboard`: community benchmarks and measuring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from upstream import suites as domain
+from upstream.cli.common import (
+    AsOption,
+    JsonOption,
+    console,
+    current_user,
+    emit_json,
+    err_console,
+    open_hub,
+    progress_bar,
+)
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
+from upstream.hub import Hub
+
+app = typer.Typer(
+    help="Community benchmarks: build, import, show and export suites.", no_args_is_help=True
+)
+
+
+def _can_see_heldout(hub: Hub, as_user: str | None) -> bool:
+    from upstream.triage import is_maintainer
+
+    return is_maintainer(hub, current_user(as_user))
+
+
+@app.command("list")
+def list_(json_out: bool = JsonOption) -> None:
+    """List suites with their newest version and split sizes."""
+    hub = open_hub()
+    with hub.session() as s:
+        rows = [domain.suite_summary(s, st) for st in domain.list_suites(s)]
+    if json_out:
+        emit_json({"suites": rows})
+        return
+    if not rows:
+        err_console.print("no suites yet; build one with `upstream suites build NAME --tag T`")
+        return
+    table = Table("suite", "model", "version", "cases", "public", "held-out")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["model"] or "-",
+            f"v{r['version']}",
+            str(r["cases"]),
+            str(r["public"]),
+            str(r["heldout"]),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Suite name."),
+    version: int = typer.Option(None, "--version", help="A version number (default newest)."),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Show a suite's versions and cases (held-out cases only to maintainers)."""
+    hub = open_hub()
+    see = _can_see_heldout(hub, as_user)
+    with hub.session() as s:
+        suite = domain.get_suite(s, name)
+        summary = domain.suite_summary(s, suite)
+        v = domain.get_version(s, name, version)
+        cases = [
+            domain.case_view(c, domain.split_of(c.id, suite.heldout_percent), see)
+            for c in domain.version_cases(s, v)
+        ]
+    if json_out:
+        emit_json({**summary, "shown_version": v.number, "case_list": cases})
+        return
+    console.print(
+        f"[bold]{name}[/] v{v.number}: {len(cases)} cases "
+        f"({summary['public']} public, {summary['heldout']} held-out)"
+    )
+    table = Table("case", "split", "tags", "prompt", "check")
+    for c in cases:
+        if c.get("hidden"):
+            table.add_row(c["id"][:12], c["split"], ",".join(c["tags"]), "(held out)", "")
+        else:
+            table.add_row(
+                c["id"][:12],
+                c["split"],
+                ",".join(c["tags"]),
+                c["prompt"][:60],
+                c["expected"]["type"],
+            )
+    console.print(table)
+
+
+@app.command("build")
+def build(
+    name: str = typer.Argument(..., help="Suite name (created if new)."),
+    tag: str = typer.Option(..., "--tag", help="Collect confirmed reports with this tag."),
+    model: str = typer.Option(None, "--model", help="Only reports of this model."),
+    heldout: int = typer.Option(None, "--heldout", help="Percent held out (new suite; 30)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Build (or extend) a suite from the confirmed reports with a tag."""
+    result = domain.build_from_reports(open_hub(), name, tag, model, heldout)
+    _print_added(result, json_out)
+
+
+@app.command("import")
+def import_(
+    name: str = typer.Argument(..., help="Suite name (created if new)."),
+    jsonl: Path = typer.Option(
+        ..., "--jsonl", help="A JSONL file of cases, or a Hugging Face datasets directory."
+    ),
+    model: str = typer.Option(None, "--model", help="The model this suite is for."),
+    heldout: int = typer.Option(None, "--heldout", help="Percent held out (new suite; 30)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Import cases: {"prompt" or "messages", "expected": check, "tags"} per line."""
+    hub = open_hub()
+    cases = domain.read_cases(jsonl, hub.settings.max_prompt_chars)
+    for c in cases:
+        c.source = "import"
+    result = domain.add_cases(hub, name, cases, model, heldout, note=f"imported {jsonl.name}")
+    _print_added(result, json_out)
+
+
+def _print_added(result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        emit_json(result)
+    elif result["added"]:
+        console.print(
+            f"suite {result['suite']} v{result['version']}: {result['added']} new "
+            f"case(s), {result['cases']} in all"
+        )
+    else:
+        console.print(f"suite {result['suite']}: nothing new; still v{result['version']}")
+
+
+def eval_(
+    ref: str = typer.Argument(..., help="NAME or NAME@REV."),
+    suite: str = typer.Option(..., "--suite", help="Suite name."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="A LoRA adapter directory."),
+    split: str = typer.Option("all", "--split", help="public, heldout or all."),
+    version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    json_out: bool = JsonOption,
+) -> None:
+    """Evaluate a revision (with adapters) on a suite; prints pass rates per split and tag."""
+    from upstream.evals import run_eval
+
+    hub = open_hub()
+    with progress_bar("evaluating") as update:
+        result = run_eval(hub, ref, suite, version, split, adapter, max_new_tokens, update)
+    if json_out:
+        emit_json(result)
+        return
+    m = result["metrics"]
+    console.print(
+        f"{result['model']}@{result['revision'][:12]} on {suite} v{result['version']}"
+        f" ({result['split']}): {result['generated']} generated, the rest cached"
+    )
+    table = Table("group", "cases", "pass rate", "95% interval", "errors")
+    rows = (
+        [("all", m["all"])]
+        + [(f"split {k}", v) for k, v in m["splits"].items()]
+        + [(f"tag {k}", v) for k, v in m["tags"].items()]
+    )
+    for label, r in rows:
+        table.add_row(
+            label,
+            str(r["n"]),
+            f"{r['rate']:.1%}",
+            f"{r['low']:.1%} – {r['high']:.1%}",
+            str(r["errors"]),
+        )
+    console.print(table)
+
+
+def compare(
+    base: str = typer.Argument(..., help="The base: NAME@REV."),
+    candidate: str = typer.Argument(..., help="The candidate: NAME@REV."),
+    suite: str = typer.Option(..., "--suite", help="Suite name."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="Adapter(s) for the candidate."),
+    version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Compare a candidate with a base: fixed and broken cases, paired difference, McNemar."""
+    from upstream.comparisons import compare as run_compare
+    from upstream.comparisons import detectable_note
+
+    hub = open_hub()
+    with progress_bar("evaluating") as update:
+        result = run_compare(
+            hub,
+            base,
+            candidate,
+            suite,
+            version,
+            (),
+            adapter,
+            max_new_tokens,
+            _can_see_heldout(hub, as_user),
+            update,
+        )
+    if json_out:
+        emit_json(result)
+        return
+    b, c = result["base"], result["candidate"]
+    console.print(
+        f"{suite} v{result['version']}: base {b['model']}@{b['revision'][:12]} vs "
+        f"candidate {c['model']}@{c['revision'][:12]}" + (" + adapter(s)" if c["adapters"] else "")
+    )
+    table = Table(
+        "split", "cases", "base", "candidate", "difference (95% CI)", "fixed", "broken", "McNemar p"
+    )
+    for name, d in result["splits"].items():
+        p = d["paired"]
+        table.add_row(
+            name,
+            str(d["n"]),
+            f"{d['base_rate']:.1%}",
+            f"{d['cand_rate']:.1%}",
+            f"{p['diff']:+.1%} ({p['low']:+.1%} – {p['high']:+.1%})",
+            str(d["fixed_count"]),
+            str(d["broken_count"]),
+            f"{d['p_value']:.3g}",
+        )
+    console.print(table)
+    all_ = result["splits"]["all"]
+    for key in ("fixed", "broken"):
+        if all_[key]:
+            console.print(f"{key}: " + ", ".join(i[:12] for i in all_[key]))
+    console.print(detectable_note(all_))
+
+
+def leaderboard(
+    suite: str = typer.Option(None, "--suite", help="Only this suite."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Revisions × suites: pass rates with 95 % intervals from the newest runs."""
+    from upstream.comparisons import leaderboard as board
+
+    rows = board(open_hub(), suite)
+    if json_out:
+        emit_json({"leaderboard": rows})
+        return
+    if not rows:
+        err_console.print("no evaluations yet; run `upstream eval NAME --suite S`")
+        return
+    table = Table(
+        "suite", "model@revision", "adapters", "cases", "pass rate (95% CI)", "public", "held-out"
+    )
+    for r in rows:
+
+        def fmt(m: dict[str, Any] | None) -> str:
+            return "-" if not m else f"{m['rate']:.1%} ({m['low']:.0%}–{m['high']:.0%})"
+
+        table.add_row(
+            f"{r['suite']} v{r['version']}",
+            f"{r['model']}@{r['revision'][:12]}",
+            ",".join(r["adapters"]) or "-",
+            str(r["all"]["n"]),
+            fmt(r["all"]),
+            fmt(r["public"]),
+            fmt(r["heldout"]),
+        )
+    console.print(table)

@@ -1,0 +1,360 @@
+"""Evaluation runs: a subject (revision + adapters) measured on a suite version.
+
+Outputs are cached by (subject hash, input hash, generation settings hash). The subject
+hash covers the revision, the tokenizer and chat template files, every adapter's files and
+the engine version, so a cached output is reused only when generating again would give
+the same text. Re-running after cases were added generates only the new inputs;
+re-scoring after a check changed generates nothing; a run killed half-way resumes from
+the outputs already written (they are committed chunk by chunk).
+
+A case that cannot be generated or scored is recorded as an error with its message and
+counts as not passed; it never aborts the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from upstream.checks import parse_check
+from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, utcnow
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
+from upstream.errors import InvalidInput, NotFound, UpstreamError
+from upstream.suites import SPLITS, get_version, split_of, version_cases
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+    from upstream.jobs import JobContext
+
+CHUNK = 64  # cases generated and committed together
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+)
+Progress = Callable[[float, float, str], None]
+
+
+def subject_of(revision: Revision, adapters: Sequence[Path] = ()) -> tuple[dict[str, Any], str]:
+    """What a result depends on, and its hash."""
+    from upstream.blobs import sha256_file
+    from upstream.engines.hf import ENGINE_VERSION
+
+    files = revision.manifest["files"]
+    adapter_info = []
+    for a in adapters:
+        a = Path(a)
+        if not a.is_dir():
+            raise NotFound(f"adapter {a}: no such directory")
+        digest = hashlib.sha256()
+        for f in sorted(a.iterdir()):
+            if f.is_file():
+                digest.update(f.name.encode() + sha256_file(f).encode())
+        adapter_info.append({"path": str(a), "sha256": digest.hexdigest()})
+    subject = {
+        "revision": revision.hash,
+        "tokenizer": {f: files[f]["sha256"] for f in TOKENIZER_FILES if f in files},
+        "adapters": adapter_info,
+        "engine": ENGINE_VERSION,
+    }
+    # an adapter's path does not change what it generates; its content does
+    hashed = {**subject, "adapters": [x["sha256"] for x in adapter_info]}
+    canonical = json.dumps(hashed, sort_keys=True)
+    return subject, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def settings_of(max_new_tokens: int) -> tuple[dict[str, Any], str]:
+    settings = json.loads(
+        GenRequest(
+            messages=[{"role": "user", "content": "x"}], max_new_tokens=max_new_tokens
+        ).settings_key()
+    )
+    return settings, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def run_eval(
+    hub: Hub,
+    ref: str,
+    suite: str,
+    version: int | None = None,
+    split: str = "all",
+    adapters: Sequence[Path] = (),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Evaluate `ref` (+ adapters) on a suite version; returns the run's summary."""
+    from upstream.registry import resolve
+
+    if split not in SPLITS:
+        raise InvalidInput(f"split {split!r}: allowed {', '.join(SPLITS)}")
+    with hub.session() as s:
+        revision = resolve(s, ref)
+        v = get_version(s, suite, version)
+        heldout_percent = _heldout_percent(s, v.suite_id)
+        cases = [
+            c
+            for c in version_cases(s, v)
+            if split == "all" or split_of(c.id, heldout_percent) == split
+        ]
+        if not cases:
+            raise InvalidInput(f"suite {suite} v{v.number} has no {split} cases")
+        subject, subject_hash = subject_of(revision, adapters)
+        settings, settings_hash = settings_of(max_new_tokens)
+        run = EvalRun(
+            suite_version_id=v.id,
+            revision_id=revision.id,
+            subject=subject,
+            subject_hash=subject_hash,
+            settings=settings,
+            split=split,
+        )
+        model_name, version_number = revision.model.name, v.number
+        s.add(run)
+        s.commit()
+        run_id = run.id
+    missing = _missing_inputs(hub, cases, subject_hash, settings_hash)
+    generated = 0
+    if missing:
+        generated = _generate(
+            hub, revision, adapters, missing, subject_hash, settings_hash, max_new_tokens, progress
+        )
+    with hub.session() as s, s.begin():
+        outputs = _cached(s, [c.input_hash for c in cases], subject_hash, settings_hash)
+        stored = s.get(EvalRun, run_id)
+        assert stored is not None
+        run = stored
+        rows = [
+            _score(run_id, c, split_of(c.id, heldout_percent), outputs.get(c.input_hash))
+            for c in cases
+        ]
+        s.add_all(rows)
+        run.metrics = metrics(rows, {c.id: c.tags for c in cases})
+        run.generated = generated
+        run.state = "done"
+        run.finished_at = utcnow()
+        summary = run_summary(run, model_name, suite, version_number)
+    return summary
+
+
+def _heldout_percent(session: Any, suite_id: int) -> int:
+    from upstream.db.schema import Suite
+
+    suite = session.get(Suite, suite_id)
+    return int(suite.heldout_percent) if suite else 30
+
+
+def _cached(
+    session: Any, input_hashes: Sequence[str], subject_hash: str, settings_hash: str
+) -> dict[str, EvalOutput]:
+    found: dict[str, EvalOutput] = {}
+    unique = sorted(set(input_hashes))
+    for start in range(0, len(unique), 500):
+        q = select(EvalOutput).where(
+            EvalOutput.subject_hash == subject_hash,
+            EvalOutput.settings_hash == settings_hash,
+            EvalOutput.input_hash.in_(unique[start : start + 500]),
+        )
+        for o in session.scalars(q):
+            found[o.input_hash] = o
+    return found
+
+
+def _missing_inputs(
+    hub: Hub, cases: Sequence[Case], subject_hash: str, settings_hash: str
+) -> list[Case]:
+    with hub.session() as s:
+        have = _cached(s, [c.input_hash for c in cases], subject_hash, settings_hash)
+    seen: set[str] = set()
+    missing = []
+    for c in cases:
+        if c.input_hash not in have and c.input_hash not in seen:
+            seen.add(c.input_hash)
+            missing.append(c)
+    return missing
+
+
+def _generate(
+    hub: Hub,
+    revision: Revision,
+    adapters: Sequence[Path],
+    cases: list[Case],
+    subject_hash: str,
+    settings_hash: str,
+    max_new_tokens: int,
+    progress: Progress | None,
+) -> int:
+    """Generate outputs for cases, committing chunk by chunk; returns how many."""
+    from upstream.engines.hf import HFEngine
+
+    engine = HFEngine.for_revision(hub, revision, adapters)
+    if not engine.loaded.tokenizer.chat_template:
+        raise InvalidInput(
+            f"{revision.model.name}@{revision.hash[:12]}: its tokenizer has no "
+            "chat template, so chat cases cannot be run on it"
+        )
+    done = 0
+    for start in range(0, len(cases), CHUNK):
+        chunk = cases[start : start + CHUNK]
+        requests = [GenRequest(messages=c.messages, max_new_tokens=max_new_tokens) for c in chunk]
+        results: list[tuple[str, str, int]] = []
+        try:
+            outs = engine.generate(requests)
+            results = [(o.text, "", o.completion_tokens) for o in outs]
+        except UpstreamError:  # one bad case: run them one by one to find it
+            for r in requests:
+                try:
+                    o = engine.generate([r])[0]
+                    results.append((o.text, "", o.completion_tokens))
+                except UpstreamError as e:
+                    results.append(("", str(e), 0))
+        with hub.session() as s, s.begin():
+            for c, (text, error, tokens) in zip(chunk, results, strict=True):
+                s.merge(
+                    EvalOutput(
+                        subject_hash=subject_hash,
+                        input_hash=c.input_hash,
+                        settings_hash=settings_hash,
+                        output=text,
+                        error=error,
+                        completion_tokens=tokens,
+                    )
+                )
+        done += len(chunk)
+        if progress:
+            progress(done, len(cases), "generating")
+    return done
+
+
+def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalResult:
+    if out is None:
+        return EvalResult(
+            run_id=run_id,
+            case_id=case.id,
+            split=split,
+            passed=False,
+            error="no output was generated",
+        )
+    if out.error:
+        return EvalResult(
+            run_id=run_id, case_id=case.id, split=split, passed=False, error=out.error
+        )
+    try:
+        outcome = parse_check(case.expected).score(out.output, _embedder())
+    except Exception as e:  # a check that cannot be scored is this case's error, not the run's
+        return EvalResult(
+            run_id=run_id,
+            case_id=case.id,
+            split=split,
+            passed=False,
+            error=f"check could not be scored: {e}",
+        )
+    return EvalResult(
+        run_id=run_id,
+        case_id=case.id,
+        split=split,
+        passed=outcome.passed,
+        score=outcome.score,
+        explanation=outcome.explanation,
+    )
+
+
+def _embedder() -> Any:
+    def embed(texts: Any) -> Any:
+        from upstream.embeddings import embed as real
+
+        return real(list(texts))
+
+    return embed
+
+
+def metrics(rows: Sequence[EvalResult], tags: dict[str, list[str]]) -> dict[str, Any]:
+    """Pass rate with a Wilson 95 % interval, overall, per split and per tag."""
+    from upstream.stats import wilson
+
+    groups: dict[str, list[EvalResult]] = defaultdict(list)
+    for r in rows:
+        groups["all"].append(r)
+        groups[f"split:{r.split}"].append(r)
+        for t in tags.get(r.case_id, []):
+            groups[f"tag:{t}"].append(r)
+
+    def rate(rs: list[EvalResult]) -> dict[str, Any]:
+        passed = sum(r.passed for r in rs)
+        low, high = wilson(passed, len(rs))
+        return {
+            "n": len(rs),
+            "passed": passed,
+            "rate": passed / len(rs) if rs else 0.0,
+            "low": low,
+            "high": high,
+            "errors": sum(1 for r in rs if r.error),
+        }
+
+    return {
+        "all": rate(groups["all"]),
+        "splits": {
+            k.split(":", 1)[1]: rate(v) for k, v in sorted(groups.items()) if k.startswith("split:")
+        },
+        "tags": {
+            k.split(":", 1)[1]: rate(v) for k, v in sorted(groups.items()) if k.startswith("tag:")
+        },
+    }
+
+
+def run_summary(run: EvalRun, model: str, suite: str, version: int) -> dict[str, Any]:
+    return {
+        "run": run.id,
+        "model": model,
+        "revision": run.subject["revision"],
+        "adapters": run.subject["adapters"],
+        "suite": suite,
+        "version": version,
+        "split": run.split,
+        "settings": run.settings,
+        "generated": run.generated,
+        "metrics": run.metrics,
+        "subject_hash": run.subject_hash,
+    }
+
+
+def run_eval_job(ctx: JobContext) -> dict[str, Any]:
+    """Job handler for `evals.run`."""
+    a = ctx.args
+    return run_eval(
+        ctx.hub,
+        a["ref"],
+        a["suite"],
+        a.get("version"),
+        a.get("split", "all"),
+        [Path(p) for p in a.get("adapters", [])],
+        int(a.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+        ctx.progress,
+    )
+
+
+def latest_results(hub: Hub, subject_hash: str, version_id: int) -> dict[str, EvalResult]:
+    """The newest results of a subject on a suite version, by case id."""
+    with hub.session() as s:
+        run = s.scalar(
+            select(EvalRun)
+            .where(
+                EvalRun.subject_hash == subject_hash,
+                EvalRun.suite_version_id == version_id,
+                EvalRun.state == "done",
+                EvalRun.split == "all",
+            )
+            .order_by(EvalRun.id.desc())
+        )
+        if run is None:
+            return {}
+        return {r.case_id: r for r in run.results}

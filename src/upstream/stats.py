@@ -1,0 +1,211 @@
+"""Statistics for eval runs: pass-rate intervals and paired comparisons of two subjects.
+
+Everything here is a pure function of pass/fail outcomes, so a comparison can be
+recomputed from stored results at any time. Two subjects measured on the same cases
+are compared *paired*: each case is its own control, so what matters is the cases
+whose outcome changed (fixed: fail→pass, broken: pass→fail), not the two pass rates
+taken separately.
+
+- `wilson`: a 95 % interval for one pass rate that behaves at 0/n and n/n.
+- `mcnemar_exact`: is "fixed" more common than "broken" beyond chance?
+- `paired_difference`: the change in pass rate with a standard error that can be
+  clustered by source report (variants of one report pass or fail together).
+- `minimum_detectable_effect`: how large a change the suite is able to see at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any
+
+from upstream.errors import InvalidInput
+
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def wilson(passed: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for a pass rate of `passed` out of `n`."""
+    if n < 0 or not 0 <= passed <= n:
+        raise InvalidInput(f"passed={passed}, n={n}: need 0 <= passed <= n")
+    if n == 0:
+        return (0.0, 1.0)  # no cases: the rate could be anything
+    # Unlike the Wald interval p ± z·sqrt(p(1-p)/n), Wilson's inverts the score test,
+    # so it stays inside [0, 1] and does not collapse to a point at 0/n or n/n.
+    p = passed / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    """The exact two-sided McNemar p-value for `fixed` vs `broken` discordant pairs."""
+    if fixed < 0 or broken < 0:
+        raise InvalidInput(f"fixed={fixed}, broken={broken}: counts cannot be negative")
+    m = fixed + broken
+    if m == 0:
+        return 1.0  # nothing changed: no evidence either way
+    # Cases that pass (or fail) under both subjects say nothing about which is better.
+    # Under "no difference", each changed case is equally likely to be a fix or a
+    # break, so `fixed` ~ Binomial(m, 1/2); the exact test avoids the chi-square
+    # approximation, which is poor for the handful of changes a suite usually shows.
+    from scipy.stats import binomtest  # scipy is slow to import; only comparisons need it
+
+    return float(min(1.0, binomtest(fixed, m, 0.5).pvalue))
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    diff: float  # candidate pass rate − base pass rate
+    se: float  # standard error of `diff`
+    low: float  # interval bounds, clipped to [-1, 1]
+    high: float
+    n: int  # cases
+    n_clusters: int  # clusters used for the SE (n when unclustered)
+
+
+def _naive_se(d: Sequence[int], mean: float) -> float:
+    """The standard error of a mean of paired differences taken as independent."""
+    n = len(d)
+    if n < 2:
+        return 0.0
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)  # sample variance (n - 1)
+    return math.sqrt(var / n)
+
+
+def paired_difference(
+    base: Sequence[bool],
+    cand: Sequence[bool],
+    clusters: Sequence[str] | None = None,
+    z: float = Z95,
+) -> PairedDiff:
+    """The paired difference in pass rate (cand − base) with a (clustered) interval."""
+    n = len(base)
+    if len(cand) != n or (clusters is not None and len(clusters) != n):
+        raise InvalidInput(
+            f"base has {n} cases, cand {len(cand)}"
+            + (f", clusters {len(clusters)}" if clusters is not None else "")
+            + ": need one entry per case in each"
+        )
+    if n == 0:
+        return PairedDiff(0.0, 0.0, -1.0, 1.0, 0, 0)  # no cases: any difference is possible
+    # d_i is +1 for a fixed case, -1 for a broken one, 0 when unchanged; its mean is
+    # exactly cand rate − base rate.
+    d = [int(c) - int(b) for b, c in zip(base, cand, strict=True)]
+    mean = sum(d) / n
+    se = _naive_se(d, mean)
+    n_clusters = n
+    if clusters is not None:
+        # Variants of one source report tend to pass or fail together, so they carry
+        # less information than as many independent cases. The cluster-robust (CR1)
+        # variance of a mean sums the residuals within each cluster before squaring:
+        #   Var = G/(G-1) · Σ_g (Σ_{i∈g} (d_i − mean))² / n²
+        # With one case per cluster this equals the naive s²/n exactly.
+        sums: dict[str, float] = {}
+        for key, x in zip(clusters, d, strict=True):
+            sums[key] = sums.get(key, 0.0) + (x - mean)
+        g = len(sums)
+        if g >= 2:
+            se = math.sqrt(g / (g - 1) * sum(s * s for s in sums.values())) / n
+            n_clusters = g
+        # With a single cluster there is no between-cluster variation to estimate;
+        # fall back to the naive SE (which then understates the uncertainty).
+    return PairedDiff(
+        diff=mean,
+        se=se,
+        low=max(-1.0, mean - z * se),
+        high=min(1.0, mean + z * se),
+        n=n,
+        n_clusters=n_clusters,
+    )
+
+
+def minimum_detectable_effect(
+    n: int,
+    base_rate: float,
+    discordance: float | None = None,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float:
+    """The smallest paired change in pass rate a suite of `n` cases can reliably detect.
+
+    Normal approximation to McNemar's test: with p_disc the expected share of cases
+    whose outcome changes, the difference in pass rates has variance about p_disc / n
+    under the null, so
+
+        MDE = (z_{1−α/2} + z_{power}) · sqrt(p_disc / n)
+
+    This assumes independent cases and a small effect relative to p_disc (the exact
+    alternative variance is p_disc − MDE², so the formula slightly overstates the MDE).
+    Without an observed `discordance`, p_disc = 2·p·(1−p) for base rate p: the share
+    of changed cases if the two subjects failed independently, a conservative guess
+    because real revisions agree far more often than that. The result is never below
+    k/n, where k is the fewest one-directional changes the exact test can call
+    significant (6 at α = 0.05), and never above 1.
+    """
+    if n < 0:
+        raise InvalidInput(f"n={n}: the number of cases cannot be negative")
+    if not 0.0 <= base_rate <= 1.0:
+        raise InvalidInput(f"base_rate={base_rate}: must be between 0 and 1")
+    if discordance is not None and not 0.0 <= discordance <= 1.0:
+        raise InvalidInput(f"discordance={discordance}: must be between 0 and 1")
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise InvalidInput(f"alpha={alpha}, power={power}: both must be strictly between 0 and 1")
+    if n == 0:
+        return 1.0
+    p_disc = 2 * base_rate * (1 - base_rate) if discordance is None else discordance
+    normal = NormalDist()
+    mde = (normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(power)) * math.sqrt(p_disc / n)
+    # With few or no observed changes the formula gives ~0, yet the exact test needs at
+    # least k changes all one way (two-sided p = 2·0.5^k ≤ α) before it finds anything.
+    k_min = math.ceil(math.log2(2 / alpha) - 1e-12)
+    return min(1.0, max(mde, k_min / n))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    fixed: list[str]  # case ids that failed under base and pass under cand
+    broken: list[str]  # case ids that passed under base and fail under cand
+    base_rate: float
+    cand_rate: float
+    n: int  # cases measured under both subjects
+    paired: PairedDiff
+    p_value: float  # exact McNemar
+    mde: float  # minimum detectable effect at α = 0.05, power 0.8
+
+    def as_dict(self) -> dict[str, Any]:
+        """The comparison as JSON-ready plain data."""
+        return asdict(self)
+
+
+def compare(
+    base: dict[str, bool],
+    cand: dict[str, bool],
+    clusters: dict[str, str] | None = None,
+) -> Comparison:
+    """Compare two subjects' outcomes (case id → passed) on the cases both measured."""
+    ids = sorted(base.keys() & cand.keys())
+    n = len(ids)
+    b = [base[i] for i in ids]
+    c = [cand[i] for i in ids]
+    fixed = [i for i in ids if cand[i] and not base[i]]
+    broken = [i for i in ids if base[i] and not cand[i]]
+    # A case without a cluster (e.g. added by hand, no source report) is its own cluster;
+    # the NUL prefix keeps its key from colliding with a real cluster name.
+    keys = [clusters.get(i, "\0" + i) for i in ids] if clusters is not None else None
+    base_rate = sum(b) / n if n else 0.0
+    discordance = (len(fixed) + len(broken)) / n if n else None
+    return Comparison(
+        fixed=fixed,
+        broken=broken,
+        base_rate=base_rate,
+        cand_rate=sum(c) / n if n else 0.0,
+        n=n,
+        paired=paired_difference(b, c, keys),
+        p_value=mcnemar_exact(len(fixed), len(broken)),
+        mde=minimum_detectable_effect(n, base_rate, discordance),
+    )
