@@ -1,0 +1,191 @@
+"""Suites, incremental evaluation, comparisons and the leaderboard, on the tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from upstream import reports, suites
+from upstream.db.schema import EvalOutput
+from upstream.errors import InvalidInput, NotFound
+from upstream.evals import run_eval
+from upstream.hub import Hub
+from upstream.triage import confirm
+
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+ALWAYS = {"type": "max_words", "value": 10_000}
+
+
+def cases(n: int, check: dict, tag: str = "t", start: int = 0) -> list[suites.CaseIn]:
+    return [
+        suites.CaseIn([{"role": "user", "content": f"question number {i}"}], check, [tag])
+        for i in range(start, start + n)
+    ]
+
+
+def test_case_ids_versions_and_stable_split(tiny_hub: Hub) -> None:
+    first = suites.add_cases(tiny_hub, "s", cases(20, NEVER), "tiny")
+    assert (first["version"], first["added"], first["cases"]) == (1, 20, 20)
+    same = suites.add_cases(tiny_hub, "s", cases(20, NEVER))
+    assert (same["version"], same["added"]) == (1, 0)  # nothing new, no new version
+    more = suites.add_cases(tiny_hub, "s", cases(5, NEVER, start=20))
+    assert (more["version"], more["cases"]) == (2, 25)
+    with tiny_hub.session() as s:
+        v1, v2 = (suites.get_version(s, "s", n) for n in (1, 2))
+        assert v2.case_ids[:20] == v1.case_ids  # v1 stays frozen
+        splits = [suites.split_of(c, 30) for c in v2.case_ids]
+    assert 0 < splits.count("heldout") < 25
+    assert splits == [suites.split_of(c, 30) for c in v2.case_ids]  # stable
+    a = suites.case_id([{"role": "user", "content": "x"}], NEVER)
+    assert a == suites.case_id([{"role": "user", "content": "x"}], NEVER)
+    assert a != suites.case_id([{"role": "user", "content": "x"}], ALWAYS)
+
+
+def test_build_from_confirmed_reports_links_each_variant(tiny_hub: Hub) -> None:
+    data = {
+        "model": "tiny",
+        "prompt": "What is the capital of France?",
+        "expected": NEVER,
+        "tags": ["capitals"],
+        "variants": ["France's capital?"],
+        "max_new_tokens": 4,
+    }
+    filed = reports.submit_one(tiny_hub, reports.parse_report(data), "ana", "cli").filed[0]
+    with pytest.raises(InvalidInput, match="no confirmed report with tag"):
+        suites.build_from_reports(tiny_hub, "caps", "capitals")
+    confirm(tiny_hub, filed.id, next(iter(tiny_hub.settings.maintainer_names)))
+    built = suites.build_from_reports(tiny_hub, "caps", "capitals")
+    assert (built["cases"], built["reports"]) == (2, 1)
+    with tiny_hub.session() as s:
+        v = suites.get_version(s, "caps")
+        assert {c.report_id for c in suites.version_cases(s, v)} == {filed.id}
+
+
+def test_eval_is_incremental_and_rescoring_generates_nothing(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suites.add_cases(tiny_hub, "s", cases(12, NEVER), "tiny")
+    first = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    assert first["generated"] == 12 and first["metrics"]["all"]["rate"] == 0.0
+    suites.add_cases(tiny_hub, "s", cases(3, NEVER, start=12))
+    second = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    assert second["generated"] == 3 and second["metrics"]["all"]["n"] == 15
+
+    from upstream.engines import hf
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("must not generate")
+
+    monkeypatch.setattr(hf.HFEngine, "generate", no_generation)
+    # the same inputs with a new check: a new case, scored from cached outputs
+    suites.add_cases(tiny_hub, "s2", cases(15, ALWAYS), "tiny")
+    rescored = run_eval(tiny_hub, "tiny", "s2", max_new_tokens=4)
+    assert rescored["generated"] == 0 and rescored["metrics"]["all"]["rate"] == 1.0
+
+
+def test_a_killed_run_resumes_from_written_outputs(tiny_hub: Hub) -> None:
+    from upstream import evals
+
+    suites.add_cases(tiny_hub, "s", cases(10, NEVER), "tiny")
+    with tiny_hub.session() as s:
+        assert s.query(EvalOutput).count() == 0
+    original, calls = evals.CHUNK, []
+    evals.CHUNK = 4
+    real = evals._generate
+
+    def crash_after_first_chunk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        case_list = args[3]
+        calls.append(len(case_list))
+        if len(calls) == 1:
+            real(*args[:3], case_list[:4], *args[4:], **kwargs)
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    evals._generate = crash_after_first_chunk
+    try:
+        with pytest.raises(RuntimeError):
+            run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+        resumed = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    finally:
+        evals._generate, evals.CHUNK = real, original
+    assert calls == [10, 6] and resumed["generated"] == 6
+
+
+def test_split_filter_and_errors(tiny_hub: Hub) -> None:
+    suites.add_cases(tiny_hub, "s", cases(20, NEVER), "tiny")
+    public = run_eval(tiny_hub, "tiny", "s", split="public", max_new_tokens=2)
+    heldout = run_eval(tiny_hub, "tiny", "s", split="heldout", max_new_tokens=2)
+    assert public["metrics"]["all"]["n"] + heldout["metrics"]["all"]["n"] == 20
+    with pytest.raises(InvalidInput, match="split 'secret'"):
+        run_eval(tiny_hub, "tiny", "s", split="secret")
+    with pytest.raises(NotFound, match="unknown suite 'nope'"):
+        run_eval(tiny_hub, "tiny", "nope")
+    with pytest.raises(NotFound, match="no version 9"):
+        run_eval(tiny_hub, "tiny", "s", version=9)
+
+
+def test_a_case_that_cannot_be_scored_is_an_error_not_a_crash(tiny_hub: Hub) -> None:
+    from upstream.db.schema import Case
+
+    suites.add_cases(tiny_hub, "s", cases(3, NEVER), "tiny")
+    with tiny_hub.session() as s, s.begin():
+        case = s.get(Case, suites.get_version(s, "s").case_ids[0])
+        assert case is not None
+        case.expected = {"type": "regex", "pattern": "("}  # damaged after the fact
+    result = run_eval(tiny_hub, "tiny", "s", max_new_tokens=2)
+    assert result["metrics"]["all"]["errors"] == 1 and result["metrics"]["all"]["n"] == 3
+
+
+def test_compare_lists_fixed_and_broken_and_hides_heldout_ids(
+    tiny_hub: Hub, tmp_path: Path
+) -> None:
+    from tests.tiny_models import build_model
+    from upstream.comparisons import compare, leaderboard
+    from upstream.engines.base import GenRequest
+    from upstream.engines.hf import HFEngine
+    from upstream.registry import import_model, resolve
+
+    import_model(tiny_hub, str(build_model(tmp_path / "other", "llama", seed=7)), "other")
+    prompts = [f"question number {i}" for i in range(16)]
+    outs = {}
+    with tiny_hub.session() as s:
+        for name in ("tiny", "other"):
+            engine = HFEngine.for_revision(tiny_hub, resolve(s, name))
+            outs[name] = [
+                r.text
+                for r in engine.generate(
+                    [GenRequest.from_prompt(p, max_new_tokens=3) for p in prompts]
+                )
+            ]
+    assert all(a != b for a, b in zip(outs["tiny"], outs["other"], strict=True))
+    # the first half expects the base's answers (the candidate breaks them), the second
+    # half the candidate's (it fixes them)
+    case_list = [
+        suites.CaseIn(
+            [{"role": "user", "content": p}],
+            {"type": "exact", "value": outs["tiny" if i < 8 else "other"][i], "strict": True},
+            ["t"],
+        )
+        for i, p in enumerate(prompts)
+    ]
+    suites.add_cases(tiny_hub, "s", case_list, "tiny")
+    with tiny_hub.session() as s:
+        ids = suites.get_version(s, "s").case_ids
+    heldout = {c for c in ids if suites.split_of(c, 30) == "heldout"}
+    assert heldout and len(heldout) < 16
+
+    d = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3, can_see_heldout=True)["splits"][
+        "all"
+    ]
+    assert d["fixed"] == sorted(ids[8:]) and d["broken"] == sorted(ids[:8])
+    assert (d["base_rate"], d["cand_rate"], d["p_value"]) == (0.5, 0.5, 1.0)
+    hidden = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3)["splits"]["all"]
+    assert hidden["fixed_count"] == 8 and not set(hidden["fixed"]) & heldout
+    assert len(hidden["fixed"]) + len(hidden["broken"]) == 16 - len(heldout)
+
+    same = compare(tiny_hub, "tiny", "tiny", "s", max_new_tokens=3)["splits"]["all"]
+    assert same["fixed"] == same["broken"] == [] and same["p_value"] == 1.0
+    board = leaderboard(tiny_hub, "s")
+    assert {r["model"] for r in board} == {"tiny", "other"}
+    assert all(r["all"]["rate"] == 0.5 for r in board)
+    assert json.dumps(board)
