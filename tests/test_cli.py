@@ -9,19 +9,14 @@ from pathlib import Path
 import pytest
 
 COMMANDS = [
-    [],
-    ["init"],
-    ["up"],
-    ["worker"],
-    ["fsck"],
-    ["generate"],
-    ["models"],
-    ["models", "import"],
-    ["models", "list"],
-    ["models", "show"],
-    ["jobs"],
-    ["jobs", "list"],
-]
+    [], ["init"], ["up"], ["worker"], ["fsck"], ["generate"], ["jobs"], ["jobs", "list"],
+    ["models"], ["models", "import"], ["models", "list"], ["models", "show"], ["models", "tag"],
+    ["models", "untag"], ["reports"], ["reports", "file"], ["reports", "list"],
+    ["reports", "show"], ["reports", "confirm"], ["reports", "close"], ["reports", "reproduce"],
+    ["reports", "rescore"], ["suites"], ["suites", "list"], ["suites", "show"],
+    ["suites", "build"], ["suites", "import"], ["suites", "export"], ["eval"], ["compare"],
+    ["leaderboard"],
+]  # fmt: skip
 
 
 def upstream(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -120,6 +120,8 @@ def add_cases(
     """Add cases to a suite (created if needed); makes a new version when any is new."""
     if not NAME_RE.match(name):
         raise InvalidInput(f"suite name {name!r}: use lowercase letters, digits, '.', '_', '-'")
+    if not cases:
+        raise InvalidInput(f"suite {name}: no cases given; a suite needs at least one")
     if heldout_percent is not None and not 0 <= heldout_percent <= 90:
         raise InvalidInput(f"heldout percent {heldout_percent}: allowed 0 to 90")
     with hub.session() as s, s.begin():

@@ -142,6 +142,41 @@ def _print_added(result: dict[str, Any], json_out: bool) -> None:
         console.print(f"suite {result['suite']}: nothing new; still v{result['version']}")
 
 
+@app.command("export")
+def export(
+    name: str = typer.Argument(..., help="Suite name."),
+    fmt: str = typer.Option(..., "--format", help="jsonl, hf or lm-eval."),
+    out: Path = typer.Option(..., "--out", help="A new (or empty) directory."),
+    version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
+    include_heldout: bool = typer.Option(
+        False, "--include-heldout", help="Maintainers only: export the held-out cases too."
+    ),
+    max_new_tokens: int = typer.Option(
+        DEFAULT_MAX_NEW_TOKENS,
+        "--max-new-tokens",
+        min=1,
+        help="lm-eval: the generation length of the task.",
+    ),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Export a suite for researchers: JSONL, a Hugging Face dataset, or an lm-eval task."""
+    from upstream.errors import InvalidInput
+    from upstream.exports import export_suite
+
+    hub = open_hub()
+    if include_heldout and not _can_see_heldout(hub, as_user):
+        raise InvalidInput("--include-heldout is for maintainers; held-out cases stay private")
+    result = export_suite(hub, name, fmt, out, version, include_heldout, max_new_tokens)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(
+            f"exported {result['cases']} case(s) of {name} v{result['version']} as "
+            f"{fmt} to {result['out']}"
+        )
+
+
 def eval_(
     ref: str = typer.Argument(..., help="NAME or NAME@REV."),
     suite: str = typer.Option(..., "--suite", help="Suite name."),

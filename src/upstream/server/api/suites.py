@@ -1,0 +1,80 @@
+"""/api/suites, /api/evals, /api/leaderboard: community benchmarks and measurements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header
+from pydantic import BaseModel, ConfigDict, Field
+
+from upstream import suites as domain
+from upstream.comparisons import leaderboard as board
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
+from upstream.hub import Hub
+from upstream.server.deps import get_hub
+from upstream.triage import is_maintainer
+
+router = APIRouter(tags=["suites"])
+UserHeader = Header(None, alias="X-Upstream-User", description="who is acting")
+
+
+@router.get("/suites")
+def list_suites(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Every suite with its newest version and split sizes."""
+    with hub.session() as s:
+        return {"suites": [domain.suite_summary(s, st) for st in domain.list_suites(s)]}
+
+
+@router.get("/suites/{name}")
+def show_suite(
+    name: str,
+    version: int | None = None,
+    user: str | None = UserHeader,
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """A suite version's cases; held-out contents only for maintainers."""
+    see = bool(user) and is_maintainer(hub, user or "")
+    with hub.session() as s:
+        suite = domain.get_suite(s, name)
+        v = domain.get_version(s, name, version)
+        cases = [
+            domain.case_view(c, domain.split_of(c.id, suite.heldout_percent), see)
+            for c in domain.version_cases(s, v)
+        ]
+        return {**domain.suite_summary(s, suite), "shown_version": v.number, "case_list": cases}
+
+
+class EvalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="NAME or NAME@REV")
+    suite: str
+    version: int | None = None
+    split: str = "all"
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096)
+
+
+@router.post("/evals", status_code=202)
+def start_eval(body: EvalRequest, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Queue an evaluation; poll /api/jobs/{id}; its result is the run's summary."""
+    from upstream.registry import resolve
+
+    with hub.session() as s:  # refuse unknown names now, not in the job
+        resolve(s, body.model)
+        domain.get_version(s, body.suite, body.version)
+    job = hub.jobs.enqueue(
+        "evals.run",
+        {
+            "ref": body.model,
+            "suite": body.suite,
+            "version": body.version,
+            "split": body.split,
+            "max_new_tokens": body.max_new_tokens,
+        },
+    )
+    return {"job": job, "state": "queued"}
+
+
+@router.get("/leaderboard")
+def leaderboard(suite: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Revisions × suites with pass rates and 95 % intervals."""
+    return {"leaderboard": board(hub, suite)}

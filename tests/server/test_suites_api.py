@@ -1,0 +1,46 @@
+"""/api/suites, /api/evals and /api/leaderboard over real HTTP."""
+
+import time
+
+import httpx
+
+from upstream import suites
+from upstream.hub import Hub
+
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+
+
+def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
+    cases = [
+        suites.CaseIn([{"role": "user", "content": f"q {i}"}], NEVER, ["t"]) for i in range(12)
+    ]
+    suites.add_cases(tiny_hub, "s", cases, "tiny")
+    listed = httpx.get(f"{server}/api/suites").json()["suites"]
+    assert listed[0]["name"] == "s" and listed[0]["cases"] == 12
+
+    anyone = httpx.get(f"{server}/api/suites/s").json()["case_list"]
+    maintainer = next(iter(tiny_hub.settings.maintainer_names))
+    full = httpx.get(f"{server}/api/suites/s", headers={"X-Upstream-User": maintainer}).json()[
+        "case_list"
+    ]
+    hidden = [c for c in anyone if c["split"] == "heldout"]
+    assert hidden and all(c.get("hidden") and "prompt" not in c for c in hidden)
+    assert all("prompt" in c for c in full)
+
+    r = httpx.post(f"{server}/api/evals", json={"model": "tiny", "suite": "s", "max_new_tokens": 3})
+    assert r.status_code == 202
+    job_id = r.json()["job"]
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
+        "done",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["metrics"]["all"]["n"] == 12
+    board = httpx.get(f"{server}/api/leaderboard").json()["leaderboard"]
+    assert board[0]["model"] == "tiny" and board[0]["all"]["rate"] == 0.0
+
+    bad = httpx.post(f"{server}/api/evals", json={"model": "tiny", "suite": "nope"})
+    assert bad.status_code == 404 and "unknown suite" in bad.json()["error"]
