@@ -1,40 +1,72 @@
-"""A lean greedy decoding loop for a batch of chat prompts (transformers models, CPU first).
+"""A lean greedy decoding loop for many chat prompts (transformers models, CPU first).
 
 `model.generate` is general; evaluation needs one thing from it, greedy decoding of many
 chat prompts, and pays for the rest. This loop calls the model's forward directly and
 does less work for the same tokens:
 
-- **Shared prefix once.** Chat prompts of one batch begin with the same tokens (the
-  template's system prompt and role markers). That prefix is run once, with batch size
-  1, and its key/value cache copied to every row; only the rest of each prompt is run
-  per row.
-- **Finished rows leave.** A row that reaches EOS, its token limit or a stop string is
-  removed from the batch and from the cache, so each step costs what the unfinished
-  rows need (`generate` keeps computing padding for them until the last one ends).
-- **Little per-step Python.** No logits processors, no stopping criteria objects: one
+- **Shared prefix once.** Chat prompts begin with the same tokens (the template's
+  system prompt and role markers). That prefix is run once, with batch size 1, and its
+  keys and values copied into every row; only the rest of each prompt is run per row.
+- **Finished rows leave, waiting prompts join.** A row that reaches EOS, its token
+  limit or a stop string is removed from the batch and from the cache; when a quarter
+  of the batch is free, the next prompts (shortest first) are run and join it. On a
+  CPU a decoding step costs a fixed part (reading every weight, ~85 ms for SmolLM2 on
+  2 cores) plus a part per row, so a batch kept full costs far less per token than one
+  that runs on with a few long answers.
+- **Little per-step Python.** No logits processors, no stopping-criteria objects: one
   forward, one argmax, one `tolist()` per step.
 
-The sequence layout of a batch is `[shared prefix][padding][own suffix][new tokens]`:
-the padding sits between the prefix and each row's suffix, hidden by the attention mask,
-and the position ids count only real tokens, so every row sees exactly the positions
-and keys it would see alone. Greedy float32 decoding then gives the tokens of
-`HFEngine` one by one (tests hold this on tiny models of several families; the
-benchmark `benchmarks/fastgen.py` counts matches on SmolLM2).
+How rows share one cache: a row's cache columns hold its prompt's keys and values and
+then its generated tokens', with unused columns anywhere before them, hidden by the
+attention mask (False). Position ids count only a row's real tokens, so each row sees
+exactly the positions and keys it would see alone. A decoding step's single query sees
+every earlier column, so the order of past columns does not matter: a narrower batch
+joins a wider one by gaining unused columns on the left, and columns no row uses any
+more are dropped. Greedy float32 decoding then gives the tokens of `HFEngine` one by
+one (tests hold this on tiny models of several families; `benchmarks/fastgen.py`
+counts matches on SmolLM2).
 
-`supports(model)` says whether a model fits these assumptions (a decoder with a plain
-full-attention `DynamicCache`, position ids and a 2D padding mask); the engine falls
-back to `generate` for the others.
+`supports(model)` says whether a model fits these assumptions (a decoder whose cache is
+plain full-attention `DynamicLayer`s, taking position ids and a 2D padding mask); the
+engine falls back to `generate` for the others.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 StopCheck = Callable[[int, list[int]], bool]  # (prompt index, tokens so far) -> stop now
 DEFAULT_BATCH_SIZE = 32
-_ATTENTION = ("sdpa", "eager")  # masks built from a 2D padding mask; others are not tested
+_ATTENTION = ("sdpa", "eager")  # the implementations that build masks from a 2D mask
+_FORWARD_ARGS = {"input_ids", "attention_mask", "position_ids", "cache", "use_cache"}
+# Generation settings under which greedy `generate` would change or re-rank the logits
+# (or not be greedy search at all), with the values that leave them alone.
+_NEUTRAL_SETTINGS: dict[str, tuple[object, ...]] = {
+    "num_beams": (None, 1),
+    "repetition_penalty": (None, 1, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "guidance_scale": (None, 1, 1.0),
+    "penalty_alpha": (None, 0, 0.0),
+    "sequence_bias": (None,),
+    "bad_words_ids": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "watermarking_config": (None,),
+    "dola_layers": (None,),
+    "prompt_lookup_num_tokens": (None,),
+}
 
 
 def supports(model: Any) -> bool:
@@ -47,19 +79,22 @@ def supports(model: Any) -> bool:
         return False
     if getattr(config, "_attn_implementation", None) not in _ATTENTION:
         return False
+    settings = getattr(model, "generation_config", None)
+    for name, neutral in _NEUTRAL_SETTINGS.items():
+        if getattr(settings, name, None) not in neutral:
+            return False
     try:
         params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    if not {"input_ids", "attention_mask", "position_ids", "cache", "use_cache"} <= set(params):
-        return False
-    try:
         layers = DynamicCache(config=config).layers
-    except Exception:  # an architecture whose cache cannot be built from its config
+    except Exception:  # no inspectable forward, or a cache not buildable from the config
         return False
-    # Sliding-window, linear-attention or other layer kinds count padding or positions
-    # differently: only plain full-attention layers keep the layout above exact.
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    # Sliding-window, linear-attention and other layer kinds count columns or keep state
+    # in ways the shared layout would change; only plain full-attention layers are exact.
+    return (
+        set(params) >= _FORWARD_ARGS
+        and bool(layers)
+        and all(type(layer) is DynamicLayer for layer in layers)
+    )
 
 
 def greedy_generate(
@@ -73,33 +108,22 @@ def greedy_generate(
 ) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, in prompt order.
 
-    Each continuation ends before the first EOS token (which is not included), after
+    A continuation ends before the first EOS token (not included), after
     `max_new_tokens` tokens, or with the token after which `stop_check(index, tokens)`
-    returned True (that token included; `index` is the prompt's position in `prompts`).
-    Prompts are run in batches of `batch_size`, grouped by length.
+    returned True (that token included). `stop_check` is called after every new token
+    but EOS, with the prompt's position in `prompts` and its tokens so far.
+    At most `batch_size` prompts are decoded together; larger batches are faster on a
+    CPU and hold more keys and values in memory.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens {max_new_tokens}: must be at least 1")
+    if not prompts:
+        return []
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
-    size = max(1, batch_size)
-    results: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), size):
-        batch = order[start : start + size]
-        outs = _generate_batch(
-            model,
-            [prompts[i] for i in batch],
-            batch,
-            max_new_tokens,
-            set(eos_ids),
-            pad_id,
-            stop_check,
-        )
-        for i, out in zip(batch, outs, strict=True):
-            results[i] = out
-    return results
+    decoder = _Decoder(model, prompts, max_new_tokens, set(eos_ids), pad_id, stop_check)
+    return decoder.run(max(1, batch_size))
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -114,100 +138,194 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _generate_batch(
-    model: Any,
-    prompts: list[list[int]],
-    indices: list[int],
-    max_new_tokens: int,
-    eos: set[int],
-    pad_id: int,
-    stop_check: StopCheck | None,
-) -> list[list[int]]:
-    import torch
-    from transformers import DynamicCache
+@dataclass
+class _Rows:
+    """The running batch: one row per unfinished prompt."""
 
-    rows = len(prompts)
-    # Every row needs at least one token of its own: the last prompt token's logits
-    # choose the first new token.
-    shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
-    suffixes = [p[shared:] for p in prompts]
-    width = max(len(s) for s in suffixes)
-    keep_logits = _logits_kwargs(model)
-    cache = DynamicCache(config=model.config)
+    cache: Any  # DynamicCache; each layer's keys/values: (rows, kv_heads, width, head_dim)
+    mask: torch.Tensor  # (rows, width) bool: the cache columns each row attends to
+    positions: torch.Tensor  # (rows, 1) position id of each row's next input token
+    tokens: torch.Tensor  # (rows,) each row's newest token: the next step's input
+    prompts: list[int]  # row -> index into the prompts
 
-    with torch.inference_mode():
-        if shared:
-            model(
-                input_ids=torch.tensor([prompts[0][:shared]]),  # (1, shared)
-                position_ids=torch.arange(shared).unsqueeze(0),
-                cache=cache,
-                use_cache=True,
-                **keep_logits,
-            )
-            cache.batch_repeat_interleave(rows)
 
-        # (rows, shared + width + max_new_tokens): 1 where a key is a real token; the
-        # generated tokens' columns are 1 and are revealed one step at a time.
-        mask = torch.ones(rows, shared + width + max_new_tokens, dtype=torch.long)
-        input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-        # Padding gets position 0 (never attended to); real tokens count on from the prefix.
-        positions = torch.zeros(rows, width, dtype=torch.long)
-        for r, s in enumerate(suffixes):
-            pad = width - len(s)
-            mask[r, shared : shared + pad] = 0
-            input_ids[r, pad:] = torch.tensor(s)
-            positions[r, pad:] = torch.arange(shared, shared + len(s))
-        next_position = positions[:, -1:] + 1  # (rows, 1)
+class _Decoder:
+    def __init__(
+        self,
+        model: Any,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int,
+        eos: set[int],
+        pad_id: int,
+        stop_check: StopCheck | None,
+    ):
+        self.model = model
+        self.prompts = prompts
+        self.max_new_tokens = max_new_tokens
+        self.eos = eos
+        self.pad_id = pad_id
+        self.stop_check = stop_check
+        self.outputs: list[list[int]] = [[] for _ in prompts]
+        params = inspect.signature(model.forward).parameters
+        # Only the last position's logits choose a token; the full (batch, seq, vocab)
+        # logits of a prompt would cost more than the rest of the forward.
+        self.last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # Every prompt keeps at least one token of its own: the logits of its last
+        # token choose its first new token.
+        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+        self.prefix = list(prompts[0][:shared])
+        self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, (1, h, p, d)
 
-        out = model(
+    def run(self, batch_size: int) -> list[list[int]]:
+        import torch
+
+        refill_at = max(1, batch_size // 4)  # free rows that make it worth a prefill
+        queue = deque(sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i])))
+        rows: _Rows | None = None
+        with torch.inference_mode():
+            if self.prefix:
+                self.prefix_kv = self._run_prefix()
+            while True:
+                live = 0 if rows is None else len(rows.prompts)
+                if queue and (live == 0 or batch_size - live >= refill_at):
+                    group = [queue.popleft() for _ in range(min(batch_size - live, len(queue)))]
+                    joining = self._prefill(group)
+                    if rows is None or joining is None:
+                        rows = rows or joining
+                    else:
+                        rows = _merge(rows, joining)
+                elif rows is None:
+                    return self.outputs
+                else:
+                    rows = self._step(rows)
+
+    def _run_prefix(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+        from transformers import DynamicCache
+
+        cache: Any = DynamicCache(config=self.model.config)  # of DynamicLayers: supports()
+        device = self.model.device
+        self.model(
+            input_ids=torch.tensor([self.prefix], device=device),  # (1, p)
+            position_ids=torch.arange(len(self.prefix), device=device).unsqueeze(0),
+            cache=cache,
+            use_cache=True,
+            **self.last_logits,
+        )
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _prefill(self, group: list[int]) -> _Rows | None:
+        """Run the prompts of `group` after the shared prefix; rows for the unfinished."""
+        import torch
+        from transformers import DynamicCache
+
+        p, n = len(self.prefix), len(group)
+        suffixes = [self.prompts[i][p:] for i in group]
+        width = max(len(s) for s in suffixes)
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(self.prefix_kv):
+            cache.update(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1), layer)
+        # [prefix][padding][suffix]: the padding is masked out and gets position 0.
+        pads = [width - len(s) for s in suffixes]
+        device = self.model.device
+        input_ids = torch.tensor(
+            [[self.pad_id] * pad + s for pad, s in zip(pads, suffixes, strict=True)], device=device
+        )  # (rows, width)
+        positions = torch.tensor(
+            [[0] * pad + list(range(p, p + width - pad)) for pad in pads], device=device
+        )
+        mask = torch.tensor(
+            [[True] * p + [False] * pad + [True] * (width - pad) for pad in pads], device=device
+        )  # (rows, p + width)
+        out = self.model(
             input_ids=input_ids,
-            attention_mask=mask[:, : shared + width],
+            attention_mask=mask,
             position_ids=positions,
             cache=cache,
             use_cache=True,
-            **keep_logits,
+            **self.last_logits,
         )
-        seen = shared + width  # keys in the cache
-        live = list(range(rows))  # batch row -> prompt row, for the rows still running
-        generated: list[list[int]] = [[] for _ in range(rows)]
-        while True:
-            tokens = out.logits[:, -1, :].argmax(dim=-1)  # (live,)
-            finished = []
-            for b, token in enumerate(tokens.tolist()):
-                r = live[b]
-                if token in eos:
-                    finished.append(b)
-                    continue
-                generated[r].append(token)
-                if len(generated[r]) >= max_new_tokens or (
-                    stop_check is not None and stop_check(indices[r], generated[r])
-                ):
-                    finished.append(b)
-            if len(finished) == len(live):
-                break
-            if finished:
-                done = set(finished)
-                kept = [b for b in range(len(live)) if b not in done]
-                select = torch.tensor(kept)
-                cache.batch_select_indices(select)
-                mask = mask[select]
-                next_position = next_position[select]
-                tokens = tokens[select]
-                live = [live[b] for b in kept]
-            out = model(
-                input_ids=tokens.unsqueeze(1),  # (live, 1)
-                attention_mask=mask[:, : seen + 1],
-                position_ids=next_position,
-                cache=cache,
-                use_cache=True,
-            )
-            seen += 1
-            next_position = next_position + 1
-    return generated
+        tokens = out.logits[:, -1, :].argmax(dim=-1)  # (rows,)
+        rows = _Rows(cache, mask, positions[:, -1:] + 1, tokens, group)
+        return _select(rows, self._record(group, tokens.tolist()))
+
+    def _step(self, rows: _Rows) -> _Rows | None:
+        """One decoding step for every row; the rows still running."""
+        import torch
+
+        rows.mask = torch.cat([rows.mask, rows.mask.new_ones(len(rows.prompts), 1)], dim=1)
+        out = self.model(
+            input_ids=rows.tokens.unsqueeze(1),  # (rows, 1)
+            attention_mask=rows.mask,
+            position_ids=rows.positions,
+            cache=rows.cache,
+            use_cache=True,
+        )
+        rows.positions = rows.positions + 1
+        rows.tokens = out.logits[:, -1, :].argmax(dim=-1)
+        return _select(rows, self._record(rows.prompts, rows.tokens.tolist()))
+
+    def _record(self, prompts: list[int], tokens: list[int]) -> list[int]:
+        """Append each row's new token to its output; the rows that go on."""
+        going_on = []
+        for row, (i, token) in enumerate(zip(prompts, tokens, strict=True)):
+            if token in self.eos:
+                continue
+            out = self.outputs[i]
+            out.append(token)
+            if self.stop_check is not None and self.stop_check(i, out):
+                continue
+            if len(out) < self.max_new_tokens:
+                going_on.append(row)
+        return going_on
 
 
-def _logits_kwargs(model: Any) -> dict[str, int]:
-    """Ask for the last position's logits only, where the model allows it."""
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return {"logits_to_keep": 1}
-    return {}
+def _select(rows: _Rows, keep: list[int]) -> _Rows | None:
+    """Only the rows numbered `keep` (None if none), without columns no row uses."""
+    import torch
+
+    if len(keep) == len(rows.prompts):
+        return rows
+    if not keep:
+        return None
+    index = torch.tensor(keep, device=rows.mask.device)
+    rows.cache.batch_select_indices(index)
+    rows.mask = rows.mask[index]
+    rows.positions = rows.positions[index]
+    rows.tokens = rows.tokens[index]
+    rows.prompts = [rows.prompts[r] for r in keep]
+    used = rows.mask.any(dim=0)  # (width,)
+    width = used.numel()
+    if width - int(used.sum()) >= max(8, width // 8):  # worth a copy of the cache
+        columns = used.nonzero().squeeze(1)
+        rows.mask = rows.mask[:, columns]
+        for layer in rows.cache.layers:
+            layer.keys = layer.keys.index_select(2, columns)
+            layer.values = layer.values.index_select(2, columns)
+    return rows
+
+
+def _merge(a: _Rows, b: _Rows) -> _Rows:
+    """One batch of the rows of `a` and then `b`; the narrower gains unused columns."""
+    import torch
+
+    width = max(a.mask.shape[1], b.mask.shape[1])
+
+    def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if not missing:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+        la.keys = torch.cat([widen(la.keys, 2), widen(lb.keys, 2)])
+        la.values = torch.cat([widen(la.values, 2), widen(lb.values, 2)])
+    return _Rows(
+        cache=a.cache,
+        mask=torch.cat([widen(a.mask, 1), widen(b.mask, 1)]),
+        positions=torch.cat([a.positions, b.positions]),
+        tokens=torch.cat([a.tokens, b.tokens]),
+        prompts=a.prompts + b.prompts,
+    )
