@@ -150,3 +150,58 @@ def test_reports_from_the_command_line(tmp_path: Path, tiny_model_dir: Path) -> 
     assert bad_check.returncode == 2 and "report.expected.pattern" in bad_check.stderr
     clusters = json.loads(upstream(home, "reports", "list", "--clusters", "--json").stdout)
     assert {c["size"] for c in clusters["clusters"]} == {1}
+
+
+def test_suites_eval_compare_from_the_command_line(tmp_path: Path, tiny_model_dir: Path) -> None:
+    home = tmp_path / "home"
+    upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny")
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": f"question {i}",
+                    "expected": {"type": "max_words", "value": 2},
+                    "tags": ["short"],
+                }
+            )
+            + "\n"
+            for i in range(10)
+        )
+    )
+    imported = upstream(
+        home, "suites", "import", "short", "--jsonl", str(cases), "--model", "tiny", "--json"
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["cases"] == 10
+    first = json.loads(
+        upstream(home, "eval", "tiny", "--suite", "short", "--max-new-tokens", "3", "--json").stdout
+    )
+    again = json.loads(
+        upstream(home, "eval", "tiny", "--suite", "short", "--max-new-tokens", "3", "--json").stdout
+    )
+    assert (first["generated"], again["generated"]) == (10, 0)
+    assert first["metrics"] == again["metrics"]
+    jobs = json.loads(upstream(home, "jobs", "list", "--json").stdout)["jobs"]
+    assert [j["kind"] for j in jobs][:2] == ["evals.run", "evals.run"]
+    human = upstream(home, "compare", "tiny", "tiny", "--suite", "short", "--max-new-tokens", "3")
+    assert human.returncode == 0 and "McNemar" in human.stdout and "can detect" in human.stdout
+    board = json.loads(upstream(home, "leaderboard", "--json").stdout)["leaderboard"]
+    assert board[0]["suite"] == "short" and board[0]["all"]["n"] == 10
+    exported = upstream(
+        home,
+        "suites",
+        "export",
+        "short",
+        "--format",
+        "jsonl",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "out" / "cases.jsonl").read_text().count("\n") == json.loads(
+        exported.stdout
+    )["cases"]
+    bad = upstream(home, "eval", "tiny", "--suite", "nope")
+    assert bad.returncode == 2 and "unknown suite" in bad.stderr

@@ -189,3 +189,22 @@ def test_compare_lists_fixed_and_broken_and_hides_heldout_ids(
     assert {r["model"] for r in board} == {"tiny", "other"}
     assert all(r["all"]["rate"] == 0.5 for r in board)
     assert json.dumps(board)
+
+
+def test_a_model_without_chat_template_is_refused(
+    hub: Hub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from upstream.registry import import_model
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    import_model(hub, str(plain), "plain")
+    suites.add_cases(hub, "s", cases(2, NEVER), "plain")
+    with pytest.raises(InvalidInput, match="has no chat template"):
+        run_eval(hub, "plain", "s", max_new_tokens=2)

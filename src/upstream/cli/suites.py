@@ -18,6 +18,7 @@ from upstream.cli.common import (
     err_console,
     open_hub,
     progress_bar,
+    run_job,
 )
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.hub import Hub
@@ -187,11 +188,16 @@ def eval_(
     json_out: bool = JsonOption,
 ) -> None:
     """Evaluate a revision (with adapters) on a suite; prints pass rates per split and tag."""
-    from upstream.evals import run_eval
-
     hub = open_hub()
-    with progress_bar("evaluating") as update:
-        result = run_eval(hub, ref, suite, version, split, adapter, max_new_tokens, update)
+    args = {
+        "ref": ref,
+        "suite": suite,
+        "version": version,
+        "split": split,
+        "adapters": [str(a) for a in adapter],
+        "max_new_tokens": max_new_tokens,
+    }
+    result = run_job(hub, "evals.run", args, "evaluating")
     if json_out:
         emit_json(result)
         return
