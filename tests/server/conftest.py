@@ -34,3 +34,17 @@ def server(tiny_hub: Hub) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+def wait_job(server: str, job_id: int, timeout: float = 60) -> dict:
+    """Poll /api/jobs/{id} until the job is done or failed."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
+        "done",
+        "failed",
+    ):
+        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}"
+        time.sleep(0.1)
+    return job

@@ -1,9 +1,10 @@
 """The hub's HTTP interface, over real HTTP on loopback."""
 
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.server.conftest import wait_job
 
 
 def test_health_and_models(server: str) -> None:
@@ -37,13 +38,7 @@ def test_import_through_the_api_runs_on_the_in_process_worker(
     )
     assert r.status_code == 202
     job_id = r.json()["job"]
-    deadline = time.monotonic() + 60
-    while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
-        "done",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    job = wait_job(server, job_id)
     assert job["state"] == "done", job["error"]
     names = [m["name"] for m in httpx.get(f"{server}/api/models").json()["models"]]
     assert names == ["tiny", "tiny-copy"]

@@ -1,21 +1,11 @@
 """/api/reports over real HTTP, with the in-process worker reproducing."""
 
-import time
 
 import httpx
 
+from tests.server.conftest import wait_job
+
 NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
-
-
-def wait_job(server: str, job_id: int) -> dict:
-    deadline = time.monotonic() + 60
-    while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
-        "done",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    return job
 
 
 def test_file_reproduce_list_show_confirm(server: str) -> None:

@@ -1,9 +1,9 @@
 """/api/suites, /api/evals and /api/leaderboard over real HTTP."""
 
-import time
 
 import httpx
 
+from tests.server.conftest import wait_job
 from upstream import suites
 from upstream.hub import Hub
 
@@ -30,13 +30,7 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
     r = httpx.post(f"{server}/api/evals", json={"model": "tiny", "suite": "s", "max_new_tokens": 3})
     assert r.status_code == 202
     job_id = r.json()["job"]
-    deadline = time.monotonic() + 60
-    while (job := httpx.get(f"{server}/api/jobs/{job_id}").json())["state"] not in (
-        "done",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    job = wait_job(server, job_id)
     assert job["state"] == "done", job["error"]
     assert job["result"]["metrics"]["all"]["n"] == 12
     board = httpx.get(f"{server}/api/leaderboard").json()["leaderboard"]

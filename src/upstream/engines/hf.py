@@ -213,22 +213,11 @@ class HFEngine:
             stop_check if stop else None,
             batch_size=self.batch_size,
         )
-        results = []
-        for ids, prompt in zip(outs, prompts, strict=True):
-            text = tok.decode(ids, skip_special_tokens=True)
-            text, hit_stop = cut_at_stop(text, stop)
-            hit_eos = len(ids) < settings.max_new_tokens and not hit_stop
-            reason: Literal["stop", "length"] = "stop" if hit_eos or hit_stop else "length"
-            results.append(
-                GenResult(
-                    text=text,
-                    finish_reason=reason,
-                    prompt_tokens=len(prompt),
-                    completion_tokens=len(ids),
-                    token_ids=ids,
-                )
-            )
-        return results
+        # the loop leaves EOS out, so a row shorter than the cap ended at EOS or a stop
+        return [
+            _result(tok, ids, len(p), stop, len(ids) < settings.max_new_tokens)
+            for ids, p in zip(outs, prompts, strict=True)
+        ]
 
     def _generate_batch(self, prompts: list[list[int]], settings: GenRequest) -> list[GenResult]:
         import torch
@@ -256,21 +245,27 @@ class HFEngine:
         results = []
         for row, prompt in zip(out[:, width:].tolist(), prompts, strict=True):
             ids, hit_eos = _until_eos(row, eos)
-            text = tok.decode(ids, skip_special_tokens=True)
-            text, hit_stop = cut_at_stop(text, settings.stop)
-            while hit_stop and ids and ids[-1] == pad:  # padding after a stop string
-                ids.pop()
-            reason: Literal["stop", "length"] = "stop" if hit_eos or hit_stop else "length"
-            results.append(
-                GenResult(
-                    text=text,
-                    finish_reason=reason,
-                    prompt_tokens=len(prompt),
-                    completion_tokens=len(ids),
-                    token_ids=ids,
-                )
-            )
+            result = _result(tok, ids, len(prompt), settings.stop, hit_eos)
+            while result.finish_reason == "stop" and ids and ids[-1] == pad:
+                ids.pop()  # padding after a stop string
+            result.completion_tokens = len(ids)
+            results.append(result)
         return results
+
+
+def _result(
+    tok: Any, ids: list[int], prompt_tokens: int, stop: Sequence[str], ended: bool
+) -> GenResult:
+    """Decode generated ids; `ended` says EOS (or a stop) came before the token cap."""
+    text, hit_stop = cut_at_stop(tok.decode(ids, skip_special_tokens=True), stop)
+    reason: Literal["stop", "length"] = "stop" if ended or hit_stop else "length"
+    return GenResult(
+        text=text,
+        finish_reason=reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(ids),
+        token_ids=ids,
+    )
 
 
 def plan_batches(
