@@ -1,6 +1,5 @@
 """/api/reports over real HTTP, with the in-process worker reproducing."""
 
-
 import httpx
 
 from tests.server.conftest import wait_job

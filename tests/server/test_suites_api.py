@@ -1,6 +1,5 @@
 """/api/suites, /api/evals and /api/leaderboard over real HTTP."""
 
-
 import httpx
 
 from tests.server.conftest import wait_job
