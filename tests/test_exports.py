@@ -39,10 +39,10 @@ def some_cases(n: int) -> list[suites.CaseIn]:
 
 def ids_by_split(hub: Hub, name: str) -> dict[str, list[str]]:
     with hub.session() as s:
-        ids = list(suites.get_version(s, name).case_ids)
+        cases = suites.version_cases(s, suites.get_version(s, name))
     out: dict[str, list[str]] = {"public": [], "heldout": []}
-    for c in ids:
-        out[suites.split_of(c, 30)].append(c)
+    for c in cases:
+        out[suites.case_split(c, 30)].append(c.id)
     return out
 
 
@@ -108,7 +108,7 @@ def test_export_refuses_bad_requests_and_leaves_nothing_behind(
     hidden = [
         c
         for c in some_cases(40)
-        if suites.split_of(suites.case_id(c.messages, c.expected), 90) == "heldout"
+        if suites.split_of(suites.split_key(None, suites.input_hash(c.messages)), 90) == "heldout"
     ]
     suites.add_cases(hub, "hidden", hidden, heldout_percent=90)
     with pytest.raises(InvalidInput, match="no case that may be exported .*--include-heldout"):

@@ -33,9 +33,10 @@ def test_case_ids_versions_and_stable_split(tiny_hub: Hub) -> None:
     with tiny_hub.session() as s:
         v1, v2 = (suites.get_version(s, "s", n) for n in (1, 2))
         assert v2.case_ids[:20] == v1.case_ids  # v1 stays frozen
-        splits = [suites.split_of(c, 30) for c in v2.case_ids]
+        v2_cases = suites.version_cases(s, v2)
+        splits = [suites.case_split(c, 30) for c in v2_cases]
     assert 0 < splits.count("heldout") < 25
-    assert splits == [suites.split_of(c, 30) for c in v2.case_ids]  # stable
+    assert splits == [suites.case_split(c, 30) for c in v2_cases]  # stable
     a = suites.case_id([{"role": "user", "content": "x"}], NEVER)
     assert a == suites.case_id([{"role": "user", "content": "x"}], NEVER)
     assert a != suites.case_id([{"role": "user", "content": "x"}], ALWAYS)
@@ -58,7 +59,11 @@ def test_build_from_confirmed_reports_links_each_variant(tiny_hub: Hub) -> None:
     assert (built["cases"], built["reports"]) == (2, 1)
     with tiny_hub.session() as s:
         v = suites.get_version(s, "caps")
-        assert {c.report_id for c in suites.version_cases(s, v)} == {filed.id}
+        built_cases = suites.version_cases(s, v)
+        assert {c.report_id for c in built_cases} == {filed.id}
+        # a report's variants share a side of the split, whatever the percentage
+        for percent in range(0, 100, 7):
+            assert len({suites.case_split(c, percent) for c in built_cases}) == 1
 
 
 def test_eval_is_incremental_and_rescoring_generates_nothing(
@@ -171,7 +176,11 @@ def test_compare_lists_fixed_and_broken_and_hides_heldout_ids(
     suites.add_cases(tiny_hub, "s", case_list, "tiny")
     with tiny_hub.session() as s:
         ids = suites.get_version(s, "s").case_ids
-    heldout = {c for c in ids if suites.split_of(c, 30) == "heldout"}
+        heldout = {
+            c.id
+            for c in suites.version_cases(s, suites.get_version(s, "s"))
+            if suites.case_split(c, 30) == "heldout"
+        }
     assert heldout and len(heldout) < 16
 
     d = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3, can_see_heldout=True)["splits"][
@@ -208,3 +217,34 @@ def test_a_model_without_chat_template_is_refused(
     suites.add_cases(hub, "s", cases(2, NEVER), "plain")
     with pytest.raises(InvalidInput, match="has no chat template"):
         run_eval(hub, "plain", "s", max_new_tokens=2)
+
+
+def test_an_output_that_failed_is_generated_again(tiny_hub: Hub) -> None:
+    from upstream.db.schema import EvalOutput
+
+    suites.add_cases(tiny_hub, "s", cases(3, NEVER), "tiny")
+    run_eval(tiny_hub, "tiny", "s", max_new_tokens=2)
+    with tiny_hub.session() as s, s.begin():
+        first = s.query(EvalOutput).first()
+        assert first is not None
+        first.error, first.output = "server hiccup", ""
+    again = run_eval(tiny_hub, "tiny", "s", max_new_tokens=2)
+    assert again["generated"] == 1 and again["metrics"]["all"]["errors"] == 0
+
+
+def test_a_run_that_crashes_is_marked_failed(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream import evals
+    from upstream.db.schema import EvalRun
+
+    suites.add_cases(tiny_hub, "s", cases(3, NEVER), "tiny")
+
+    def crash(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(evals, "_generate", crash)
+    with pytest.raises(RuntimeError):
+        run_eval(tiny_hub, "tiny", "s", max_new_tokens=2)
+    with tiny_hub.session() as s:
+        assert [r.state for r in s.query(EvalRun)] == ["failed"]

@@ -71,6 +71,8 @@ def compare(
                 d[key] = [i for i in d[key] if i not in hidden]
         else:
             d["fixed_count"], d["broken_count"] = len(d["fixed"]), len(d["broken"])
+        # say when the suite cannot tell: the observed change is below what it can detect
+        d["underpowered"] = abs(d["paired"]["diff"]) < d["mde"]
         out["splits"][name] = d
     return out
 
@@ -94,10 +96,16 @@ def _subject(summary: dict[str, Any]) -> dict[str, Any]:
 
 def detectable_note(d: dict[str, Any]) -> str:
     """A sentence saying what the suite is too small to see."""
-    return (
-        f"with {d['n']} cases this suite can detect a change of about "
-        f"{d['mde']:.0%} in pass rate (α 0.05, power 0.8); smaller changes may be missed"
+    note = (
+        f"with {d['n']} cases this suite can detect a change of about {d['mde']:.0%} in "
+        "pass rate (α 0.05, power 0.8)"
     )
+    if d.get("underpowered"):
+        note += (
+            f"; the observed {d['paired']['diff']:+.1%} is smaller than that, so this "
+            "suite is too small to tell whether the candidate differs"
+        )
+    return note + ". McNemar's p counts a report's variants as independent cases."
 
 
 def leaderboard(hub: Hub, suite: str | None = None) -> list[dict[str, Any]]:

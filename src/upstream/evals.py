@@ -25,8 +25,8 @@ from sqlalchemy import select
 from upstream.checks import parse_check
 from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, utcnow
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
-from upstream.errors import InvalidInput, NotFound, UpstreamError
-from upstream.suites import SPLITS, get_version, split_of, version_cases
+from upstream.errors import InvalidInput, NotFound
+from upstream.suites import SPLITS, case_split, get_version, version_cases
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -104,7 +104,7 @@ def run_eval(
         cases = [
             c
             for c in version_cases(s, v)
-            if split == "all" or split_of(c.id, heldout_percent) == split
+            if split == "all" or case_split(c, heldout_percent) == split
         ]
         if not cases:
             raise InvalidInput(f"suite {suite} v{v.number} has no {split} cases")
@@ -125,16 +125,30 @@ def run_eval(
     missing = _missing_inputs(hub, cases, subject_hash, settings_hash)
     generated = 0
     if missing:
-        generated = _generate(
-            hub, revision, adapters, missing, subject_hash, settings_hash, max_new_tokens, progress
-        )
+        try:
+            generated = _generate(
+                hub,
+                revision,
+                adapters,
+                missing,
+                subject_hash,
+                settings_hash,
+                max_new_tokens,
+                progress,
+            )
+        except BaseException:  # the outputs written so far stay cached for the next run
+            with hub.session() as s, s.begin():
+                failed = s.get(EvalRun, run_id)
+                if failed is not None:
+                    failed.state, failed.finished_at = "failed", utcnow()
+            raise
     with hub.session() as s, s.begin():
         outputs = _cached(s, [c.input_hash for c in cases], subject_hash, settings_hash)
         stored = s.get(EvalRun, run_id)
         assert stored is not None
         run = stored
         rows = [
-            _score(run_id, c, split_of(c.id, heldout_percent), outputs.get(c.input_hash))
+            _score(run_id, c, case_split(c, heldout_percent), outputs.get(c.input_hash))
             for c in cases
         ]
         s.add_all(rows)
@@ -177,7 +191,9 @@ def _missing_inputs(
     seen: set[str] = set()
     missing = []
     for c in cases:
-        if c.input_hash not in have and c.input_hash not in seen:
+        cached = have.get(c.input_hash)
+        # an output stored with an error is tried again: the failure may have been passing
+        if (cached is None or cached.error) and c.input_hash not in seen:
             seen.add(c.input_hash)
             missing.append(c)
     return missing
@@ -210,13 +226,13 @@ def _generate(
         try:
             outs = engine.generate(requests)
             results = [(o.text, "", o.completion_tokens) for o in outs]
-        except UpstreamError:  # one bad case: run them one by one to find it
+        except Exception:  # one bad case (input, template, ...): run one by one to find it
             for r in requests:
                 try:
                     o = engine.generate([r])[0]
                     results.append((o.text, "", o.completion_tokens))
-                except UpstreamError as e:
-                    results.append(("", str(e), 0))
+                except Exception as e:  # recorded as this case's error; the run goes on
+                    results.append(("", f"{type(e).__name__}: {e}", 0))
         with hub.session() as s, s.begin():
             for c, (text, error, tokens) in zip(chunk, results, strict=True):
                 s.merge(

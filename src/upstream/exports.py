@@ -143,7 +143,7 @@ def select_cases(
     from sqlalchemy import select
 
     from upstream.db.schema import Model, Report, Suite
-    from upstream.suites import get_version, split_of, version_cases
+    from upstream.suites import case_split, get_version, version_cases
 
     with hub.session() as s:
         v = get_version(s, name, version)
@@ -156,7 +156,7 @@ def select_cases(
         withheld: Counter[str] = Counter()
         rows = []
         for c in cases:
-            split = split_of(c.id, suite.heldout_percent)
+            split = case_split(c, suite.heldout_percent)
             report = reports.get(c.report_id) if c.report_id is not None else None
             if split == "heldout" and not include_heldout:
                 withheld["heldout"] += 1

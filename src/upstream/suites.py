@@ -47,10 +47,23 @@ def case_id(messages: list[dict[str, str]], expected: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def split_of(case: str, heldout_percent: int) -> str:
-    """`heldout` for a stable `heldout_percent` share of case ids, else `public`."""
-    bucket = int(hashlib.sha256(f"split:{case}".encode()).hexdigest()[:8], 16) % 100
+def split_of(key: str, heldout_percent: int) -> str:
+    """`heldout` for a stable `heldout_percent` share of split keys, else `public`."""
+    bucket = int(hashlib.sha256(f"split:{key}".encode()).hexdigest()[:8], 16) % 100
     return "heldout" if bucket < heldout_percent else "public"
+
+
+def split_key(report_id: int | None, input: str) -> str:
+    """What the split is decided on: the source report, else the input.
+
+    All variants of one report, and one input under different checks, land on the same
+    side, so a public case never gives away a held-out one.
+    """
+    return f"report:{report_id}" if report_id is not None else f"input:{input}"
+
+
+def case_split(case: Case, heldout_percent: int) -> str:
+    return split_of(split_key(case.report_id, case.input_hash), heldout_percent)
 
 
 @dataclass
@@ -312,7 +325,7 @@ def version_cases(session: Session, version: SuiteVersion) -> list[Case]:
 def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
     latest = suite.versions[-1] if suite.versions else None
     cases = version_cases(session, latest) if latest else []
-    splits = [split_of(c.id, suite.heldout_percent) for c in cases]
+    splits = [case_split(c, suite.heldout_percent) for c in cases]
     model = session.get(Model, suite.model_id) if suite.model_id else None
     return {
         "name": suite.name,
@@ -336,9 +349,9 @@ def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
 
 def case_view(case: Case, split: str, can_see_heldout: bool) -> dict[str, Any]:
     """A case as shown to a viewer: held-out contents only for maintainers."""
-    base = {"id": case.id, "split": split, "tags": case.tags, "report": case.report_id}
     if split == "heldout" and not can_see_heldout:
-        return {**base, "hidden": True}
+        return {"split": split, "hidden": True}  # not even its id, tags or report
+    base = {"id": case.id, "split": split, "tags": case.tags, "report": case.report_id}
     prompt = next((m["content"] for m in reversed(case.messages) if m["role"] == "user"), "")
     return {**base, "prompt": prompt, "messages": case.messages, "expected": case.expected}
 

@@ -32,8 +32,10 @@ def engine(tiny_hub: Hub) -> HFEngine:
 
 def test_batched_equals_one_by_one_token_for_token(engine: HFEngine) -> None:
     requests = [GenRequest.from_prompt(p, max_new_tokens=16) for p in PROMPTS]
-    batched = engine.generate(requests)
-    single = HFEngine(engine.loaded, batch_size=1).generate(requests)
+    batched = engine.generate(requests)  # the lean loop
+    single_engine = HFEngine(engine.loaded, batch_size=1)
+    single_engine._fastgen = False  # transformers' generate, one request at a time
+    single = single_engine.generate(requests)
     assert [r.token_ids for r in batched] == [r.token_ids for r in single]
     assert [r.text for r in batched] == [r.text for r in single]
     # results come back in request order, not in the length-sorted batch order

@@ -23,7 +23,7 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
         "case_list"
     ]
     hidden = [c for c in anyone if c["split"] == "heldout"]
-    assert hidden and all(c.get("hidden") and "prompt" not in c for c in hidden)
+    assert hidden and all(c == {"split": "heldout", "hidden": True} for c in hidden)
     assert all("prompt" in c for c in full)
 
     r = httpx.post(f"{server}/api/evals", json={"model": "tiny", "suite": "s", "max_new_tokens": 3})

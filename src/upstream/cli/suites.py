@@ -74,7 +74,7 @@ def show(
         summary = domain.suite_summary(s, suite)
         v = domain.get_version(s, name, version)
         cases = [
-            domain.case_view(c, domain.split_of(c.id, suite.heldout_percent), see)
+            domain.case_view(c, domain.case_split(c, suite.heldout_percent), see)
             for c in domain.version_cases(s, v)
         ]
     if json_out:

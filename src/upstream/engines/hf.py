@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from upstream.db.schema import Revision
     from upstream.hub import Hub
 
-ENGINE_VERSION = "hf-1"  # bump when a change could alter generated tokens
+ENGINE_VERSION = "hf-2"  # bump when a change could alter generated tokens
 DEFAULT_BATCH_SIZE = 64  # rows decoded together; larger is faster on CPU (benchmarks/fastgen.py)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +38,7 @@ def show_suite(
         suite = domain.get_suite(s, name)
         v = domain.get_version(s, name, version)
         cases = [
-            domain.case_view(c, domain.split_of(c.id, suite.heldout_percent), see)
+            domain.case_view(c, domain.case_split(c, suite.heldout_percent), see)
             for c in domain.version_cases(s, v)
         ]
         return {**domain.suite_summary(s, suite), "shown_version": v.number, "case_list": cases}
@@ -49,7 +49,7 @@ class EvalRequest(BaseModel):
     model: str = Field(description="NAME or NAME@REV")
     suite: str
     version: int | None = None
-    split: str = "all"
+    split: Literal["public", "heldout", "all"] = "all"
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096)
 
 
