@@ -248,3 +248,23 @@ def test_a_run_that_crashes_is_marked_failed(
         run_eval(tiny_hub, "tiny", "s", max_new_tokens=2)
     with tiny_hub.session() as s:
         assert [r.state for r in s.query(EvalRun)] == ["failed"]
+
+
+def test_concurrent_additions_to_one_suite_both_land(tiny_hub: Hub) -> None:
+    import threading
+
+    barrier = threading.Barrier(2)
+    results: list[dict] = []
+
+    def add(start: int) -> None:
+        barrier.wait()
+        results.append(suites.add_cases(tiny_hub, "race", cases(5, NEVER, start=start), "tiny"))
+
+    threads = [threading.Thread(target=add, args=(s,)) for s in (0, 100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["version"] for r in results) == [1, 2]
+    with tiny_hub.session() as s:
+        assert len(suites.get_version(s, "race").case_ids) == 10

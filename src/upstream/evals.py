@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from upstream.checks import parse_check
 from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, utcnow
@@ -233,22 +234,35 @@ def _generate(
                     results.append((o.text, "", o.completion_tokens))
                 except Exception as e:  # recorded as this case's error; the run goes on
                     results.append(("", f"{type(e).__name__}: {e}", 0))
-        with hub.session() as s, s.begin():
-            for c, (text, error, tokens) in zip(chunk, results, strict=True):
-                s.merge(
-                    EvalOutput(
-                        subject_hash=subject_hash,
-                        input_hash=c.input_hash,
-                        settings_hash=settings_hash,
-                        output=text,
-                        error=error,
-                        completion_tokens=tokens,
-                    )
-                )
+        rows = [
+            EvalOutput(
+                subject_hash=subject_hash,
+                input_hash=c.input_hash,
+                settings_hash=settings_hash,
+                output=text,
+                error=error,
+                completion_tokens=tokens,
+            )
+            for c, (text, error, tokens) in zip(chunk, results, strict=True)
+        ]
+        _store_outputs(hub, rows)
         done += len(chunk)
         if progress:
             progress(done, len(cases), "generating")
     return done
+
+
+def _store_outputs(hub: Hub, rows: list[EvalOutput]) -> None:
+    """Write outputs; a concurrent run of the same subject may have written some first."""
+    for attempt in range(3):
+        try:
+            with hub.session() as s, s.begin():
+                for row in rows:
+                    s.merge(row)
+            return
+        except IntegrityError:  # lost a race on the primary key: merge again, now updating
+            if attempt == 2:
+                raise
 
 
 def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalResult:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from upstream.checks import parse_check
@@ -131,6 +132,26 @@ def add_cases(
     note: str = "",
 ) -> dict[str, Any]:
     """Add cases to a suite (created if needed); makes a new version when any is new."""
+    # Two writers adding to one suite at once both pick the next version number; the
+    # unique (suite, number) refuses the second, which then retries on the new state.
+    for attempt in range(3):
+        try:
+            return _add_cases_once(hub, name, cases, model, heldout_percent, note)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _add_cases_once(
+    hub: Hub,
+    name: str,
+    cases: Sequence[CaseIn],
+    model: str | None = None,
+    heldout_percent: int | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One attempt of `add_cases`."""
     if not NAME_RE.match(name):
         raise InvalidInput(f"suite name {name!r}: use lowercase letters, digits, '.', '_', '-'")
     if not cases:
