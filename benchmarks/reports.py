@@ -23,21 +23,13 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.prompts import COUNTRIES
 from upstream.hub import Hub
 from upstream.registry import import_model
 
 MODEL = "smollm2-135m-instruct"
 SUBJECTS = [
-    "France",
-    "Japan",
-    "Kenya",
-    "Peru",
-    "Canada",
-    "Italy",
-    "Egypt",
-    "Norway",
-    "India",
-    "Chile",
+    *COUNTRIES,
     "Spain",
     "Ghana",
     "Nepal",

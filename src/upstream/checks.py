@@ -22,6 +22,7 @@ import math
 import re
 import string
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,9 @@ from upstream.errors import InvalidInput
 
 CHECK_VERSION = 1
 PUNCTUATION = string.punctuation + "“”‘’«»…–—¿¡"
-# Embeds texts into unit vectors; given to `similar` checks by the caller.
-Embedder = Callable[[Sequence[str]], Sequence[Sequence[float]]]
+# Embeds texts into unit vectors, one row per text (e.g. `upstream.embeddings.embed`, which
+# returns a numpy array); given to `similar` checks by the caller.
+Embedder = Callable[[Sequence[str]], Any]
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,15 @@ class Normalizer:
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(ABC):
     """Base of every check: its spec (as given, with the version) and normaliser."""
 
     spec: dict[str, Any]
     norm: Normalizer = field(default_factory=Normalizer)
 
+    @abstractmethod
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
-        raise NotImplementedError
+        """Judge one output: passed, a score in 0..1, and why."""
 
 
 def _verdict(passed: bool, why: str) -> Outcome:

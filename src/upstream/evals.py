@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from upstream.checks import parse_check
 from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, utcnow
+from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
 from upstream.errors import InvalidInput, NotFound
 from upstream.suites import SPLITS, case_split, get_version, version_cases
@@ -279,7 +280,7 @@ def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalR
             run_id=run_id, case_id=case.id, split=split, passed=False, error=out.error
         )
     try:
-        outcome = parse_check(case.expected).score(out.output, _embedder())
+        outcome = parse_check(case.expected).score(out.output, embed)
     except Exception as e:  # a check that cannot be scored is this case's error, not the run's
         return EvalResult(
             run_id=run_id,
@@ -296,15 +297,6 @@ def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalR
         score=outcome.score,
         explanation=outcome.explanation,
     )
-
-
-def _embedder() -> Any:
-    def embed(texts: Any) -> Any:
-        from upstream.embeddings import embed as real
-
-        return real(list(texts))
-
-    return embed
 
 
 def metrics(rows: Sequence[EvalResult], tags: dict[str, list[str]]) -> dict[str, Any]:

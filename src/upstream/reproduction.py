@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from upstream.checks import Embedder, parse_check
+from upstream.checks import parse_check
 from upstream.db.schema import Report, utcnow
+from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import GenRequest
 from upstream.triage import OPEN_UNCONFIRMED, set_status
 
@@ -74,7 +75,6 @@ def reproduce(hub: Hub, report_ids: list[int], progress: Any = None) -> dict[str
 
 def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
     """Score each input's output with its check; set the report's result."""
-    embed = _lazy_embedder()
     failing = checked = 0
     for variant, output in zip(report.variants, outputs, strict=True):
         variant.output = output
@@ -110,17 +110,6 @@ def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
         "failing": failing,
         "checked": checked,
     }
-
-
-def _lazy_embedder() -> Embedder:
-    """An embedder that loads the embedding model only if a `similar` check needs it."""
-
-    def embed(texts: Any) -> Any:
-        from upstream.embeddings import embed as real_embed
-
-        return real_embed(list(texts))
-
-    return embed
 
 
 JOB_KIND = "reports.reproduce"

@@ -7,25 +7,13 @@ from typing import Any
 
 import pytest
 
+from tests.engines.test_hf import PROMPTS
 from tests.tiny_models import FAMILIES, build_model
 from upstream.engines.base import GenRequest
 from upstream.engines.fastgen import common_prefix_length, greedy_generate, supports
 from upstream.engines.hf import HFEngine, LoadedModel, load_from_dir
 from upstream.hub import Hub
 from upstream.registry import resolve
-
-PROMPTS = [
-    "What is the capital of France?",
-    "hi",
-    "Write a short story about a cat who learns to swim in the sea, with a happy ending.",
-    "List three fruits",
-    "def add(a, b):",
-    "Answer with one word. Red or blue?",
-    "Explain why the sky is blue",
-    "yes",
-    "no",
-    "apple banana cherry",
-]
 
 
 @dataclass
@@ -55,8 +43,8 @@ class Tiny:
 def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     family = request.param
     loaded = load_from_dir(build_model(tmp_path_factory.mktemp(family), family))
-    if not supports(loaded.model):
-        pytest.skip(f"{family}: not supported by fastgen (the engine uses generate)")
+    # every family the hub tests runs on the lean loop (docs/benchmarks.md says so)
+    assert supports(loaded.model), family
     model, tok = loaded.model, loaded.tokenizer
     prompts = [HFEngine(loaded).encode(GenRequest.from_prompt(p)) for p in PROMPTS]
     plain = reference(model, prompts, 16, [tok.eos_token_id], tok.pad_token_id)
