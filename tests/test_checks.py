@@ -3,6 +3,25 @@ import pytest
 from upstream.checks import parse_check
 from upstream.errors import InvalidInput
 
+PROSE = (
+    "Photosynthesis is the process by which plants, algae and some bacteria turn light "
+    "into chemical energy. In the leaves, chlorophyll absorbs sunlight, and the plant uses "
+    "that energy to join carbon dioxide from the air and water from the soil into glucose. "
+    "Oxygen is released as a by-product, which is why forests matter for the air we "
+    "breathe. The glucose feeds the plant and, through food chains, most life on Earth."
+)
+LIST = (
+    "Here are three tips for staying healthy:\n\n"
+    "1. Stay hydrated: drink water through the day, more when it is hot.\n"
+    "2. Eat a balanced diet: plenty of fruit, vegetables and whole grains.\n"
+    "3. Get enough sleep: aim for 7-8 hours of sleep each night.\n"
+)
+# a 21-word sentence said 3 times: no phrase more than 3 times, 34 % distinct
+LONG_LOOP = (
+    "Echo was tasked with creating a sculpture that could be used as a tool for artistic "
+    "expression in the old town. "
+) * 3
+
 
 @pytest.mark.parametrize(
     "spec, output, passed",
@@ -43,6 +62,30 @@ from upstream.errors import InvalidInput
         ({"type": "json"}, 'Here you go:\n```JSON\n{"a": 1}\n```\nDone.', True),
         ({"type": "max_words", "value": 1}, "Paris.", True),
         ({"type": "max_words", "value": 1}, "It is Paris.", False),
+        ({"type": "min_words", "value": 3}, "It is Paris.", True),
+        ({"type": "min_words", "value": 3}, "Paris, France.", False),
+        ({"type": "min_words", "value": 2}, "don't-care", False),  # counted as max_words does
+        ({"type": "min_words", "value": 1}, "", False),
+        ({"type": "not_repetitive"}, PROSE, True),
+        ({"type": "not_repetitive"}, LIST, True),
+        ({"type": "not_repetitive"}, "Paris.", True),  # too short to repeat anything
+        ({"type": "not_repetitive"}, "I don't know. " * 6, False),  # a phrase 6 times
+        ({"type": "not_repetitive"}, PROSE + " I love the smell of spring." * 5, False),
+        # numbering does not hide a loop: every number is the same word
+        ({"type": "not_repetitive"}, "".join(f"{i}. Violin\n" for i in range(1, 20)), False),
+        ({"type": "not_repetitive"}, "1 2 3 4 5 6 7 8 9 10 11 12", False),
+        # a long loop repeats each phrase rarely, but few of its phrases are distinct
+        ({"type": "not_repetitive"}, LONG_LOOP, False),
+        ({"type": "not_repetitive", "min_distinct": 0}, LONG_LOOP, True),
+        (
+            {"type": "not_repetitive", "max_repeats": 6, "min_distinct": 0},
+            "I don't know. " * 6,
+            True,
+        ),
+        ({"type": "not_repetitive", "n": 1, "max_repeats": 2}, "the cat and the dog", True),
+        ({"type": "not_repetitive", "n": 1, "max_repeats": 1}, "the cat and the dog", False),
+        ({"type": "not_repetitive", "case_sensitive": True}, "No way. NO WAY. no way. " * 2, True),
+        ({"type": "not_repetitive"}, "No way. NO WAY. no way. " * 2, False),
         (
             {
                 "type": "all_of",
@@ -105,6 +148,16 @@ def test_similar_uses_the_given_embedder() -> None:
         ({"type": "number", "value": float("nan")}, "must be a finite number"),
         ({"type": "contains", "values": ["."]}, "empty once normalised"),
         ({"type": "exact", "value": "a", "unicode_form": "NFX"}, "unicode_form 'NFX'"),
+        ({"type": "min_words"}, "expected.value: required for a min_words check"),
+        ({"type": "min_words", "value": 0}, "expected.value 0: a min_words check needs 1 or more"),
+        ({"type": "min_words", "value": "3"}, "expected.value: '3' has the wrong type"),
+        ({"type": "not_repetitive", "n": 0}, "expected.n 0: allowed 1 to 10"),
+        ({"type": "not_repetitive", "n": 11}, "expected.n 11: allowed 1 to 10"),
+        ({"type": "not_repetitive", "max_repeats": 0}, "expected.max_repeats 0: must be 1 or"),
+        ({"type": "not_repetitive", "min_distinct": 1.5}, "expected.min_distinct 1.5: allowed 0"),
+        ({"type": "not_repetitive", "min_distinct": float("nan")}, "min_distinct nan: allowed"),
+        ({"type": "not_repetitive", "n": True}, "expected.n: True has the wrong type"),
+        ({"type": "not_repetitive", "window": 3}, "expected.window: unknown field.*max_repeats"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(spec: object, message: str) -> None:
@@ -122,3 +175,14 @@ def test_deep_nesting_is_refused_not_a_crash() -> None:
         spec = {"type": "not", "check": spec}
     with pytest.raises(InvalidInput, match="nest at most"):
         parse_check(spec)
+
+
+def test_repetition_is_explained() -> None:
+    looping = parse_check({"type": "not_repetitive"}).score("I don't know. " * 6)
+    assert '"i don\'t know" occurs 6 times, more than 4 allowed' in looping.explanation
+    assert looping.score == 0.0
+    long_loop = parse_check({"type": "not_repetitive"}).score(LONG_LOOP)
+    assert "only 34% of 61 3-word phrases are distinct, 50% needed" in long_loop.explanation
+    assert parse_check({"type": "min_words", "value": 5}).score("Paris.").explanation == (
+        "1 word(s), at least 5 needed"
+    )
