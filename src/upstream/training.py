@@ -1,0 +1,550 @@
+"""LoRA fine-tuning: a contributed chat dataset becomes an adapter for the target revision.
+
+A contributor may send training examples instead of an adapter; the hub trains the
+adapter itself, on the CPU, with one recipe (`Recipe`) whose every field the
+contribution may override. The defaults are chosen for what contributions usually are:
+a few dozen short conversations that fix one behaviour of a small model.
+
+- **LoRA rank 8, alpha 16, on every linear layer** ("all-linear": attention and MLP
+  projections, not the output head). Small enough to train in seconds, and adapters
+  of this shape merge exactly into a release (ΔW = B·A·alpha/rank per layer).
+- **Constant learning rate 2e-4, 4 epochs, batch 8, AdamW.** With ~25 examples that is
+  ~16 optimizer steps: too few for a warm-up or a decay schedule to matter, enough for
+  the loss to fall from 4.0 to 0.19 on 25 one-word answers with SmolLM2-135M, in
+  about 30 s on two CPU cores (tests/test_training.py trains exactly that).
+- **Loss on the assistant's tokens only.** The model should learn the replies, not
+  to predict the user's questions. Each conversation is rendered with the model's own
+  chat template, turn by turn: the text the template renders for the prompt before
+  assistant turn k (`messages[:k]` plus the generation prompt) must be a prefix of the
+  text with turn k (`messages[:k+1]`); what turn k adds is the reply. The reply's
+  content and the end-of-turn token that follows it (e.g. `<|im_end|>`, so the model
+  learns to stop) carry labels; the template's own text (role headers, the newline
+  after `<|im_end|>`) is masked with -100. The conversation is tokenized once, as the
+  engine does; the tokens of each rendered prefix must be a prefix of its tokens, so
+  the reply's tokens are known exactly. A template that renders earlier turns
+  differently once later ones exist (some "thinking" templates do), or a tokenizer
+  that merges a reply's first token with the prompt's last, breaks that property and
+  the example is refused with that reason.
+- **Examples are never truncated.** One longer than `max_length` tokens is refused by
+  number: a silently cut reply would teach the model to stop mid-sentence.
+- **Deterministic.** The LoRA initialisation, the shuffling and dropout all follow
+  `seed`; on the same machine the same inputs give the same adapter, tensor for
+  tensor (float32 on the CPU).
+
+The dataset format is OpenAI's chat fine-tuning JSONL (DESIGN.md): one
+`{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}]}` per line.
+`parse_dataset` refuses what it cannot train on, naming the line and the rule.
+
+The output is the two files a PEFT adapter needs, `adapter_config.json` and
+`adapter_model.safetensors`, the same shape a contributor would upload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from upstream.errors import InvalidInput
+
+ROLES = ("system", "user", "assistant")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MAX_LISTED_ERRORS = 10  # line errors shown in one message; the rest are counted
+IGNORE = -100  # label for tokens that carry no loss (PyTorch cross-entropy's ignore_index)
+
+ProgressCallback = Callable[[float, float, str], None]  # (done steps, total steps, message)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The default LoRA recipe; every field overridable per contribution."""
+
+    rank: int = 8  # LoRA r: enough to fix a behaviour; 2.4M weights (1.8%) on SmolLM2-135M
+    alpha: int = 16  # scale = alpha / rank = 2, the usual choice for small ranks
+    dropout: float = 0.0  # a few epochs over a few examples do not overfit enough to need it
+    target_modules: tuple[str, ...] | str = "all-linear"  # every projection, not the head
+    learning_rate: float = 2e-4  # constant; the common LoRA rate, measured to converge here
+    epochs: int = 4  # 16 steps for 25 examples: loss 4.0 -> 0.19 on SmolLM2-135M
+    batch_size: int = 8  # 4 steps an epoch for 25 examples; batches of short ones pad little
+    max_length: int = 512  # tokens per example; longer ones are refused, never truncated
+    seed: int = 0  # LoRA init, shuffling, dropout: same seed, same adapter
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name not in _RANGES:
+                continue
+            low, high, low_open, high_open = _RANGES[f.name]
+            allowed = _interval(low, high, low_open, high_open)
+            value = getattr(self, f.name)
+            # a float field takes an int (dropout 0); an int field takes only an int
+            types = (int, float) if isinstance(f.default, float) else (int,)
+            if isinstance(value, bool) or not isinstance(value, types):
+                kind = "a number" if float in types else "an integer"
+                raise InvalidInput(f"recipe: {f.name} must be {kind} in {allowed}, got {value!r}")
+            below = value <= low if low_open else value < low
+            above = value >= high if high_open else value > high
+            if below or above or math.isnan(value):
+                raise InvalidInput(
+                    f"recipe: {f.name} = {value!r} is out of range; allowed: {allowed}"
+                )
+        _check_targets(self.target_modules)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-ready values (to record with the adapter it made)."""
+        d = asdict(self)
+        if isinstance(self.target_modules, tuple):
+            d["target_modules"] = list(self.target_modules)
+        return d
+
+
+# field: (low, high, low exclusive, high exclusive)
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "rank": (1, 256, False, False),
+    "alpha": (1, 4096, False, False),
+    "dropout": (0.0, 1.0, False, True),
+    "learning_rate": (0.0, 1.0, True, True),
+    "epochs": (1, 50, False, False),
+    "batch_size": (1, 256, False, False),
+    "max_length": (8, 32768, False, False),
+    "seed": (0, 2**32 - 1, False, False),
+}
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    def show(x: float) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(x)
+
+    return f"{'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
+
+
+def _check_targets(value: object) -> None:
+    allowed = '"all-linear" or a list of 1 to 64 module names such as ["q_proj", "v_proj"]'
+    if value == "all-linear":
+        return
+    if (
+        isinstance(value, tuple)
+        and 1 <= len(value) <= 64
+        and all(isinstance(v, str) and _MODULE_NAME.match(v) for v in value)
+    ):
+        return
+    raise InvalidInput(f"recipe: target_modules = {value!r} is not allowed; allowed: {allowed}")
+
+
+def recipe_from(overrides: dict[str, Any] | None) -> Recipe:
+    """The default recipe with a contribution's overrides applied and checked."""
+    if not overrides:
+        return Recipe()
+    if not isinstance(overrides, dict):
+        raise InvalidInput(f"recipe: must be an object of overrides, got {overrides!r}")
+    known = [f.name for f in fields(Recipe)]
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        raise InvalidInput(
+            f"recipe: unknown field {', '.join(map(repr, unknown))}; allowed: {', '.join(known)}"
+        )
+    values = dict(overrides)
+    if isinstance(values.get("target_modules"), list):
+        values["target_modules"] = tuple(values["target_modules"])
+    return Recipe(**values)
+
+
+@dataclass
+class Conversation:
+    """One training example: chat messages, each a role and its content."""
+
+    messages: list[dict[str, str]]
+    line: int = 0  # where it was in the JSONL file (1-based; 0 when not from a file)
+
+
+def parse_dataset(
+    text: str | bytes,
+    where: str = "dataset",
+    max_bytes: int = 10_000_000,
+    max_examples: int = 10_000,
+) -> list[Conversation]:
+    """Conversations from OpenAI chat fine-tuning JSONL, or InvalidInput naming bad lines."""
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    if len(raw) > max_bytes:
+        raise InvalidInput(f"{where}: {len(raw):,} bytes is over the limit of {max_bytes:,} bytes")
+    lines = raw.split(b"\n")
+    if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+        lines[0] = lines[0][3:]
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        raise InvalidInput(f"{where}: no examples (the file is empty)")
+    if len(numbered) > max_examples:
+        raise InvalidInput(
+            f"{where}: {len(numbered):,} examples is over the limit of {max_examples:,}"
+            f" (line {numbered[max_examples][0]} is the first one over)"
+        )
+    conversations: list[Conversation] = []
+    errors: list[str] = []
+    for n, line in numbered:
+        try:
+            conversations.append(Conversation(_parse_line(line), line=n))
+        except ValueError as e:
+            errors.append(f"line {n}: {e}")
+    if errors:
+        fmt = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}'
+        _refuse(
+            f"{where}: {len(errors)} of {len(numbered)} lines refused (each line must be {fmt})",
+            errors,
+        )
+    return conversations
+
+
+def _refuse(headline: str, errors: list[str]) -> None:
+    """Raise one InvalidInput listing the first few errors and counting the rest."""
+    shown = "\n".join(f"  {e}" for e in errors[:MAX_LISTED_ERRORS])
+    more = len(errors) - MAX_LISTED_ERRORS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    raise InvalidInput(f"{headline}:\n{shown}{tail}")
+
+
+def _parse_line(line: bytes) -> list[dict[str, str]]:
+    """The messages of one JSONL line; ValueError says what is wrong with it."""
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text (byte {e.start + 1} of the line)") from None
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError('no "messages" list (a non-empty list of messages is required)')
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages, start=1):
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i} is not an object")
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:
+            raise ValueError(
+                f"message {i} has {', '.join(map(repr, extra))}; only role and content are"
+                " supported (tool calls, names and weights are not)"
+            )
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise ValueError(f'message {i} needs "role" and "content" strings')
+        if role not in ROLES:
+            raise ValueError(f"message {i} has role {role!r}; allowed: {', '.join(ROLES)}")
+        if not content.strip():
+            raise ValueError(f"message {i} ({role}) has empty content")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise ValueError("no assistant turn (there is nothing to learn from it)")
+    return out
+
+
+@dataclass
+class TrainResult:
+    """What one training run did: its size, its time and its loss curve."""
+
+    steps: int  # optimizer steps
+    epochs: int
+    examples: int
+    seconds: float  # wall seconds for the whole call: load, tokenize, train, save
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    first_loss: float = math.nan
+    last_loss: float = math.nan
+    trainable_parameters: int = 0
+
+
+@dataclass
+class _Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where the token carries no loss
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> _Example:
+    """Token ids of a conversation and labels on its assistant replies only.
+
+    The whole conversation is tokenized at once; the token ids of each rendered prefix
+    (prompt before a reply, prompt and reply) must be a prefix of those, so a reply's
+    tokens are known exactly. Raises ValueError (the caller names the example) where
+    the template or the tokenizer does not split that way.
+    """
+    # Messages after the last assistant turn would only be masked: leave them out.
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    messages = messages[: last + 1]
+    specials = _special_strings(tokenizer)
+    for i, m in enumerate(messages, start=1):
+        found = [s for s in specials if s in m["content"]]
+        if found:
+            raise ValueError(
+                f"message {i} contains the template's control token {found[0]!r},"
+                " which content may not hold"
+            )
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    full = _render(tokenizer, messages, generation_prompt=False)
+    ids = encode(full)  # (seq,) the conversation as one text, as generation would see it
+    labels = [IGNORE] * len(ids)
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:k], generation_prompt=True)
+        with_reply = _render(tokenizer, messages[: k + 1], generation_prompt=False)
+        if not full.startswith(with_reply) or not with_reply.startswith(prompt):
+            raise ValueError(
+                f"the model's chat template does not render message {k + 1} (assistant) as"
+                " a continuation of the prompt before it (it rewrites earlier text as turns"
+                " are added), so the loss cannot be put on the replies alone"
+            )
+        reply = with_reply[len(prompt) :]
+        content = m["content"].strip()
+        if content not in reply:
+            raise ValueError(
+                f"the model's chat template does not render the content of message {k + 1}"
+            )
+        # Train on the content and the end-of-turn token after it, not on the template's
+        # whitespace after that: generation stops at the end-of-turn token.
+        end = _end_of_turn(reply, reply.find(content), specials)
+        start = _token_prefix(ids, encode(prompt), k + 1)
+        stop = _token_prefix(ids, encode(with_reply[: len(prompt) + end]), k + 1)
+        labels[start:stop] = ids[start:stop]
+    return _Example(input_ids=ids, labels=labels)
+
+
+def _token_prefix(ids: list[int], prefix: list[int], message: int) -> int:
+    """len(prefix), checked to be where the conversation's tokens split there too."""
+    if ids[: len(prefix)] != prefix:
+        raise ValueError(
+            f"the tokenizer merges text across the start or end of message {message}"
+            " (assistant), so its tokens cannot be told apart from the template's;"
+            " leading or trailing whitespace in the content can cause this"
+        )
+    return len(prefix)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except (TemplateError, ValueError) as e:
+        raise ValueError(f"the model's chat template refused it: {e}") from None
+    return str(text)
+
+
+def _special_strings(tokenizer: Any) -> list[str]:
+    """The control tokens (e.g. <|im_end|>) as text, longest first."""
+    names = set(tokenizer.all_special_tokens)
+    names.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    return sorted((n for n in names if n), key=len, reverse=True)
+
+
+def _end_of_turn(reply: str, content_start: int, specials: list[str]) -> int:
+    """Where the trained part of a reply ends: after the first control token past the content."""
+    hits = [(i, s) for s in specials if (i := reply.find(s, max(content_start, 0))) >= 0]
+    if not hits:
+        return len(reply)  # no end-of-turn token: the whole reply
+    i, s = min(hits)
+    return i + len(s)
+
+
+def _collate(pad_id: int) -> Callable[[list[dict[str, list[int]]]], dict[str, Any]]:
+    """Pad a batch on the right to its longest example (labels with IGNORE)."""
+
+    def collate(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids, labels, mask = [], [], []
+        for b in batch:
+            pad = width - len(b["input_ids"])
+            ids.append(b["input_ids"] + [pad_id] * pad)
+            labels.append(b["labels"] + [IGNORE] * pad)
+            mask.append([1] * len(b["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),  # (batch, seq)
+            "labels": torch.tensor(labels),  # (batch, seq)
+            "attention_mask": torch.tensor(mask),  # (batch, seq)
+        }
+
+    return collate
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    """The base's tokenizer, which must have a chat template (no remote code)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=False
+    )
+    if not tokenizer.chat_template:
+        raise InvalidInput(
+            f"{model_dir.name}: the model has no chat template, so chat examples cannot be"
+            " rendered for it; train on a model with a chat template"
+        )
+    return tokenizer
+
+
+def _load_model(model_dir: Path) -> Any:
+    """The base model in float32 on the CPU: safetensors only, no remote code."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=torch.float32,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+    )
+    model.config.use_cache = False  # no generation during training
+    return model
+
+
+def encode_dataset(
+    tokenizer: Any, conversations: Sequence[Conversation], max_length: int
+) -> list[_Example]:
+    """Every conversation tokenized and labelled, or InvalidInput naming the bad ones."""
+    examples: list[_Example] = []
+    errors: list[str] = []
+    for n, conv in enumerate(conversations, start=1):
+        name = f"example {n}" + (f" (line {conv.line})" if conv.line else "")
+        try:
+            ex = tokenize_conversation(tokenizer, conv.messages)
+        except ValueError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if len(ex.input_ids) > max_length:
+            errors.append(
+                f"{name}: {len(ex.input_ids)} tokens is longer than max_length {max_length}"
+                " (split it, or raise max_length in the recipe)"
+            )
+        examples.append(ex)
+    if errors:
+        _refuse(f"dataset: {len(errors)} of {len(conversations)} examples refused", errors)
+    return examples
+
+
+def train_adapter(
+    model_dir: Path,
+    conversations: Sequence[Conversation],
+    recipe: Recipe,
+    out_dir: Path,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on the conversations and write it to out_dir (two files)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    started = time.perf_counter()
+    model_dir = Path(model_dir)
+    if not conversations:
+        raise InvalidInput("dataset: no examples to train on")
+    tokenizer = _load_tokenizer(model_dir)
+    examples = encode_dataset(tokenizer, conversations, recipe.max_length)  # before the weights
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never trained
+    model = _load_model(model_dir)
+
+    set_seed(recipe.seed)  # the LoRA A matrices are drawn here
+    lora = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        lora_dropout=recipe.dropout,
+        target_modules=(
+            list(recipe.target_modules)
+            if isinstance(recipe.target_modules, tuple)
+            else recipe.target_modules
+        ),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with warnings.catch_warnings():  # a transformers deprecation notice inside peft
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(model, lora)
+    except ValueError as e:  # e.g. target modules not found in this architecture
+        raise InvalidInput(f"recipe: target_modules do not fit {model_dir.name}: {e}") from e
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+    losses: list[float] = []
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                if progress:
+                    epoch = float(logs.get("epoch", state.epoch or 0.0))
+                    progress(
+                        float(state.global_step),
+                        float(state.max_steps),
+                        f"epoch {epoch:.1f} · loss {logs['loss']:.3f}",
+                    )
+
+    with tempfile.TemporaryDirectory(prefix="upstream-train-") as tmp:
+        args = TrainingArguments(
+            output_dir=str(Path(tmp) / "trainer"),
+            use_cpu=True,
+            num_train_epochs=recipe.epochs,
+            per_device_train_batch_size=recipe.batch_size,
+            learning_rate=recipe.learning_rate,
+            lr_scheduler_type="constant",  # too few steps for warm-up or decay to matter
+            warmup_steps=0,
+            weight_decay=0.0,
+            seed=recipe.seed,
+            data_seed=recipe.seed,
+            logging_strategy="steps",
+            logging_steps=1,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_pin_memory=False,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=peft_model,
+            args=args,
+            train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in examples],
+            data_collator=_collate(pad_id),
+            callbacks=[Progress()],
+        )
+        trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
+        trainer.train()
+        steps = int(trainer.state.global_step)
+
+        # The base is named by its directory (the revision hash), never the temp path.
+        peft_model.peft_config["default"].base_model_name_or_path = model_dir.name
+        saved = Path(tmp) / "adapter"
+        # save_embedding_layers=False: the vocabulary is never resized here, and "auto"
+        # would look the base up by name to check.
+        peft_model.save_pretrained(str(saved), safe_serialization=True, save_embedding_layers=False)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:  # and nothing else PEFT writes (a README model card)
+            shutil.move(str(saved / name), str(out_dir / name))
+
+    return TrainResult(
+        steps=steps,
+        epochs=recipe.epochs,
+        examples=len(examples),
+        seconds=time.perf_counter() - started,
+        losses=losses,
+        first_loss=losses[0] if losses else math.nan,
+        last_loss=losses[-1] if losses else math.nan,
+        trainable_parameters=trainable,
+    )

@@ -1,0 +1,316 @@
+"""LoRA training: the dataset format, the recipe, the assistant-only label mask, the adapter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from upstream.errors import InvalidInput
+from upstream.training import (
+    Conversation,
+    Recipe,
+    TrainResult,
+    parse_dataset,
+    recipe_from,
+    tokenize_conversation,
+    train_adapter,
+)
+
+TWO_TURNS = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome, of course."},
+]
+# Four one-turn examples a tiny model can memorise in a few dozen steps.
+MEMORISE = [
+    Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], line=n)
+    for n, (q, a) in enumerate(
+        [("Say red.", "red"), ("Say blue.", "blue"), ("Name a fruit.", "apple"), ("Hi", "Yes")],
+        start=1,
+    )
+]
+# A learning rate a tiny random model moves at in a few steps (the default suits real ones).
+FAST = Recipe(learning_rate=1e-2, epochs=8, batch_size=2, rank=4)
+
+
+def line(*messages: dict[str, Any]) -> str:
+    return json.dumps({"messages": list(messages)})
+
+
+def user(text: str = "Hello?") -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str = "Hi.") -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+# ---- the dataset format -------------------------------------------------------------
+
+
+def test_valid_dataset_with_system_message_and_blank_lines_parses() -> None:
+    text = "\n".join(
+        [
+            line({"role": "system", "content": "Be brief."}, user(), assistant()),
+            "",
+            "   ",
+            line(*TWO_TURNS),
+            "",
+        ]
+    )
+    convs = parse_dataset(text.encode())
+    assert [c.line for c in convs] == [1, 4]
+    assert convs[0].messages[0] == {"role": "system", "content": "Be brief."}
+    assert convs[1].messages == TWO_TURNS
+    assert parse_dataset("\ufeff" + line(user(), assistant()))[0].messages[1]["content"] == "Hi."
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "problem"),
+    [
+        (b"\xff\xfe not text", "not UTF-8"),
+        (b'{"messages": [', "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"prompt": "Hello?"}', 'no "messages" list'),
+        (b'{"messages": []}', 'no "messages" list'),
+        (b'{"messages": ["Hello?"]}', "message 1 is not an object"),
+        (line({"role": "user"}, assistant()).encode(), 'message 1 needs "role" and "content"'),
+        (line(user(), {"role": "assistant", "content": 5}).encode(), "message 2 needs"),
+        (line({"role": "tool", "content": "x"}, assistant()).encode(), "role 'tool'"),
+        (line(user(), user("again")).encode(), "no assistant turn"),
+        (line(user(), assistant("  ")).encode(), "message 2 (assistant) has empty content"),
+        (line(user(), {**assistant(), "weight": 0}).encode(), "'weight'"),
+    ],
+)
+def test_bad_line_is_refused_naming_line_and_problem(bad_line: bytes, problem: str) -> None:
+    good = line(user(), assistant()).encode()
+    with pytest.raises(InvalidInput) as e:
+        parse_dataset(b"\n".join([good, b"", bad_line, good]), where="fix.jsonl")
+    message = str(e.value)
+    assert message.startswith("fix.jsonl: 1 of 3 lines refused")
+    assert f"line 3: {problem}" in message or ("line 3: " in message and problem in message)
+    assert "line 1" not in message and "line 4" not in message
+
+
+def test_unknown_role_message_says_which_roles_are_allowed() -> None:
+    with pytest.raises(InvalidInput, match="allowed: system, user, assistant"):
+        parse_dataset(line({"role": "developer", "content": "x"}, assistant()))
+
+
+def test_many_bad_lines_are_collected_into_one_message() -> None:
+    text = "\n".join(["not json"] * 12 + [line(user(), assistant())])
+    with pytest.raises(InvalidInput) as e:
+        parse_dataset(text)
+    message = str(e.value)
+    assert "12 of 13 lines refused" in message
+    assert "line 1: not JSON" in message and "line 10: not JSON" in message
+    assert "line 11:" not in message and "and 2 more" in message
+
+
+def test_size_limits_and_empty_file_are_refused() -> None:
+    good = line(user(), assistant())
+    with pytest.raises(InvalidInput, match=r"over the limit of 100 bytes"):
+        parse_dataset(good * 5, max_bytes=100)
+    with pytest.raises(InvalidInput, match=r"3 examples is over the limit of 2 \(line 3 is"):
+        parse_dataset("\n".join([good] * 3), max_examples=2)
+    with pytest.raises(InvalidInput, match="no examples"):
+        parse_dataset(b"\n  \n")
+
+
+# ---- the recipe ---------------------------------------------------------------------
+
+
+def test_recipe_defaults_and_overrides() -> None:
+    assert recipe_from(None) == Recipe() == recipe_from({})
+    r = recipe_from({"rank": 4, "learning_rate": 1e-3, "target_modules": ["q_proj", "v_proj"]})
+    assert (r.rank, r.learning_rate, r.target_modules) == (4, 1e-3, ("q_proj", "v_proj"))
+    assert (r.alpha, r.epochs) == (Recipe().alpha, Recipe().epochs)
+    assert r.as_dict()["target_modules"] == ["q_proj", "v_proj"]
+    assert recipe_from({"dropout": 0}).dropout == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"rnak": 4}, r"unknown field 'rnak'; allowed: rank, alpha"),
+        ({"rank": 0}, r"rank = 0 is out of range; allowed: \[1, 256\]"),
+        ({"rank": 300}, r"rank = 300 is out of range"),
+        ({"rank": 4.5}, r"rank must be an integer"),
+        ({"rank": True}, r"rank must be an integer"),
+        ({"epochs": "4"}, r"epochs must be an integer in \[1, 50\], got '4'"),
+        ({"epochs": 51}, r"epochs = 51 is out of range; allowed: \[1, 50\]"),
+        ({"learning_rate": 0}, r"learning_rate = 0 is out of range; allowed: \(0, 1\)"),
+        ({"learning_rate": 1.0}, r"learning_rate = 1.0 is out of range"),
+        ({"learning_rate": float("nan")}, r"learning_rate = nan is out of range"),
+        ({"batch_size": 0}, r"batch_size = 0 is out of range; allowed: \[1, 256\]"),
+        ({"dropout": 1.0}, r"dropout = 1.0 is out of range; allowed: \[0, 1\)"),
+        ({"target_modules": "everything"}, r"target_modules = 'everything' is not allowed"),
+        ({"target_modules": []}, r"target_modules = \(\) is not allowed"),
+    ],
+)
+def test_bad_recipe_is_refused_naming_the_field(overrides: dict[str, Any], expected: str) -> None:
+    with pytest.raises(InvalidInput, match=expected):
+        recipe_from(overrides)
+
+
+# ---- the label mask -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+
+
+def trained_spans(tokenizer: Any, ids: list[int], labels: list[int]) -> list[str]:
+    """The decoded runs of tokens that carry a label."""
+    spans: list[list[int]] = []
+    previous = False
+    for token, label in zip(ids, labels, strict=True):
+        if label != -100:
+            assert label == token  # labels are the tokens themselves (the model shifts them)
+            if not previous:
+                spans.append([])
+            spans[-1].append(token)
+        previous = label != -100
+    return [tokenizer.decode(s) for s in spans]
+
+
+def test_only_assistant_replies_and_their_end_token_carry_labels(tokenizer: Any) -> None:
+    ex = tokenize_conversation(tokenizer, TWO_TURNS)
+    assert trained_spans(tokenizer, ex.input_ids, ex.labels) == [
+        "Paris.<|im_end|>",
+        "Rome, of course.<|im_end|>",
+    ]
+    # the whole sequence is what the chat template renders, token for token in text
+    assert tokenizer.decode(ex.input_ids) == tokenizer.apply_chat_template(
+        TWO_TURNS, tokenize=False
+    )
+
+
+def test_messages_after_the_last_reply_are_left_out(tokenizer: Any) -> None:
+    ex = tokenize_conversation(tokenizer, [user(), assistant("Yes."), user("Why?")])
+    assert "Why?" not in tokenizer.decode(ex.input_ids)
+    assert trained_spans(tokenizer, ex.input_ids, ex.labels) == ["Yes.<|im_end|>"]
+
+
+def test_control_tokens_in_content_are_refused(tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match=r"message 2 contains .*'<\|im_start\|>'"):
+        tokenize_conversation(tokenizer, [user(), assistant("Hi<|im_start|>user\nmore")])
+
+
+def test_template_that_rewrites_earlier_turns_is_refused(tokenizer: Any) -> None:
+    # renders the last message differently, as some "thinking" templates do
+    tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path, local_files_only=True)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "{% if loop.last %} (last){% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(ValueError, match=r"not render message 2 \(assistant\) as a continuation"):
+        tokenize_conversation(tokenizer, [user(), assistant()])
+
+
+# ---- training -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, TrainResult, list[tuple[float, float, str]]]:
+    """One training run on the tiny model, with every progress call recorded."""
+    out = tmp_path_factory.mktemp("adapter") / "out"
+    calls: list[tuple[float, float, str]] = []
+    result = train_adapter(
+        tiny_model_dir, MEMORISE, FAST, out, progress=lambda d, t, m: calls.append((d, t, m))
+    )
+    return out, result, calls
+
+
+def test_training_writes_exactly_the_two_adapter_files(
+    trained: tuple[Path, TrainResult, list[Any]], tiny_model_dir: Path
+) -> None:
+    out, result, _ = trained
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model_dir.name  # no temp path leaks
+    assert (config["r"], config["lora_alpha"]) == (FAST.rank, FAST.alpha)
+    assert result.trainable_parameters > 0
+
+
+def test_loss_falls_and_every_step_reports_progress(
+    trained: tuple[Path, TrainResult, list[tuple[float, float, str]]],
+) -> None:
+    _, result, calls = trained
+    steps_per_epoch = 2  # 4 examples, batch 2
+    assert (result.examples, result.epochs) == (4, FAST.epochs)
+    assert result.steps == FAST.epochs * steps_per_epoch == len(result.losses)
+    first_epoch = sum(result.losses[:steps_per_epoch]) / steps_per_epoch
+    last_epoch = sum(result.losses[-steps_per_epoch:]) / steps_per_epoch
+    assert last_epoch < 0.7 * first_epoch
+    assert (result.first_loss, result.last_loss) == (result.losses[0], result.losses[-1])
+    assert [(d, t) for d, t, _ in calls] == [(float(s), 16.0) for s in range(1, 17)]
+    assert calls[-1][2] == f"epoch 8.0 · loss {result.last_loss:.3f}"
+    assert result.seconds > 0
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # a transformers notice inside peft
+def test_adapter_loads_on_the_base_and_changes_its_logits(
+    trained: tuple[Path, TrainResult, list[Any]], tiny_model_dir: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _, _ = trained
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, str(out))
+        after = adapted(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_same_seed_gives_the_same_adapter(
+    trained: tuple[Path, TrainResult, list[Any]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    out, result, _ = trained
+    again = train_adapter(tiny_model_dir, MEMORISE, FAST, tmp_path / "again")
+    first = load_file(out / "adapter_model.safetensors")
+    second = load_file(tmp_path / "again" / "adapter_model.safetensors")
+    assert first.keys() == second.keys() and len(first) > 0
+    assert all(first[k].equal(second[k]) for k in first)
+    assert again.losses == result.losses
+
+
+def test_too_long_example_is_refused_by_number(tiny_model_dir: Path, tmp_path: Path) -> None:
+    long = Conversation([user("word " * 200), assistant()], line=7)
+    with pytest.raises(InvalidInput, match=r"example 2 \(line 7\): \d+ tokens is longer than"):
+        train_adapter(tiny_model_dir, [MEMORISE[0], long], Recipe(max_length=64), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_model_without_chat_template_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    with pytest.raises(InvalidInput, match="no chat template"):
+        train_adapter(plain, MEMORISE, FAST, tmp_path / "out")
+
+
+def test_target_modules_the_model_lacks_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    recipe = recipe_from({"target_modules": ["c_attn"]})
+    with pytest.raises(InvalidInput, match="target_modules do not fit"):
+        train_adapter(tiny_model_dir, MEMORISE, recipe, tmp_path / "out")
