@@ -31,3 +31,16 @@ def tiny_hub(hub: Hub, tiny_model_dir: Path) -> Hub:
 
     import_model(hub, str(tiny_model_dir), "tiny")
     return hub
+
+
+@pytest.fixture(scope="session")
+def smol_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub with the bundled SmolLM2 imported as `upstream up` does it (once per run)."""
+    from upstream.registry import default_model_import
+
+    h = Hub.open(tmp_path_factory.mktemp("smol") / "home")
+    args = default_model_import(h)
+    assert args == {"source": "bundled:smollm2-135m-instruct", "name": "smollm2-135m-instruct"}
+    assert h.jobs.run_foreground("models.import", args)["new"] is True
+    yield h
+    h.close()

@@ -15,7 +15,8 @@ COMMANDS = [
     ["reports", "show"], ["reports", "confirm"], ["reports", "close"], ["reports", "reproduce"],
     ["reports", "rescore"], ["suites"], ["suites", "list"], ["suites", "show"],
     ["suites", "build"], ["suites", "import"], ["suites", "export"], ["eval"], ["compare"],
-    ["leaderboard"],
+    ["leaderboard"], ["contribute"], ["prs"], ["prs", "list"], ["prs", "show"], ["prs", "push"],
+    ["prs", "check"], ["prs", "approve"], ["prs", "reject"], ["prs", "close"],
 ]  # fmt: skip
 
 

@@ -1,6 +1,5 @@
 """The real bundled model: imported from its GGUF, it answers, batched like one by one."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,11 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smol_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    hub = Hub.open(tmp_path_factory.mktemp("smol") / "home")
-    # as `upstream up` does it: an empty hub gets the bundled model, through a job
-    args = default_model_import(hub)
-    assert args == {"source": f"bundled:{NAME}", "name": NAME}
-    result = hub.jobs.run_foreground("models.import", args)
-    assert result["new"] is True
-    assert default_model_import(hub) is None
-    yield hub
-    hub.close()
+def test_the_hub_imported_the_bundled_model_once(smol_hub: Hub) -> None:
+    """`smol_hub` (tests/conftest.py) imports it as `upstream up` does, through a job."""
+    assert default_model_import(smol_hub) is None  # nothing left to import
+    with smol_hub.session() as s:
+        assert resolve(s, NAME).model.name == NAME
 
 
 def test_bundled_import_is_safetensors_with_tokenizer_and_template(smol_hub: Hub) -> None:
@@ -102,9 +95,27 @@ def test_one_word_failures_reproduce_on_smollm2(smol_hub: Hub) -> None:
     good, bad = reports.parse_jsonl(raw, default_model=NAME)
     assert len(good) >= 12 and bad == []
     submission = reports.submit(smol_hub, good, "tester", "import")
-    results = reproduce(smol_hub, submission.to_reproduce)["reports"].values()
+    ids = [f.id for f in submission.filed]  # already filed by another test: counted again
+    results = reproduce(smol_hub, ids)["reports"].values()
     reproduced = [r for r in results if r["result"] == "reproduced"]
     assert len(reproduced) >= 0.75 * len(good), [r["result"] for r in results]
     with smol_hub.session() as s:
-        first = reports.get_report(s, submission.to_reproduce[0])
+        first = reports.get_report(s, ids[0])
         assert "Paris" in (first.observed or "")  # right answer, wrong form
+
+
+def test_base_passes_its_guard_suite(smol_hub: Hub) -> None:
+    """A guard case the base already fails would say nothing about a candidate."""
+    from upstream.db.schema import EvalRun
+    from upstream.evals import run_eval
+    from upstream.guard import GUARD_MAX_NEW_TOKENS, ensure_guard_suite
+
+    suite = ensure_guard_suite(smol_hub, NAME)
+    summary = run_eval(smol_hub, NAME, suite, max_new_tokens=GUARD_MAX_NEW_TOKENS)
+    with smol_hub.session() as s:
+        run = s.get(EvalRun, summary["run"])
+        assert run is not None
+        failed = [(r.case_id[:12], r.explanation or r.error) for r in run.results if not r.passed]
+    overall = summary["metrics"]["all"]
+    assert overall["n"] >= 20 and overall["errors"] == 0
+    assert overall["rate"] >= 0.9, failed

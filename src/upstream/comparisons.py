@@ -111,7 +111,7 @@ def detectable_note(d: dict[str, Any]) -> str:
 def leaderboard(hub: Hub, suite: str | None = None) -> list[dict[str, Any]]:
     """Revisions × suites: the newest full run of each subject on each suite's newest version."""
     with hub.session() as s:
-        q = select(Suite).order_by(Suite.name)
+        q = select(Suite).where(Suite.kind != "claims").order_by(Suite.name)
         if suite:
             q = q.where(Suite.name == suite)
         rows = []

@@ -33,3 +33,9 @@ class Unavailable(UpstreamError):
     """Something the hub depends on (a model server) did not answer properly."""
 
     status_code = 502
+
+
+class Forbidden(UpstreamError):
+    """The acting user may not do this (e.g. approve their own contribution)."""
+
+    status_code = 403

@@ -37,6 +37,7 @@ HANDLERS: dict[str, str] = {
     "models.import": "upstream.registry:run_import_job",
     "reports.reproduce": "upstream.reproduction:run_reproduce_job",
     "evals.run": "upstream.evals:run_eval_job",
+    "contributions.check": "upstream.ci:run_checks_job",
 }
 
 ProgressCallback = Callable[[float, float, str], None]
@@ -216,7 +217,10 @@ class JobQueue:
         self, kind: str, args: dict[str, Any], on_progress: ProgressCallback | None = None
     ) -> dict[str, Any]:
         """Enqueue a job and run it here and now (the CLI's way); returns its result."""
-        job_id = self.enqueue(kind, args, max_attempts=1)
+        return self.run_now(self.enqueue(kind, args, max_attempts=1), on_progress)
+
+    def run_now(self, job_id: int, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Run a queued job here and now; returns its result, or raises JobFailed."""
         job = self.claim(worker_name(), job_id=job_id)
         # claim() fails only if another worker took the job within microseconds
         job = self.wait(job_id) if job is None else self.run(job, on_progress)

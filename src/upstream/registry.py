@@ -237,7 +237,19 @@ class ImportResult:
 def import_model(
     hub: Hub, source: str, name: str, progress: Progress = _no_progress
 ) -> ImportResult:
-    """Import `source` as a new revision of model `name` (created if needed)."""
+    """Import `source` as a new revision of model `name` (created if needed).
+
+    The model also gets its guard suite of ordinary instructions (see `upstream.guard`),
+    which a contribution's checks run to catch a model that got terse or broken.
+    """
+    from upstream.guard import ensure_guard_suite
+
+    result = _import(hub, source, name, progress)
+    ensure_guard_suite(hub, name)
+    return result
+
+
+def _import(hub: Hub, source: str, name: str, progress: Progress) -> ImportResult:
     check_name(name)
     kind, path = locate_source(source)
     if kind in ("bundled", "gguf"):
@@ -567,14 +579,21 @@ def run_import_job(ctx: JobContext) -> dict[str, Any]:
 def materialize(hub: Hub, revision: Revision) -> Path:
     """A directory holding the revision's files, for `from_pretrained` (made once)."""
     target = hub.settings.work_dir / "revisions" / revision.hash
+    return materialize_files(hub, revision.manifest["files"], target, revision.hash)
+
+
+def materialize_files(
+    hub: Hub, files: dict[str, Any], target: Path, stamp: str = "complete"
+) -> Path:
+    """`target` holding `files` (relative path → {sha256, size}) from the blob store, once."""
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{revision.hash[:12]}-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name[:12]}-"))
     try:
-        for rel, f in revision.manifest["files"].items():
+        for rel, f in files.items():
             hub.blobs.link_to(f["sha256"], tmp / rel, size=f["size"])
-        (tmp / ".complete").write_text(revision.hash)
+        (tmp / ".complete").write_text(stamp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first

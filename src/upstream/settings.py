@@ -12,6 +12,13 @@ Precedence, highest first: environment variables, the config file, defaults.
 | job_stale_after  | UPSTREAM_JOB_STALE_AFTER   | 60 (seconds without heartbeat)  |
 | maintainers      | UPSTREAM_MAINTAINERS       | the OS user who runs the hub    |
 | duplicate_distance | UPSTREAM_DUPLICATE_DISTANCE | 0.2 (cosine distance)        |
+| check_max_new_tokens | UPSTREAM_CHECK_MAX_NEW_TOKENS | 128 (a contribution's checks) |
+| adapter_max_rank, adapter_max_mb | UPSTREAM_ADAPTER_MAX_RANK/_MB | 64, 256         |
+| dataset_max_mb, dataset_max_examples | UPSTREAM_DATASET_MAX_MB/_EXAMPLES | 10, 10000 |
+| policy_min_fixed | UPSTREAM_POLICY_MIN_FIXED  | 1 (claimed cases a contribution must fix) |
+| policy_regression_p | UPSTREAM_POLICY_REGRESSION_P | 0.05 (McNemar p of a regression) |
+| policy_heldout_margin | UPSTREAM_POLICY_HELDOUT_MARGIN | 0.05 (held-out rate drop allowed) |
+| policy           | (config.toml only)         | per-model overrides: `[policy.NAME]` |
 """
 
 from __future__ import annotations
@@ -51,6 +58,25 @@ class Settings:
     duplicate_distance: float = 0.2
     # Confirmations from distinct people (not the reporter) that confirm a report.
     confirmations_needed: int = 3
+    # Tokens generated per case when a contribution is checked (the guard suite has its
+    # own length); 128 lets a broken model show itself without a slow run.
+    check_max_new_tokens: int = 128
+    # A contributed adapter's limits: LoRA rank, and adapter_model.safetensors in MiB.
+    adapter_max_rank: int = 64
+    adapter_max_mb: float = 256.0
+    # A contributed training dataset's limits: JSONL size in MiB, and examples.
+    dataset_max_mb: float = 10.0
+    dataset_max_examples: int = 10_000
+    # The merge policy a contribution's checks are judged by (see docs/contributions.md):
+    # at least this many claimed cases fixed,
+    policy_min_fixed: int = 1
+    # no suite where broken > fixed with McNemar p below this,
+    policy_regression_p: float = 0.05
+    # and no held-out pass rate below the base's by more than this (absolute).
+    policy_heldout_margin: float = 0.05
+    # Per-model overrides of the three policy_* values: {"model": {"min_fixed": 2, ...}},
+    # written in config.toml as [policy.MODEL] tables.
+    policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def maintainer_names(self) -> set[str]:
@@ -104,6 +130,10 @@ class Settings:
 def _coerce(name: str, type_name: Any, value: Any) -> Any:
     """Turn a config or env value into the setting's type, or say which setting is wrong."""
     kind = str(type_name)
+    if kind.startswith("dict"):
+        if not isinstance(value, dict):
+            raise InvalidInput(f"setting {name} must be a table in config.toml, not {value!r}")
+        return value
     try:
         if kind == "int":
             return int(value)

@@ -130,13 +130,14 @@ def add_cases(
     model: str | None = None,
     heldout_percent: int | None = None,
     note: str = "",
+    kind: str = "community",
 ) -> dict[str, Any]:
     """Add cases to a suite (created if needed); makes a new version when any is new."""
     # Two writers adding to one suite at once both pick the next version number; the
     # unique (suite, number) refuses the second, which then retries on the new state.
     for attempt in range(3):
         try:
-            return _add_cases_once(hub, name, cases, model, heldout_percent, note)
+            return _add_cases_once(hub, name, cases, model, heldout_percent, note, kind)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -150,6 +151,7 @@ def _add_cases_once(
     model: str | None = None,
     heldout_percent: int | None = None,
     note: str = "",
+    kind: str = "community",
 ) -> dict[str, Any]:
     """One attempt of `add_cases`."""
     if not NAME_RE.match(name):
@@ -170,6 +172,7 @@ def _add_cases_once(
                 name=name,
                 model_id=model_id,
                 heldout_percent=30 if heldout_percent is None else heldout_percent,
+                kind=kind,
             )
             s.add(suite)
             s.flush()
@@ -356,6 +359,7 @@ def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
         "public": splits.count("public"),
         "heldout": splits.count("heldout"),
         "heldout_percent": suite.heldout_percent,
+        "kind": suite.kind,
         "versions": [
             {
                 "number": v.number,
@@ -377,5 +381,9 @@ def case_view(case: Case, split: str, can_see_heldout: bool) -> dict[str, Any]:
     return {**base, "prompt": prompt, "messages": case.messages, "expected": case.expected}
 
 
-def list_suites(session: Session) -> list[Suite]:
-    return list(session.scalars(select(Suite).order_by(Suite.name)))
+def list_suites(session: Session, model_id: int | None = None) -> list[Suite]:
+    """The community and guard suites (a contribution's claims suite is its own business)."""
+    q = select(Suite).where(Suite.kind != "claims").order_by(Suite.name)
+    if model_id is not None:
+        q = q.where(Suite.model_id == model_id)
+    return list(session.scalars(q))

@@ -398,18 +398,9 @@ def _load_tokenizer(model_dir: Path) -> Any:
 
 def _load_model(model_dir: Path) -> Any:
     """The base model in float32 on the CPU: safetensors only, no remote code."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from upstream.engines.hf import load_weights
 
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        dtype=torch.float32,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-    )
+    model = load_weights(model_dir)
     model.config.use_cache = False  # no generation during training
     return model
 

@@ -14,8 +14,9 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
         suites.CaseIn([{"role": "user", "content": f"q {i}"}], NEVER, ["t"]) for i in range(12)
     ]
     suites.add_cases(tiny_hub, "s", cases, "tiny")
-    listed = httpx.get(f"{server}/api/suites").json()["suites"]
-    assert listed[0]["name"] == "s" and listed[0]["cases"] == 12
+    listed = {x["name"]: x for x in httpx.get(f"{server}/api/suites").json()["suites"]}
+    assert listed["s"]["cases"] == 12 and listed["s"]["kind"] == "community"
+    assert listed["guard-tiny"]["kind"] == "guard"  # made when the model was imported
 
     anyone = httpx.get(f"{server}/api/suites/s").json()["case_list"]
     maintainer = next(iter(tiny_hub.settings.maintainer_names))

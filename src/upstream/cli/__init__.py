@@ -6,8 +6,8 @@ import sys
 
 import typer
 
+from upstream.cli import contributions, models, reports, suites
 from upstream.cli import hub as hub_commands
-from upstream.cli import models, reports, suites
 from upstream.cli.generate import generate
 from upstream.errors import UpstreamError
 
@@ -28,6 +28,8 @@ app.add_typer(suites.app, name="suites")
 app.command("eval")(suites.eval_)
 app.command("compare")(suites.compare)
 app.command("leaderboard")(suites.leaderboard)
+app.command("contribute")(contributions.contribute)
+app.add_typer(contributions.app, name="prs")
 app.add_typer(hub_commands.jobs_app, name="jobs")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from upstream.cli.common import JsonOption, console, emit_json, err_console, open_hub
@@ -13,8 +11,10 @@ from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
 def generate(
     ref: str = typer.Argument(..., help="NAME or NAME@REV."),
     prompt: str = typer.Argument(..., help="The user message."),
-    adapter: list[Path] = typer.Option(
-        [], "--adapter", help="A PEFT LoRA adapter directory to apply (repeatable)."
+    adapter: list[str] = typer.Option(
+        [],
+        "--adapter",
+        help="A PEFT LoRA directory, or a contribution's adapter as pr:N (repeatable).",
     ),
     system: str = typer.Option("", "--system", help="An optional system message."),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
@@ -22,6 +22,7 @@ def generate(
     json_out: bool = JsonOption,
 ) -> None:
     """Generate the model's answer to PROMPT (greedy, chat template applied)."""
+    from upstream.contributions import resolve_adapters
     from upstream.generation import generate_one
 
     hub = open_hub()
@@ -30,7 +31,7 @@ def generate(
     ]
     request = GenRequest(messages=messages, max_new_tokens=max_new_tokens, stop=tuple(stop))
     with err_console.status("loading model and generating"):
-        out = generate_one(hub, ref, request, adapters=adapter)
+        out = generate_one(hub, ref, request, adapters=resolve_adapters(hub, adapter))
     if json_out:
         emit_json(out)
     else:

@@ -20,6 +20,7 @@ from upstream.cli.common import (
     progress_bar,
     run_job,
 )
+from upstream.contributions import resolve_adapters
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.hub import Hub
 
@@ -181,7 +182,9 @@ def export(
 def eval_(
     ref: str = typer.Argument(..., help="NAME or NAME@REV."),
     suite: str = typer.Option(..., "--suite", help="Suite name."),
-    adapter: list[Path] = typer.Option([], "--adapter", help="A LoRA adapter directory."),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", help="A LoRA adapter directory, or a contribution's as pr:N."
+    ),
     split: str = typer.Option("all", "--split", help="public, heldout or all."),
     version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
@@ -194,7 +197,7 @@ def eval_(
         "suite": suite,
         "version": version,
         "split": split,
-        "adapters": [str(a) for a in adapter],
+        "adapters": [str(a) for a in resolve_adapters(hub, adapter)],
         "max_new_tokens": max_new_tokens,
     }
     result = run_job(hub, "evals.run", args, "evaluating")
@@ -227,7 +230,9 @@ def compare(
     base: str = typer.Argument(..., help="The base: NAME@REV."),
     candidate: str = typer.Argument(..., help="The candidate: NAME@REV."),
     suite: str = typer.Option(..., "--suite", help="Suite name."),
-    adapter: list[Path] = typer.Option([], "--adapter", help="Adapter(s) for the candidate."),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", help="Adapter(s) for the candidate: directories or pr:N."
+    ),
     version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
     as_user: str = AsOption,
@@ -246,7 +251,7 @@ def compare(
             suite,
             version,
             (),
-            adapter,
+            resolve_adapters(hub, adapter),
             max_new_tokens,
             _can_see_heldout(hub, as_user),
             update,

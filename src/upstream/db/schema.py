@@ -259,6 +259,9 @@ class Suite(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True)
     heldout_percent: Mapped[int] = mapped_column(Integer, default=30)
+    # community: built by people; guard: the hub's general-behaviour suite of a model;
+    # claims: the cases of the reports a contribution claims to fix (kept out of listings)
+    kind: Mapped[str] = mapped_column(String(20), default="community", server_default="community")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     versions: Mapped[list[SuiteVersion]] = relationship(
@@ -329,3 +332,69 @@ class EvalResult(Base):
     score: Mapped[float] = mapped_column(Float, default=0.0)
     explanation: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Contribution(Base):
+    """A model pull request: an adapter or a training dataset against one revision."""
+
+    __tablename__ = "contributions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    author: Mapped[str] = mapped_column(String(100), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(20))  # adapter, dataset
+    fixes: Mapped[list[Any]] = mapped_column(JSON, default=list)  # report ids it claims to fix
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training overrides
+    # open → checking → passed | failed → approved → merged; or rejected / closed
+    state: Mapped[str] = mapped_column(String(20), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model: Mapped[Model] = relationship()
+    revision: Mapped[Revision] = relationship()
+    pushes: Mapped[list[ContributionPush]] = relationship(
+        order_by="ContributionPush.number", cascade="all, delete-orphan"
+    )
+    events: Mapped[list[ContributionEvent]] = relationship(
+        order_by="ContributionEvent.id", cascade="all, delete-orphan"
+    )
+
+
+class ContributionPush(Base):
+    """One version of a contribution's content, with its checks and verdict."""
+
+    __tablename__ = "contribution_pushes"
+    __table_args__ = (UniqueConstraint("contribution_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contribution_id: Mapped[int] = mapped_column(ForeignKey("contributions.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    # what was pushed, file name → {sha256, size}: the adapter's files or the dataset
+    files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # the adapter evaluated: the pushed one, or the one trained from the dataset
+    adapter: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    adapter_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    training: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # recipe, losses, seconds
+    checks: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the check report
+    verdict: Mapped[str] = mapped_column(String(20), default="")  # "", passed, failed
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ContributionEvent(Base):
+    """Something that happened to a contribution: opened, pushed, checked, reviewed."""
+
+    __tablename__ = "contribution_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contribution_id: Mapped[int] = mapped_column(ForeignKey("contributions.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    # opened, pushed, checked, approved, rejected, closed, overridden
+    kind: Mapped[str] = mapped_column(String(20))
+    from_state: Mapped[str] = mapped_column(String(20), default="")
+    to_state: Mapped[str] = mapped_column(String(20), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

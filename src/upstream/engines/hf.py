@@ -75,8 +75,7 @@ def clear_cache() -> None:
 
 def load_from_dir(model_dir: Path, adapters: Sequence[Path] = ()) -> LoadedModel:
     """Load a safetensors model directory (never pickle, never remote code)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -86,17 +85,27 @@ def load_from_dir(model_dir: Path, adapters: Sequence[Path] = ()) -> LoadedModel
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
+    model = load_weights(model_dir)
+    for adapter in adapters:
+        model = _apply_adapter(model, Path(adapter))
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, key=(str(model_dir),))
+
+
+def load_weights(model_dir: Path) -> Any:
+    """The model of a safetensors directory in float32: never pickle, never remote code."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=torch.float32,
         local_files_only=True,
         trust_remote_code=False,
         use_safetensors=True,
     )
-    for adapter in adapters:
-        model = _apply_adapter(model, Path(adapter))
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, key=(str(model_dir),))
 
 
 def _apply_adapter(model: Any, adapter_dir: Path) -> Any:

@@ -16,7 +16,7 @@ from upstream.hub import Hub
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     """The app for `hub`; with `worker`, an in-process job worker runs alongside."""
-    from upstream.server.api import jobs, models, reports, suites
+    from upstream.server.api import contributions, jobs, models, reports, suites
     from upstream.server.pages import views
 
     @asynccontextmanager
@@ -61,5 +61,6 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     app.include_router(jobs.router, prefix="/api")
     app.include_router(reports.router, prefix="/api")
     app.include_router(suites.router, prefix="/api")
+    app.include_router(contributions.router, prefix="/api")
     app.include_router(views.router)
     return app

@@ -8,28 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import reports as domain
 from upstream.duplicates import clusters as group
-from upstream.errors import InvalidInput
 from upstream.hub import Hub
 from upstream.reproduction import queue_reproduction
-from upstream.server.deps import get_hub
+from upstream.server.deps import UserHeader, get_hub
+from upstream.server.deps import acting_user as _user
 from upstream.triage import close as close_report
 from upstream.triage import confirm as confirm_report
 
 router = APIRouter(tags=["reports"])
-UserHeader = Header(None, alias="X-Upstream-User", description="who is acting")
-
-
-def _user(value: str | None, required: bool = False) -> str:
-    if value and value.strip():
-        return value.strip()[:100]
-    if required:
-        raise InvalidInput("X-Upstream-User header: say who is acting")
-    return "anonymous"
 
 
 @router.post("/reports", status_code=201)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import suites as domain
 from upstream.comparisons import leaderboard as board
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.hub import Hub
-from upstream.server.deps import get_hub
+from upstream.server.deps import UserHeader, get_hub
 from upstream.triage import is_maintainer
 
 router = APIRouter(tags=["suites"])
-UserHeader = Header(None, alias="X-Upstream-User", description="who is acting")
 
 
 @router.get("/suites")

@@ -1,0 +1,350 @@
+"""The CI of a contribution: validate, train, evaluate against the base, and a verdict.
+
+For one push of a contribution, as a job (`contributions.check`):
+
+1. validate the content again (it was validated on upload; a stored blob could rot);
+2. train a LoRA adapter on the target revision when the push is a dataset;
+3. evaluate base and candidate (base + adapter) on: the cases of the reports the
+   contribution claims to fix (a `claims` suite of its own), every suite of the model
+   (public and held-out splits), and the model's guard suite of ordinary instructions;
+   the base's outputs are cached, so they are generated once per revision;
+4. compare them per suite: fixed and broken cases, paired difference and interval,
+   exact McNemar p;
+5. judge the comparisons by the model's merge policy (`Policy`) and list every reason.
+
+The stored report keeps held-out case ids; `checks_view` hides them (and their prompts)
+from everyone but maintainers, who see counts and rates only otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from upstream.contributions import (
+    DATASET_FILE,
+    FINAL,
+    adapter_dir,
+    get_contribution,
+    set_state,
+)
+from upstream.db.schema import Case, ContributionPush, Model, Report, Suite
+from upstream.errors import Conflict, InvalidInput, UpstreamError
+from upstream.evals import Progress
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+    from upstream.jobs import JobContext
+    from upstream.settings import Settings
+
+log = logging.getLogger(__name__)
+ACTOR = "ci"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When a contribution passes (defaults in settings, per-model overrides allowed)."""
+
+    min_fixed: int  # claimed cases (or, with no claim, suite cases) it must fix
+    regression_p: float  # a suite with broken > fixed at McNemar p below this fails it
+    heldout_margin: float  # held-out pass rate may fall at most this far below the base's
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def policy_for(settings: Settings, model: str) -> Policy:
+    """The merge policy of `model`: the hub's policy_* settings, then [policy.MODEL]."""
+    values: dict[str, Any] = {
+        "min_fixed": settings.policy_min_fixed,
+        "regression_p": settings.policy_regression_p,
+        "heldout_margin": settings.policy_heldout_margin,
+    }
+    overrides = settings.policy.get(model, {})
+    if not isinstance(overrides, dict):
+        raise InvalidInput(f"[policy.{model}] in config.toml must be a table")
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise InvalidInput(
+            f"[policy.{model}]: unknown key(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(values))}"
+        )
+    values.update(overrides)
+    try:
+        policy = Policy(
+            min_fixed=int(values["min_fixed"]),
+            regression_p=float(values["regression_p"]),
+            heldout_margin=float(values["heldout_margin"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"merge policy of {model}: {e}") from e
+    if policy.min_fixed < 0 or not 0 < policy.regression_p < 1 or policy.heldout_margin < 0:
+        raise InvalidInput(
+            f"merge policy of {model}: min_fixed ≥ 0, 0 < regression_p < 1 and "
+            f"heldout_margin ≥ 0 are allowed; got {policy.as_dict()}"
+        )
+    return policy
+
+
+def run_checks_job(ctx: JobContext) -> dict[str, Any]:
+    """Job handler for `contributions.check`."""
+    return run_checks(ctx.hub, int(ctx.args["contribution"]), int(ctx.args["push"]), ctx.progress)
+
+
+def run_checks(
+    hub: Hub, contribution_id: int, push_number: int, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Check one push of a contribution; stores and returns the check report."""
+    say = progress or (lambda done, total, message: None)
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        if c.state in FINAL:
+            raise Conflict(f"contribution {c.id} is {c.state}; it is not checked any more")
+        if c.pushes[-1].number != push_number:
+            raise Conflict(
+                f"contribution {c.id}: push {push_number} was replaced by push "
+                f"{c.pushes[-1].number}; check the newest"
+            )
+        set_state(s, c, "checking", ACTOR, f"push {push_number}")
+        push = c.pushes[-1]
+        model, base_ref = c.model.name, f"{c.model.name}@{c.revision.hash}"
+        kind, recipe, files, fixes = c.kind, dict(c.recipe), dict(push.files), list(c.fixes)
+        adapter_files = dict(push.adapter) if push.adapter else None
+        revision = c.revision
+    policy = policy_for(hub.settings, model)
+    try:
+        if adapter_files is None:  # a dataset: train the adapter first
+            adapter_files, training = _train(hub, revision, files, recipe, say)
+            with hub.session() as s, s.begin():
+                row = _push(s, contribution_id, push_number)
+                row.adapter, row.training = adapter_files, training
+        candidate = adapter_dir(hub, adapter_files)
+        suites = _suites_to_check(hub, contribution_id, revision.model_id, fixes)
+        results = [
+            _compare(hub, base_ref, candidate, suite, suite_kind, say)
+            for suite, suite_kind in suites
+        ]
+        passed, reasons = judge(policy, results)
+    except UpstreamError as e:  # bad content found while checking: a failed verdict
+        passed, reasons, results = False, [f"✗ {e}"], []
+    except BaseException:
+        with hub.session() as s, s.begin():  # crashed: back to open, to be checked again
+            set_state(s, get_contribution(s, contribution_id), "open", ACTOR, "checks crashed")
+        raise
+    report = {
+        "push": push_number,
+        "kind": kind,
+        "policy": policy.as_dict(),
+        "passed": passed,
+        "reasons": reasons,
+        "suites": results,
+    }
+    verdict = "passed" if passed else "failed"
+    with hub.session() as s, s.begin():
+        row = _push(s, contribution_id, push_number)
+        row.checks, row.verdict = report, verdict
+        c = get_contribution(s, contribution_id)
+        if c.state == "checking":  # not closed or re-pushed meanwhile
+            set_state(s, c, verdict, ACTOR, "; ".join(r for r in reasons if r.startswith("✗")))
+    return {"contribution": contribution_id, "verdict": verdict, "reasons": reasons}
+
+
+def judge(policy: Policy, results: list[dict[str, Any]]) -> tuple[bool, list[str]]:
+    """The verdict under `policy`, with a line for every rule applied (✓ or ✗)."""
+    reasons: list[str] = []
+    claims = [r for r in results if r["kind"] == "claims"]
+    if claims:
+        fixed = claims[0]["splits"]["all"]["fixed_count"]
+        n = claims[0]["splits"]["all"]["n"]
+        ok = fixed >= policy.min_fixed
+        reasons.append(
+            f"{'✓' if ok else '✗'} fixes {fixed} of {n} claimed cases "
+            f"(at least {policy.min_fixed} needed)"
+        )
+    else:
+        fixed = sum(r["splits"]["all"]["fixed_count"] for r in results if r["kind"] == "community")
+        ok = fixed >= policy.min_fixed
+        reasons.append(
+            f"{'✓' if ok else '✗'} claims no report; fixes {fixed} cases of the model's suites "
+            f"(at least {policy.min_fixed} needed)"
+        )
+    passed = ok
+    for r in results:
+        d = r["splits"]["all"]
+        broken, fixed_here, p = d["broken_count"], d["fixed_count"], d["p_value"]
+        regressed = broken > fixed_here and p < policy.regression_p
+        passed &= not regressed
+        line = (
+            f"{'✗' if regressed else '✓'} {r['suite']}: {fixed_here} fixed, {broken} broken, "
+            f"pass rate {d['base_rate']:.0%} → {d['cand_rate']:.0%} (McNemar p {p:.3g})"
+        )
+        if regressed:
+            line += f": a significant regression (p < {policy.regression_p})"
+            names = [r["cases"][i]["prompt"] for i in d["broken"] if i in r["cases"]]
+            if names:
+                line += "; broken: " + "; ".join(f"“{_short(t)}”" for t in names[:8])
+        reasons.append(line)
+        held = r["splits"].get("heldout")
+        if held:
+            drop = held["base_rate"] - held["cand_rate"]
+            low = drop > policy.heldout_margin + 1e-12
+            passed &= not low
+            reasons.append(
+                f"{'✗' if low else '✓'} {r['suite']} held-out: pass rate "
+                f"{held['base_rate']:.0%} → {held['cand_rate']:.0%} over {held['n']} cases "
+                f"(may fall at most {policy.heldout_margin:.0%})"
+            )
+    return passed, reasons
+
+
+def checks_view(report: dict[str, Any], can_see_heldout: bool) -> dict[str, Any]:
+    """The check report as a viewer may see it: held-out cases as counts only."""
+    if can_see_heldout:
+        return report
+    view = copy.deepcopy(report)
+    # A case id names the same input in every suite, so a case held out anywhere (say a
+    # claimed report's case that a community suite holds out) is hidden everywhere.
+    hidden = {i for r in view.get("suites", []) for i in r.get("heldout_ids", [])}
+    for r in view.get("suites", []):
+        for d in r["splits"].values():
+            d["fixed"] = [i for i in d["fixed"] if i not in hidden]
+            d["broken"] = [i for i in d["broken"] if i not in hidden]
+        r["cases"] = {i: v for i, v in r["cases"].items() if i not in hidden}
+        r["heldout_hidden"] = bool(r.get("heldout_ids"))
+        r["heldout_ids"] = []
+    return view
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _train(
+    hub: Hub, revision: Any, files: dict[str, Any], recipe: dict[str, Any], say: Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the push's dataset into an adapter; (adapter files, training record)."""
+    from upstream.adapters import ADAPTER_FILES
+    from upstream.registry import materialize
+    from upstream.training import parse_dataset, recipe_from, train_adapter
+
+    data = hub.blobs.checked_path(files[DATASET_FILE]["sha256"]).read_bytes()
+    conversations = parse_dataset(
+        data,
+        DATASET_FILE,
+        max_bytes=int(hub.settings.dataset_max_mb * 2**20),
+        max_examples=hub.settings.dataset_max_examples,
+    )
+    chosen = recipe_from(recipe)
+    base_dir = materialize(hub, revision)
+    with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
+        out = Path(tmp) / "adapter"
+        result = train_adapter(
+            base_dir,
+            conversations,
+            chosen,
+            out,
+            lambda done, total, message: say(done, total, f"training: {message}"),
+        )
+        adapter = {}
+        for name in ADAPTER_FILES:
+            blob = hub.blobs.put_file(out / name)
+            adapter[name] = {"sha256": blob.sha256, "size": blob.size}
+    training = {"recipe": dataclasses.asdict(chosen), **dataclasses.asdict(result)}
+    return adapter, training
+
+
+def _suites_to_check(
+    hub: Hub, contribution_id: int, model_id: int, fixes: list[int]
+) -> list[tuple[str, str]]:
+    """(suite, kind): the claims suite first, then the model's guard and community suites."""
+    from upstream.guard import ensure_guard_suite
+    from upstream.suites import CaseIn, add_cases
+
+    out: list[tuple[str, str]] = []
+    with hub.session() as s:
+        model_name = s.scalars(select(Model.name).where(Model.id == model_id)).one()
+        claims: list[CaseIn] = []
+        for r in s.scalars(select(Report).where(Report.id.in_(fixes)).order_by(Report.id)):
+            for v in r.variants:
+                check = v.expected or r.expected
+                if check is not None:
+                    claims.append(CaseIn(v.messages, check, [f"report-{r.id}"], r.id, "report"))
+    if claims:
+        name = f"claims-pr-{contribution_id}"
+        add_cases(
+            hub, name, claims, model_name, heldout_percent=0, note="claimed fixes", kind="claims"
+        )
+        out.append((name, "claims"))
+    out.append((ensure_guard_suite(hub, model_name), "guard"))
+    with hub.session() as s:
+        for suite in s.scalars(
+            select(Suite)
+            .where(Suite.model_id == model_id, Suite.kind == "community")
+            .order_by(Suite.name)
+        ):
+            if suite.versions:
+                out.append((suite.name, "community"))
+    return out
+
+
+def _compare(
+    hub: Hub, base_ref: str, candidate: Path, suite: str, kind: str, say: Progress
+) -> dict[str, Any]:
+    """Base vs base + adapter on one suite, with the prompts of the changed cases."""
+    from upstream.comparisons import compare
+    from upstream.guard import GUARD_MAX_NEW_TOKENS
+    from upstream.reports import prompt_text
+
+    tokens = GUARD_MAX_NEW_TOKENS if kind == "guard" else hub.settings.check_max_new_tokens
+    result = compare(
+        hub,
+        base_ref,
+        base_ref,
+        suite,
+        cand_adapters=[candidate],
+        max_new_tokens=tokens,
+        can_see_heldout=True,
+        progress=lambda done, total, message: say(done, total, f"{suite}: {message}"),
+    )
+    splits = result["splits"]
+    heldout = splits.get("heldout", {})
+    heldout_ids = sorted(set(heldout.get("fixed", [])) | set(heldout.get("broken", [])))
+    changed = {i for d in splits.values() for key in ("fixed", "broken") for i in d[key]}
+    with hub.session() as s:
+        cases = {
+            c.id: {"prompt": prompt_text(c.messages), "report": c.report_id}
+            for c in s.scalars(select(Case).where(Case.id.in_(changed)))
+        }
+    return {
+        "suite": suite,
+        "kind": kind,
+        "version": result["version"],
+        "max_new_tokens": tokens,
+        "base_run": result["base"]["run"],
+        "candidate_run": result["candidate"]["run"],
+        "splits": splits,
+        "heldout_ids": heldout_ids,
+        "cases": cases,
+    }
+
+
+def _push(session: Any, contribution_id: int, number: int) -> ContributionPush:
+    row = session.scalar(
+        select(ContributionPush).where(
+            ContributionPush.contribution_id == contribution_id,
+            ContributionPush.number == number,
+        )
+    )
+    assert row is not None
+    return row
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -1,0 +1,434 @@
+"""Contributions: model pull requests, their pushes, and their review.
+
+A contribution proposes a change to one revision of a model: a PEFT LoRA adapter, or a
+chat dataset the hub trains into one. Its content is validated before anything is
+stored, so bad input is refused at once with the reason; then the CI (`upstream.ci`)
+checks it as a job, on open and on every push.
+
+    open → checking → passed | failed → approved → merged
+    any state but merged → rejected (a maintainer) | closed (its author or a maintainer)
+
+A maintainer approves a passed contribution, or a failed one only with a written reason
+(an override, kept). Nobody approves their own. A new push clears an approval: the
+content changed, so it is checked and reviewed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from upstream.db.schema import (
+    Contribution,
+    ContributionEvent,
+    ContributionPush,
+    Report,
+    Revision,
+    utcnow,
+)
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+
+STATES = ("open", "checking", "passed", "failed", "approved", "merged", "rejected", "closed")
+FINAL = {"merged", "rejected", "closed"}
+CHECK_JOB = "contributions.check"
+MAX_TITLE = 200
+DATASET_FILE = "dataset.jsonl"
+
+
+@dataclass
+class Content:
+    """What a push carries: an adapter directory or a dataset's bytes (exactly one)."""
+
+    adapter_dir: Path | None = None
+    dataset: bytes | None = None
+    dataset_name: str = DATASET_FILE
+
+    @property
+    def kind(self) -> str:
+        return "adapter" if self.adapter_dir is not None else "dataset"
+
+
+@dataclass
+class ContributionIn:
+    model: str  # NAME[@REV]: the revision the change applies to
+    title: str
+    content: Content
+    fixes: list[int] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)  # training overrides
+    description: str = ""
+
+
+def open_contribution(hub: Hub, data: ContributionIn, author: str) -> dict[str, Any]:
+    """Validate and store a new contribution and its first push; the CI is queued by caller."""
+    from upstream.registry import resolve
+
+    title = data.title.strip()
+    if not title or len(title) > MAX_TITLE:
+        raise InvalidInput(f"title: give one line of 1 to {MAX_TITLE} characters")
+    _check_content(data.content)
+    if data.content.kind == "adapter" and data.recipe:
+        raise InvalidInput("recipe: training settings apply to a --dataset, not to an adapter")
+    if data.content.kind == "dataset":
+        from upstream.training import recipe_from
+
+        recipe_from(data.recipe)  # refuses unknown keys and bad values now, not mid-job
+    with hub.session() as s:
+        revision = resolve(s, data.model)
+        fixes = _check_fixes(s, revision, data.fixes)
+        model_id, revision_id = revision.model_id, revision.id
+    files, info = _store(hub, revision, data.content)
+    with hub.session() as s, s.begin():
+        c = Contribution(
+            model_id=model_id,
+            revision_id=revision_id,
+            author=author,
+            title=title,
+            description=data.description,
+            kind=data.content.kind,
+            fixes=fixes,
+            recipe=data.recipe,
+        )
+        s.add(c)
+        s.flush()
+        s.add(
+            ContributionPush(
+                contribution_id=c.id,
+                number=1,
+                files=files,
+                adapter=files if c.kind == "adapter" else None,
+                adapter_info=info,
+            )
+        )
+        _event(s, c, author, "opened", "", "open", title)
+        return {"id": c.id, "push": 1, "state": c.state, "kind": c.kind}
+
+
+def push(hub: Hub, contribution_id: int, content: Content, actor: str) -> dict[str, Any]:
+    """A new version of a contribution's content (same kind); clears any approval."""
+    with hub.session() as s:
+        c = get_contribution(s, contribution_id)
+        if actor != c.author:
+            raise Forbidden(f"contribution {c.id}: only its author ({c.author}) may push to it")
+        _check_open(c, "push to")
+        if content.kind != c.kind:
+            raise InvalidInput(f"contribution {c.id} is a {c.kind} contribution; push a {c.kind}")
+        revision = c.revision
+    _check_content(content)
+    files, info = _store(hub, revision, content)
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        _check_open(c, "push to")
+        number = c.pushes[-1].number + 1
+        s.add(
+            ContributionPush(
+                contribution_id=c.id,
+                number=number,
+                files=files,
+                adapter=files if c.kind == "adapter" else None,
+                adapter_info=info,
+            )
+        )
+        _event(s, c, actor, "pushed", c.state, "open", f"push {number}")
+        c.state = "open"
+        c.updated_at = utcnow()
+        return {"id": c.id, "push": number, "state": c.state}
+
+
+def queue_checks(hub: Hub, contribution_id: int, max_attempts: int = 3) -> int:
+    """Queue the CI for the newest push; returns the job id."""
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        _check_open(c, "check")
+        latest = c.pushes[-1]
+        job_id = hub.jobs.enqueue(
+            CHECK_JOB, {"contribution": c.id, "push": latest.number}, max_attempts
+        )
+        latest.job_id = job_id
+        return job_id
+
+
+# ---------------------------------------------------------------- review
+
+
+def approve(
+    hub: Hub, contribution_id: int, actor: str, comment: str = "", override: str = ""
+) -> dict[str, Any]:
+    """A maintainer approves a passed contribution, or a failed one with a written reason."""
+    from upstream.triage import is_maintainer
+
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        if not is_maintainer(hub, actor):
+            raise Forbidden(f"contribution {c.id}: only a maintainer may approve ({actor} is not)")
+        if actor == c.author:
+            raise Forbidden(f"contribution {c.id}: an author cannot approve their own contribution")
+        if c.state == "failed":
+            if not override.strip():
+                raise Conflict(
+                    f"contribution {c.id} failed its checks; a maintainer may approve it only "
+                    "with a written reason (--override REASON)"
+                )
+            _event(s, c, actor, "overridden", "failed", "approved", override.strip())
+        elif c.state != "passed":
+            raise Conflict(
+                f"contribution {c.id} is {c.state}; only a passed (or, with a reason, a "
+                "failed) contribution can be approved"
+            )
+        elif override.strip():
+            raise InvalidInput(
+                f"contribution {c.id} passed its checks; there is nothing to override"
+            )
+        _event(s, c, actor, "approved", c.state, "approved", comment)
+        c.state, c.updated_at = "approved", utcnow()
+        return contribution_summary(c)
+
+
+def reject(hub: Hub, contribution_id: int, actor: str, reason: str) -> dict[str, Any]:
+    """A maintainer rejects a contribution, with the reason."""
+    from upstream.triage import is_maintainer
+
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        if not is_maintainer(hub, actor):
+            raise Forbidden(f"contribution {c.id}: only a maintainer may reject ({actor} is not)")
+        if not reason.strip():
+            raise InvalidInput("reason: say why the contribution is rejected")
+        _check_open(c, "reject")
+        _event(s, c, actor, "rejected", c.state, "rejected", reason.strip())
+        c.state, c.updated_at = "rejected", utcnow()
+        return contribution_summary(c)
+
+
+def close(hub: Hub, contribution_id: int, actor: str, reason: str = "") -> dict[str, Any]:
+    """Its author or a maintainer withdraws a contribution."""
+    from upstream.triage import is_maintainer
+
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        if actor != c.author and not is_maintainer(hub, actor):
+            raise Forbidden(
+                f"contribution {c.id}: only its author or a maintainer may close it "
+                f"({actor} is neither)"
+            )
+        _check_open(c, "close")
+        _event(s, c, actor, "closed", c.state, "closed", reason.strip())
+        c.state, c.updated_at = "closed", utcnow()
+        return contribution_summary(c)
+
+
+def set_state(session: Session, c: Contribution, to: str, actor: str, note: str = "") -> None:
+    """Record a state change made by the CI or a release."""
+    _event(session, c, actor, "checked" if to in ("passed", "failed") else to, c.state, to, note)
+    c.state, c.updated_at = to, utcnow()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def get_contribution(session: Session, contribution_id: int) -> Contribution:
+    c = session.get(Contribution, contribution_id)
+    if c is None:
+        raise NotFound(f"no contribution {contribution_id}; list them with `upstream prs list`")
+    return c
+
+
+def list_contributions(
+    session: Session, model: str | None = None, state: str | None = None
+) -> list[Contribution]:
+    q = select(Contribution).order_by(Contribution.id.desc())
+    if model:
+        from upstream.registry import get_model
+
+        q = q.where(Contribution.model_id == get_model(session, model.partition("@")[0]).id)
+    if state:
+        if state not in STATES:
+            raise InvalidInput(f"state {state!r}: allowed {', '.join(STATES)}")
+        q = q.where(Contribution.state == state)
+    return list(session.scalars(q))
+
+
+def contribution_summary(c: Contribution) -> dict[str, Any]:
+    latest = c.pushes[-1] if c.pushes else None
+    return {
+        "id": c.id,
+        "title": c.title,
+        "author": c.author,
+        "model": c.model.name,
+        "revision": c.revision.hash,
+        "kind": c.kind,
+        "fixes": list(c.fixes),
+        "state": c.state,
+        "push": latest.number if latest else 0,
+        "verdict": latest.verdict if latest else "",
+        "created_at": c.created_at.isoformat(),
+        "updated_at": c.updated_at.isoformat(),
+    }
+
+
+def contribution_detail(c: Contribution, can_see_heldout: bool) -> dict[str, Any]:
+    """Everything about a contribution; held-out case ids only for maintainers."""
+    from upstream.ci import checks_view
+
+    latest = c.pushes[-1]
+    return {
+        **contribution_summary(c),
+        "description": c.description,
+        "recipe": dict(c.recipe),
+        "files": latest.files,
+        "adapter": latest.adapter,
+        "adapter_info": latest.adapter_info,
+        "training": latest.training,
+        "job": latest.job_id,
+        "checks": checks_view(latest.checks, can_see_heldout) if latest.checks else None,
+        "events": [
+            {
+                "actor": e.actor,
+                "kind": e.kind,
+                "from": e.from_state,
+                "to": e.to_state,
+                "note": e.note,
+                "at": e.created_at.isoformat(),
+            }
+            for e in c.events
+        ],
+    }
+
+
+def adapter_dir(hub: Hub, files: dict[str, Any]) -> Path:
+    """A directory holding an adapter's files (made once per content)."""
+    from upstream.registry import materialize_files
+
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return materialize_files(hub, files, hub.settings.work_dir / "adapters" / digest)
+
+
+def contribution_adapter(hub: Hub, ref: str) -> Path:
+    """The adapter directory of a contribution named `pr:N` or `N` (its newest push)."""
+    m = re.fullmatch(r"(?:pr:)?(\d+)", ref.strip())
+    if m is None:
+        raise InvalidInput(f"adapter {ref!r}: give a directory or a contribution id (pr:N)")
+    with hub.session() as s:
+        c = get_contribution(s, int(m.group(1)))
+        latest = c.pushes[-1]
+        if latest.adapter is None:
+            raise Conflict(
+                f"contribution {c.id} has no adapter yet: its dataset is trained when it is "
+                "checked (`upstream prs check`)"
+            )
+        files = dict(latest.adapter)
+    return adapter_dir(hub, files)
+
+
+def resolve_adapters(hub: Hub, refs: list[str] | list[Path]) -> list[Path]:
+    """Adapter options as directories: a path as is, `pr:N` as contribution N's adapter."""
+    out = []
+    for ref in refs:
+        path = Path(ref)
+        if path.is_dir():
+            out.append(path)
+        elif re.fullmatch(r"(?:pr:)?\d+", str(ref).strip()):
+            out.append(contribution_adapter(hub, str(ref)))
+        else:
+            raise NotFound(f"adapter {ref}: neither a directory nor a contribution id (pr:N)")
+    return out
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _check_content(content: Content) -> None:
+    if (content.adapter_dir is None) == (content.dataset is None):
+        raise InvalidInput("give exactly one of an adapter directory or a dataset file")
+
+
+def _check_open(c: Contribution, what: str) -> None:
+    if c.state in FINAL:
+        raise Conflict(f"contribution {c.id} is {c.state}; it cannot {what} any more")
+
+
+def _check_fixes(session: Session, revision: Revision, fixes: list[int]) -> list[int]:
+    """The claimed reports: they exist, are of this model, and have a check to score."""
+    wanted = sorted(set(fixes))
+    reports = {r.id: r for r in session.scalars(select(Report).where(Report.id.in_(wanted)))}
+    missing = [i for i in wanted if i not in reports]
+    if missing:
+        raise NotFound(f"--fixes: no report {', '.join(map(str, missing))}")
+    other = [i for i in wanted if reports[i].model_id != revision.model_id]
+    if other:
+        names = ", ".join(f"{i} ({reports[i].model.name})" for i in other)
+        raise InvalidInput(
+            f"--fixes: report(s) {names} are of another model; a contribution to "
+            f"{revision.model.name} can only claim its reports"
+        )
+    unchecked = [
+        i
+        for i in wanted
+        if reports[i].expected is None and not any(v.expected for v in reports[i].variants)
+    ]
+    if unchecked:
+        raise InvalidInput(
+            f"--fixes: report(s) {', '.join(map(str, unchecked))} have no check, so no fix "
+            "can be measured; add the expected answer to the report first"
+        )
+    return wanted
+
+
+def _store(hub: Hub, revision: Revision, content: Content) -> tuple[dict[str, Any], Any]:
+    """Validate the content and put its files in the blob store; (files, adapter info)."""
+    settings = hub.settings
+    if content.dataset is not None:
+        from upstream.training import parse_dataset
+
+        parse_dataset(
+            content.dataset,
+            content.dataset_name,
+            max_bytes=int(settings.dataset_max_mb * 2**20),
+            max_examples=settings.dataset_max_examples,
+        )
+        blob = hub.blobs.put_bytes(content.dataset)
+        return {DATASET_FILE: {"sha256": blob.sha256, "size": blob.size}}, None
+    from upstream.adapters import ADAPTER_FILES, validate_adapter
+    from upstream.registry import materialize
+
+    assert content.adapter_dir is not None
+    source = Path(content.adapter_dir)
+    base_dir = materialize(hub, revision)
+    # Validate a private copy, then store that copy: what was checked is what is kept.
+    with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
+        copy = Path(tmp) / "adapter"
+        if not source.is_dir():
+            raise NotFound(f"adapter {source}: no such directory")
+        shutil.copytree(source, copy, symlinks=True)
+        info = validate_adapter(
+            copy,
+            base_dir,
+            max_rank=settings.adapter_max_rank,
+            max_bytes=int(settings.adapter_max_mb * 2**20),
+        )
+        files = {}
+        for name in ADAPTER_FILES:
+            blob = hub.blobs.put_file(copy / name)
+            files[name] = {"sha256": blob.sha256, "size": blob.size}
+    return files, info.as_dict()
+
+
+def _event(
+    session: Session, c: Contribution, actor: str, kind: str, frm: str, to: str, note: str = ""
+) -> None:
+    session.add(
+        ContributionEvent(
+            contribution_id=c.id, actor=actor, kind=kind, from_state=frm, to_state=to, note=note
+        )
+    )

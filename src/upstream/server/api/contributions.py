@@ -1,0 +1,167 @@
+"""/api/contributions: open model pull requests, read their checks, review them.
+
+Content travels in JSON: a dataset as its JSONL text, an adapter as its config object
+and its safetensors file in base64. Checks are queued as a job for the hub's worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from upstream import contributions as domain
+from upstream.errors import InvalidInput
+from upstream.hub import Hub
+from upstream.server.deps import UserHeader, acting_user, get_hub
+from upstream.triage import is_maintainer
+
+router = APIRouter(tags=["contributions"])
+
+
+class AdapterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(description="adapter_config.json")
+    safetensors_base64: str = Field(description="adapter_model.safetensors, base64")
+
+
+class ContentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str | None = Field(None, description="chat JSONL, OpenAI fine-tuning format")
+    adapter: AdapterIn | None = None
+
+
+class ContributionRequest(ContentIn):
+    model: str = Field(description="NAME@REV the change applies to")
+    title: str = Field(max_length=domain.MAX_TITLE)
+    description: str = Field("", max_length=20_000)
+    fixes: list[int] = Field(default_factory=list, description="report ids it claims to fix")
+    recipe: dict[str, Any] = Field(default_factory=dict, description="training overrides")
+
+
+class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field("", max_length=20_000)
+    override: str = Field("", max_length=20_000, description="reason to approve a failed one")
+    reason: str = Field("", max_length=20_000)
+
+
+@router.post("/contributions", status_code=201)
+def open_contribution(
+    body: ContributionRequest, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Open a contribution; its checks are queued as a job."""
+    with _content(hub, body) as content:
+        data = domain.ContributionIn(
+            body.model, body.title, content, body.fixes, body.recipe, body.description
+        )
+        opened = domain.open_contribution(hub, data, acting_user(user, required=True))
+    return {**opened, "job": domain.queue_checks(hub, opened["id"])}
+
+
+@router.get("/contributions")
+def list_contributions(
+    model: str | None = None, state: str | None = None, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Contributions, newest first."""
+    with hub.session() as s:
+        found = domain.list_contributions(s, model, state)
+        return {"contributions": [domain.contribution_summary(c) for c in found]}
+
+
+@router.get("/contributions/{contribution_id}")
+def show_contribution(
+    contribution_id: int, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """A contribution with its check report (held-out cases as counts unless maintainer)."""
+    see = bool(user) and is_maintainer(hub, acting_user(user))
+    with hub.session() as s:
+        return domain.contribution_detail(domain.get_contribution(s, contribution_id), see)
+
+
+@router.post("/contributions/{contribution_id}/push")
+def push(
+    contribution_id: int,
+    body: ContentIn,
+    user: str | None = UserHeader,
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """New content for a contribution (its author); checks are queued again."""
+    with _content(hub, body) as content:
+        pushed = domain.push(hub, contribution_id, content, acting_user(user, required=True))
+    return {**pushed, "job": domain.queue_checks(hub, contribution_id)}
+
+
+@router.post("/contributions/{contribution_id}/check", status_code=202)
+def check(contribution_id: int, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+    """Queue the checks of the newest push again."""
+    return {"contribution": contribution_id, "job": domain.queue_checks(hub, contribution_id)}
+
+
+@router.post("/contributions/{contribution_id}/approve")
+def approve(
+    contribution_id: int,
+    body: ReviewRequest,
+    user: str | None = UserHeader,
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """Approve (a maintainer, not the author); a failed one needs {"override": reason}."""
+    actor = acting_user(user, required=True)
+    return domain.approve(hub, contribution_id, actor, body.comment, body.override)
+
+
+@router.post("/contributions/{contribution_id}/reject")
+def reject(
+    contribution_id: int,
+    body: ReviewRequest,
+    user: str | None = UserHeader,
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """Reject with {"reason": ...} (a maintainer)."""
+    return domain.reject(hub, contribution_id, acting_user(user, required=True), body.reason)
+
+
+@router.post("/contributions/{contribution_id}/close")
+def close(
+    contribution_id: int,
+    body: ReviewRequest,
+    user: str | None = UserHeader,
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """Withdraw (its author or a maintainer)."""
+    return domain.close(hub, contribution_id, acting_user(user, required=True), body.reason)
+
+
+class _content:
+    """The request's content as a `Content`, an adapter written to a temporary directory."""
+
+    def __init__(self, hub: Hub, body: ContentIn):
+        self.hub, self.body = hub, body
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> domain.Content:
+        body = self.body
+        if (body.dataset is None) == (body.adapter is None):
+            raise InvalidInput('give exactly one of "dataset" or "adapter"')
+        if body.dataset is not None:
+            return domain.Content(dataset=body.dataset.encode("utf-8"))
+        assert body.adapter is not None
+        try:
+            weights = base64.b64decode(body.adapter.safetensors_base64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInput(f"adapter.safetensors_base64: not base64 ({e})") from e
+        self.tmp = tempfile.TemporaryDirectory(dir=self.hub.settings.work_dir)
+        folder = Path(self.tmp.name)
+        (folder / "adapter_config.json").write_text(json.dumps(body.adapter.config))
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+        return domain.Content(adapter_dir=folder)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()

@@ -1,0 +1,329 @@
+"""Contributions on the tiny model: opening, bad input, the CI, the verdict and review."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from upstream import contributions as prs
+from upstream.ci import Policy, checks_view, judge, policy_for
+from upstream.db.schema import Contribution, EvalRun
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
+from upstream.hub import Hub
+from upstream.registry import import_model, materialize, resolve
+from upstream.reports import parse_report, submit_one
+from upstream.suites import list_suites
+from upstream.triage import confirm
+
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+DATASET = "\n".join(
+    json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    for q, a in [("hi", "hello"), ("sky?", "blue"), ("grass?", "green"), ("snow?", "white")]
+).encode()
+
+
+def make_adapter(
+    base_dir: Path, out: Path, seed: int = 0, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
+    """A rank-4 LoRA on the attention projections, with non-zero B (so it changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def maintainer(tiny_hub: Hub) -> str:
+    return next(iter(tiny_hub.settings.maintainer_names))
+
+
+@pytest.fixture
+def adapter(tiny_hub: Hub, tmp_path: Path) -> Path:
+    with tiny_hub.session() as s:
+        base = materialize(tiny_hub, resolve(s, "tiny"))
+    return make_adapter(base, tmp_path / "adapter")
+
+
+def report(hub: Hub, model: str = "tiny", prompt: str = "What is the capital of France?") -> int:
+    data = {"model": model, "prompt": prompt, "expected": NEVER, "max_new_tokens": 4}
+    return submit_one(hub, parse_report(data), "ana", "cli").filed[0].id
+
+
+def open_adapter(
+    hub: Hub, adapter: Path, fixes: list[int] | None = None, author: str = "bo"
+) -> int:
+    data = prs.ContributionIn("tiny", "a fix", prs.Content(adapter_dir=adapter), fixes or [])
+    return prs.open_contribution(hub, data, author)["id"]
+
+
+def check(hub: Hub, cid: int) -> dict[str, Any]:
+    hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
+    with hub.session() as s:
+        return prs.contribution_detail(prs.get_contribution(s, cid), can_see_heldout=True)
+
+
+def count(hub: Hub) -> int:
+    with hub.session() as s:
+        return len(s.query(Contribution).all())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_fixes_must_name_checked_reports_of_the_same_model(
+    tiny_hub: Hub, adapter: Path, tiny_model_dir: Path
+) -> None:
+    import_model(tiny_hub, str(tiny_model_dir), "other")
+    theirs = report(tiny_hub, "other")
+    with pytest.raises(InvalidInput, match=rf"report\(s\) {theirs} \(other\) are of another model"):
+        open_adapter(tiny_hub, adapter, [theirs])
+    with pytest.raises(NotFound, match="no report 999"):
+        open_adapter(tiny_hub, adapter, [999])
+    unchecked = submit_one(tiny_hub, parse_report({"model": "tiny", "prompt": "x"}), "ana", "cli")
+    with pytest.raises(InvalidInput, match="have no check"):
+        open_adapter(tiny_hub, adapter, [unchecked.filed[0].id])
+    assert count(tiny_hub) == 0  # refused before anything was stored
+
+
+def test_bad_content_is_refused_before_anything_runs(tiny_hub: Hub, tmp_path: Path) -> None:
+    from tests.tiny_models import build_model
+
+    neox = build_model(tmp_path / "neox", "gpt_neox")
+    foreign = make_adapter(neox, tmp_path / "neox-adapter", targets=("query_key_value",))
+    with pytest.raises(InvalidInput, match="does not exist in the base"):
+        open_adapter(tiny_hub, foreign)
+    bad = prs.Content(dataset=b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    with pytest.raises(InvalidInput, match="line 1") as e:
+        prs.open_contribution(tiny_hub, prs.ContributionIn("tiny", "t", bad), "bo")
+    assert "line 2" in str(e.value)  # every bad line named, not only the first
+    with pytest.raises(InvalidInput, match="exactly one"):
+        prs.open_contribution(tiny_hub, prs.ContributionIn("tiny", "t", prs.Content()), "bo")
+    with pytest.raises(InvalidInput, match="rank"):
+        data = prs.ContributionIn("tiny", "t", prs.Content(dataset=DATASET), recipe={"rank": 0})
+        prs.open_contribution(tiny_hub, data, "bo")
+    assert count(tiny_hub) == 0
+    assert tiny_hub.jobs.list() == []
+
+
+# ---------------------------------------------------------------- the CI and review
+
+
+def test_adapter_is_checked_on_claims_guard_and_suites(
+    tiny_hub: Hub, adapter: Path, maintainer: str
+) -> None:
+    from upstream.suites import CaseIn, add_cases
+
+    rid = report(tiny_hub)
+    confirm(tiny_hub, rid, maintainer)
+    add_cases(
+        tiny_hub,
+        "community",
+        [CaseIn([{"role": "user", "content": f"q{i}"}], NEVER, ["t"]) for i in range(12)],
+        "tiny",
+        heldout_percent=50,
+    )
+    cid = open_adapter(tiny_hub, adapter, [rid])
+    detail = check(tiny_hub, cid)
+    checks = detail["checks"]
+    kinds = [(r["suite"], r["kind"]) for r in checks["suites"]]
+    assert kinds == [
+        (f"claims-pr-{cid}", "claims"),
+        ("guard-tiny", "guard"),
+        ("community", "community"),
+    ]
+    assert checks["passed"] == judge(Policy(1, 0.05, 0.05), checks["suites"])[0]
+    claims = checks["suites"][0]["splits"]["all"]
+    assert claims["n"] == 1 and claims["fixed_count"] == 0  # NEVER cannot be fixed
+    assert checks["reasons"][0].startswith("✗ fixes 0 of 1 claimed cases")
+    assert detail["state"] == "failed"
+    with tiny_hub.session() as s:  # the claims suite stays out of listings
+        assert [st.name for st in list_suites(s)] == ["community", "guard-tiny"]
+    # the base's outputs are cached: a second contribution generates only its own
+    second = open_adapter(tiny_hub, adapter, [rid])
+    detail = check(tiny_hub, second)
+    with tiny_hub.session() as s:
+        runs = {r["suite"]: s.get(EvalRun, r["base_run"]) for r in detail["checks"]["suites"]}
+    assert runs["community"].generated == 0 and runs["guard-tiny"].generated == 0
+
+
+def test_review_rules(tiny_hub: Hub, adapter: Path, maintainer: str) -> None:
+    cid = open_adapter(tiny_hub, adapter, author="bo")
+    with pytest.raises(Conflict, match="only a passed"):
+        prs.approve(tiny_hub, cid, maintainer)  # not checked yet
+    check(tiny_hub, cid)
+    with tiny_hub.session() as s, s.begin():  # as if it had passed
+        prs.get_contribution(s, cid).state = "passed"
+    with pytest.raises(Forbidden, match="only a maintainer"):
+        prs.approve(tiny_hub, cid, "cy")
+    own = open_adapter(tiny_hub, adapter, author=maintainer)
+    with tiny_hub.session() as s, s.begin():
+        prs.get_contribution(s, own).state = "passed"
+    with pytest.raises(Forbidden, match="cannot approve their own"):
+        prs.approve(tiny_hub, own, maintainer)
+    assert prs.approve(tiny_hub, cid, maintainer, "thanks")["state"] == "approved"
+
+    failed = open_adapter(tiny_hub, adapter)
+    with tiny_hub.session() as s, s.begin():
+        prs.get_contribution(s, failed).state = "failed"
+    with pytest.raises(Conflict, match="written reason"):
+        prs.approve(tiny_hub, failed, maintainer)
+    prs.approve(tiny_hub, failed, maintainer, override="the guard case is flaky")
+    with tiny_hub.session() as s:
+        events = prs.contribution_detail(prs.get_contribution(s, failed), True)["events"]
+    assert any(e["kind"] == "overridden" and "flaky" in e["note"] for e in events)
+
+    with pytest.raises(Forbidden, match="only a maintainer"):
+        prs.reject(tiny_hub, own, "bo", "no")
+    with pytest.raises(InvalidInput, match="say why"):
+        prs.reject(tiny_hub, own, maintainer, " ")
+    assert prs.reject(tiny_hub, own, maintainer, "out of scope")["state"] == "rejected"
+    with pytest.raises(Conflict, match="rejected"):
+        prs.push(tiny_hub, own, prs.Content(adapter_dir=adapter), maintainer)
+
+
+def test_a_push_clears_the_approval_and_is_checked_again(
+    tiny_hub: Hub, adapter: Path, maintainer: str, tmp_path: Path
+) -> None:
+    cid = open_adapter(tiny_hub, adapter)
+    with tiny_hub.session() as s, s.begin():
+        prs.get_contribution(s, cid).state = "approved"
+    with pytest.raises(Forbidden, match="only its author"):
+        prs.push(tiny_hub, cid, prs.Content(adapter_dir=adapter), "cy")
+    with pytest.raises(InvalidInput, match="push a adapter"):
+        prs.push(tiny_hub, cid, prs.Content(dataset=DATASET), "bo")
+    with tiny_hub.session() as s:
+        base = materialize(tiny_hub, resolve(s, "tiny"))
+    second = make_adapter(base, tmp_path / "second", seed=1)
+    assert prs.push(tiny_hub, cid, prs.Content(adapter_dir=second), "bo") == {
+        "id": cid,
+        "push": 2,
+        "state": "open",
+    }
+    detail = check(tiny_hub, cid)
+    assert detail["push"] == 2 and detail["checks"]["push"] == 2
+    assert detail["state"] in ("passed", "failed")
+    assert prs.close(tiny_hub, cid, "bo")["state"] == "closed"
+
+
+def test_a_dataset_is_trained_then_checked(tiny_hub: Hub) -> None:
+    data = prs.ContributionIn(
+        "tiny", "colours", prs.Content(dataset=DATASET), recipe={"epochs": 1, "rank": 2}
+    )
+    cid = prs.open_contribution(tiny_hub, data, "bo")["id"]
+    detail = check(tiny_hub, cid)
+    training = detail["training"]
+    assert training["examples"] == 4 and training["recipe"]["rank"] == 2
+    assert set(detail["adapter"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert detail["checks"]["suites"][0]["kind"] == "guard"
+    # the trained adapter is usable by id, as `--adapter pr:N`
+    path = prs.contribution_adapter(tiny_hub, f"pr:{cid}")
+    assert (path / "adapter_model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def suite(
+    name: str,
+    kind: str,
+    fixed: int,
+    broken: int,
+    n: int,
+    p: float,
+    held: tuple[int, float, float] | None = None,  # (cases, base rate, candidate rate)
+) -> dict:
+    def split(f: int, b: int, n: int, base: float, cand: float, p: float) -> dict:
+        ids = [f"f{i}" for i in range(f)], [f"b{i}" for i in range(b)]
+        return {
+            "n": n,
+            "fixed": ids[0],
+            "broken": ids[1],
+            "fixed_count": f,
+            "broken_count": b,
+            "base_rate": base,
+            "cand_rate": cand,
+            "p_value": p,
+            "paired": {"diff": cand - base, "low": 0, "high": 0},
+        }
+
+    splits = {"all": split(fixed, broken, n, 0.5, 0.5 + (fixed - broken) / n, p)}
+    if held:
+        splits["heldout"] = split(0, 0, held[0], held[1], held[2], 1.0)
+    cases = {f"b{i}": {"prompt": f"broken prompt {i}", "report": None} for i in range(broken)}
+    return {"suite": name, "kind": kind, "splits": splits, "cases": cases, "heldout_ids": []}
+
+
+def test_judge_lists_every_rule() -> None:
+    policy = Policy(min_fixed=1, regression_p=0.05, heldout_margin=0.05)
+    ok, reasons = judge(
+        policy,
+        [
+            suite("claims-pr-1", "claims", 3, 0, 4, 0.25),
+            suite("guard-m", "guard", 0, 1, 20, 1.0),
+            suite("caps", "community", 2, 0, 10, 0.5, (4, 0.5, 0.5)),
+        ],
+    )
+    assert ok
+    assert reasons[0] == "✓ fixes 3 of 4 claimed cases (at least 1 needed)"
+    assert len(reasons) == 5 and all(r.startswith("✓") for r in reasons)
+
+    ok, reasons = judge(policy, [suite("guard-m", "guard", 0, 9, 20, 0.004)])
+    assert not ok
+    assert reasons[0].startswith("✗ claims no report; fixes 0 cases")
+    assert "significant regression" in reasons[1] and "broken prompt 0" in reasons[1]
+
+    ok, reasons = judge(policy, [suite("caps", "community", 2, 0, 10, 0.5, (10, 0.6, 0.5))])
+    assert not ok and reasons[-1].startswith("✗ caps held-out: pass rate 60% → 50%")
+    ok, _ = judge(Policy(1, 0.05, 0.1), [suite("c", "community", 2, 0, 10, 0.5, (10, 0.6, 0.5))])
+    assert ok  # within a 10-point margin
+
+
+def test_heldout_cases_are_counts_only_for_others() -> None:
+    report = {
+        "suites": [
+            {
+                "suite": "caps",
+                "splits": {
+                    "all": {"fixed": ["h1", "p1"], "broken": []},
+                    "heldout": {"fixed": ["h1"], "broken": []},
+                },
+                "cases": {"h1": {"prompt": "secret"}, "p1": {"prompt": "public"}},
+                "heldout_ids": ["h1"],
+            },
+            {  # a claimed report's case that the suite above holds out
+                "suite": "claims-pr-1",
+                "splits": {"all": {"fixed": ["h1"], "broken": []}},
+                "cases": {"h1": {"prompt": "secret"}},
+                "heldout_ids": [],
+            },
+        ]
+    }
+    view = checks_view(report, can_see_heldout=False)
+    assert "secret" not in json.dumps(view) and "h1" not in json.dumps(view)
+    assert view["suites"][0]["heldout_hidden"] is True
+    assert checks_view(report, can_see_heldout=True) == report
+
+
+def test_policy_from_settings_and_overrides(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "policy_heldout_margin = 0.1\n[policy.m]\nmin_fixed = 3\n[policy.bad]\nfixed = 1\n"
+    )
+    hub = Hub.open(home)
+    assert policy_for(hub.settings, "m") == Policy(3, 0.05, 0.1)
+    assert policy_for(hub.settings, "other") == Policy(1, 0.05, 0.1)
+    with pytest.raises(InvalidInput, match="unknown key"):
+        policy_for(hub.settings, "bad")
+    hub.close()
