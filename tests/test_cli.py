@@ -16,7 +16,8 @@ COMMANDS = [
     ["reports", "rescore"], ["suites"], ["suites", "list"], ["suites", "show"],
     ["suites", "build"], ["suites", "import"], ["suites", "export"], ["eval"], ["compare"],
     ["leaderboard"], ["contribute"], ["prs"], ["prs", "list"], ["prs", "show"], ["prs", "push"],
-    ["prs", "check"], ["prs", "approve"], ["prs", "reject"], ["prs", "close"],
+    ["prs", "check"], ["prs", "approve"], ["prs", "reject"], ["prs", "close"], ["release"],
+    ["credits"], ["demo"], ["models", "export"],
 ]  # fmt: skip
 
 

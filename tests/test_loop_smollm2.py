@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
+import upstream as upstream_package
 from upstream.hub import Hub
 
 pytestmark = pytest.mark.smollm2
 NAME = "smollm2-135m-instruct"
 DATA = Path(__file__).parent / "data"
+DEMO_DATA = Path(upstream_package.__file__).parent / "data"  # shipped: `upstream demo` uses it
 
 
 def upstream(hub: Hub, *args: str) -> Any:
@@ -43,7 +45,7 @@ def one_word(smol_hub: Hub) -> list[int]:
         "reports",
         "file",
         "--jsonl",
-        str(DATA / "one_word_failures.jsonl"),
+        str(DEMO_DATA / "one_word_failures.jsonl"),
         "--model",
         NAME,
     )
@@ -61,7 +63,7 @@ def test_a_one_word_dataset_fixes_heldout_cases(smol_hub: Hub, one_word: list[in
         "--model",
         NAME,
         "--dataset",
-        str(DATA / "one_word_answers.jsonl"),
+        str(DEMO_DATA / "one_word_answers.jsonl"),
         "--fixes",
         ",".join(map(str, one_word)),
         "--title",

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import upstream
 from upstream.engines.base import GenRequest
 from upstream.engines.hf import HFEngine
 from upstream.generation import generate_one
@@ -91,7 +92,7 @@ def test_one_word_failures_reproduce_on_smollm2(smol_hub: Hub) -> None:
     from upstream import reports
     from upstream.reproduction import reproduce
 
-    raw = (Path(__file__).parent / "data" / "one_word_failures.jsonl").read_bytes()
+    raw = (Path(upstream.__file__).parent / "data" / "one_word_failures.jsonl").read_bytes()
     good, bad = reports.parse_jsonl(raw, default_model=NAME)
     assert len(good) >= 12 and bad == []
     submission = reports.submit(smol_hub, good, "tester", "import")

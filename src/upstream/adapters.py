@@ -38,7 +38,8 @@ from upstream.errors import InvalidInput
 from upstream.registry import PICKLE_SUFFIXES, _weight_files
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-OPTIONAL_FILES = ("README.md", ".gitattributes")  # harmless text that tools write alongside
+# harmless text that tools write alongside, and the hub's own "materialized" marker
+OPTIONAL_FILES = ("README.md", ".gitattributes", ".complete")
 FLOAT_DTYPES = ("F32", "F16", "BF16")
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 DTYPE_BYTES = {

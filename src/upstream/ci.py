@@ -126,9 +126,9 @@ def run_checks(
                 row = _push(s, contribution_id, push_number)
                 row.adapter, row.training = adapter_files, training
         candidate = adapter_dir(hub, adapter_files)
-        suites = _suites_to_check(hub, contribution_id, revision.model_id, fixes)
+        suites = suites_to_check(hub, f"claims-pr-{contribution_id}", revision.model_id, fixes)
         results = [
-            _compare(hub, base_ref, candidate, suite, suite_kind, say)
+            compare_on(hub, base_ref, base_ref, [candidate], suite, suite_kind, say)
             for suite, suite_kind in suites
         ]
         passed, reasons = judge(policy, results)
@@ -259,8 +259,8 @@ def _train(
     return adapter, training
 
 
-def _suites_to_check(
-    hub: Hub, contribution_id: int, model_id: int, fixes: list[int]
+def suites_to_check(
+    hub: Hub, claims_suite: str, model_id: int, fixes: list[int]
 ) -> list[tuple[str, str]]:
     """(suite, kind): the claims suite first, then the model's guard and community suites."""
     from upstream.guard import ensure_guard_suite
@@ -276,11 +276,16 @@ def _suites_to_check(
                 if check is not None:
                     claims.append(CaseIn(v.messages, check, [f"report-{r.id}"], r.id, "report"))
     if claims:
-        name = f"claims-pr-{contribution_id}"
         add_cases(
-            hub, name, claims, model_name, heldout_percent=0, note="claimed fixes", kind="claims"
+            hub,
+            claims_suite,
+            claims,
+            model_name,
+            heldout_percent=0,
+            note="claimed fixes",
+            kind="claims",
         )
-        out.append((name, "claims"))
+        out.append((claims_suite, "claims"))
     out.append((ensure_guard_suite(hub, model_name), "guard"))
     with hub.session() as s:
         for suite in s.scalars(
@@ -293,10 +298,16 @@ def _suites_to_check(
     return out
 
 
-def _compare(
-    hub: Hub, base_ref: str, candidate: Path, suite: str, kind: str, say: Progress
+def compare_on(
+    hub: Hub,
+    base_ref: str,
+    cand_ref: str,
+    cand_adapters: list[Path],
+    suite: str,
+    kind: str,
+    say: Progress,
 ) -> dict[str, Any]:
-    """Base vs base + adapter on one suite, with the prompts of the changed cases."""
+    """Base vs candidate (+ adapters) on one suite, with the prompts of the changed cases."""
     from upstream.comparisons import compare
     from upstream.guard import GUARD_MAX_NEW_TOKENS
     from upstream.reports import prompt_text
@@ -305,9 +316,9 @@ def _compare(
     result = compare(
         hub,
         base_ref,
-        base_ref,
+        cand_ref,
         suite,
-        cand_adapters=[candidate],
+        cand_adapters=cand_adapters,
         max_new_tokens=tokens,
         can_see_heldout=True,
         progress=lambda done, total, message: say(done, total, f"{suite}: {message}"),

@@ -38,6 +38,7 @@ HANDLERS: dict[str, str] = {
     "reports.reproduce": "upstream.reproduction:run_reproduce_job",
     "evals.run": "upstream.evals:run_eval_job",
     "contributions.check": "upstream.ci:run_checks_job",
+    "releases.build": "upstream.releases:run_release_job",
 }
 
 ProgressCallback = Callable[[float, float, str], None]

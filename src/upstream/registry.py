@@ -263,8 +263,8 @@ def _import(hub: Hub, source: str, name: str, progress: Progress) -> ImportResul
             info = {"kind": kind, "source": source, "sha256": source_sha}
             if kind == "bundled":
                 info["license"] = BUNDLED_LICENSE
-            return _import_dir(hub, Path(tmp), name, info, progress)
-    return _import_dir(hub, path, name, {"kind": kind, "source": source}, progress)
+            return import_dir(hub, Path(tmp), name, info, progress)
+    return import_dir(hub, path, name, {"kind": kind, "source": source}, progress)
 
 
 def check_name(name: str) -> None:
@@ -488,8 +488,13 @@ def count_parameters(weights: list[Path]) -> int:
     return total
 
 
-def _import_dir(
-    hub: Hub, path: Path, name: str, source: dict[str, Any], progress: Progress
+def import_dir(
+    hub: Hub,
+    path: Path,
+    name: str,
+    source: dict[str, Any],
+    progress: Progress,
+    latest: bool = True,
 ) -> ImportResult:
     config, weights = validate_hf_dir(path)
     arch = check_architecture(config, path)
@@ -534,7 +539,8 @@ def _import_dir(
         )
         s.add(revision)
         s.flush()
-        set_tag(s, revision, "latest")
+        if latest:  # a release's merge is tagged only once its checks pass
+            set_tag(s, revision, "latest")
     return ImportResult(name, rev_hash, True, stored, total)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from upstream.cli import contributions, models, reports, suites
+from upstream.cli import contributions, models, releases, reports, suites
 from upstream.cli import hub as hub_commands
 from upstream.cli.generate import generate
 from upstream.errors import UpstreamError
@@ -30,11 +30,19 @@ app.command("compare")(suites.compare)
 app.command("leaderboard")(suites.leaderboard)
 app.command("contribute")(contributions.contribute)
 app.add_typer(contributions.app, name="prs")
+app.command("release")(releases.release)
+app.command("credits")(releases.credits)
+app.command("demo")(releases.demo)
 app.add_typer(hub_commands.jobs_app, name="jobs")
 
 
 def main() -> None:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
+    import warnings
+
+    # peft calls a transformers property that transformers 5 marks deprecated; the notice
+    # is theirs to fix and says nothing to a user of ours.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     try:
         app()
     except UpstreamError as e:

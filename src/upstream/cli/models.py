@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
@@ -136,3 +138,24 @@ def untag(
     """Remove a tag from a model."""
     registry.untag(open_hub(), model, name)
     console.print(f"removed tag {name} of {model}")
+
+
+@app.command("export")
+def export(
+    ref: str = typer.Argument(..., help="NAME@REV (or NAME for latest, NAME@v2 for a tag)."),
+    out: Path = typer.Option(..., "--out", help="A new or empty directory."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Write a revision as a plain transformers directory: weights, tokenizer, model card."""
+    from upstream.releases import export_revision
+
+    result = export_revision(open_hub(), ref, out)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(
+            f"{result['model']}@{result['revision'][:12]} → {result['out']} "
+            f"({len(result['files'])} files); load it with "
+            "AutoModelForCausalLM.from_pretrained(DIR)",
+            highlight=False,
+        )

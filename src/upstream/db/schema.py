@@ -398,3 +398,49 @@ class ContributionEvent(Base):
     to_state: Mapped[str] = mapped_column(String(20), default="")
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Release(Base):
+    """A new revision merged from approved contributions, with its checks and its record."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    base_revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"))
+    revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id"))  # the merge
+    method: Mapped[str] = mapped_column(String(20))  # linear, ties, dare_ties, retrain
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # weights, density, seed
+    contributions: Mapped[list[Any]] = mapped_column(JSON)  # contribution ids, in order
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # hashes merged
+    versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # library versions
+    # queued → merging → checking → released | candidate; or failed
+    state: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    tag: Mapped[str] = mapped_column(String(100), default="")  # v2, … once released
+    checks: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the release report
+    author: Mapped[str] = mapped_column(String(100))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    model: Mapped[Model] = relationship()
+    base_revision: Mapped[Revision] = relationship(foreign_keys=[base_revision_id])
+    revision: Mapped[Revision | None] = relationship(foreign_keys=[revision_id])
+
+
+class CreditEntry(Base):
+    """One line of the credits ledger: who made a release better, how, and the points."""
+
+    __tablename__ = "credits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    user: Mapped[str] = mapped_column(String(100), index=True)
+    # reporter (confirmed report), fixed (their report fixed), confirmer, contributor,
+    # reviewer; the points per role are in docs/credits.md
+    role: Mapped[str] = mapped_column(String(30))
+    points: Mapped[float] = mapped_column(Float)
+    subject: Mapped[str] = mapped_column(String(60))  # "report:3", "contribution:2"
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

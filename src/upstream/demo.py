@@ -1,0 +1,144 @@
+"""`upstream demo`: the whole loop on the bundled model, in a fresh temporary hub.
+
+import → one-word failures filed and reproduced → confirmed → a suite built from them →
+a dataset contribution trained and checked → approved → released → the release fixes
+the reports → credits. Every step calls the same domain functions as the CLI and prints
+the real numbers it got. Three people act: ana reports, bo contributes, and you (the OS
+user, the hub's maintainer) confirm, approve and release.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from upstream.hub import Hub
+
+MODEL = "smollm2-135m-instruct"
+DATA = Path(__file__).parent / "data"
+REPORTER, CONTRIBUTOR = "ana", "bo"
+Progress = Callable[[float, float, str], None]
+
+
+def run_demo(
+    console: Console, progress: Callable[[str], Any], home: Path | None = None, keep: bool = False
+) -> dict[str, Any]:
+    """Run the loop; `progress(label)` gives a context manager yielding a progress callback."""
+    from upstream import contributions, releases, reports, suites
+    from upstream.credits import credits_table
+    from upstream.reproduction import reproduce
+    from upstream.triage import confirm
+
+    made = home is None
+    home = Path(tempfile.mkdtemp(prefix="upstream-demo-")) if home is None else home
+    hub = Hub.open(home)
+    me = next(iter(sorted(hub.settings.maintainer_names)))
+    started = time.perf_counter()
+
+    def step(n: int, title: str) -> None:
+        console.rule(f"[bold]{n}. {title}[/]  [dim]{time.perf_counter() - started:.0f} s[/]")
+
+    try:
+        step(1, f"import the bundled model into a fresh hub at {home}")
+        with progress("importing") as update:
+            hub.jobs.run_foreground(
+                "models.import", {"source": f"bundled:{MODEL}", "name": MODEL}, update
+            )
+        console.print(f"{MODEL} imported, with its guard suite of ordinary instructions")
+
+        step(2, f"{REPORTER} files one-word failures; the hub reproduces them")
+        good, _ = reports.parse_jsonl((DATA / "one_word_failures.jsonl").read_bytes(), MODEL)
+        submission = reports.submit(hub, good, REPORTER, "cli")
+        ids = [f.id for f in submission.filed]
+        with progress("reproducing") as update:
+            results = reproduce(hub, ids, update)["reports"]
+        reproduced = sum(r["result"] == "reproduced" for r in results.values())
+        with hub.session() as s:
+            first = reports.get_report(s, ids[0])
+            example = (reports.prompt_text(first.messages), first.observed or "")
+        console.print(f"{len(ids)} reports filed, {reproduced} reproduced. For example:")
+        console.print(f"  asked  {example[0]!r}\n  it said {example[1]!r}", highlight=False)
+
+        step(3, f"{me} (a maintainer) confirms them and builds a suite")
+        for i in ids:
+            confirm(hub, i, me)
+        built = suites.build_from_reports(hub, "one-word", "one-word", MODEL)
+        with hub.session() as s:
+            summary = suites.suite_summary(s, suites.get_suite(s, "one-word"))
+        console.print(
+            f"suite one-word v{built['version']}: {summary['cases']} cases, "
+            f"{summary['public']} public and {summary['heldout']} held out"
+        )
+
+        step(4, f"{CONTRIBUTOR} contributes 25 one-word answers to other questions")
+        data = contributions.ContributionIn(
+            MODEL,
+            "Answer one-word questions in one word",
+            contributions.Content(dataset=(DATA / "one_word_answers.jsonl").read_bytes()),
+            ids,
+        )
+        pr = contributions.open_contribution(hub, data, CONTRIBUTOR)["id"]
+        with progress("checking") as update:
+            hub.jobs.run_now(contributions.queue_checks(hub, pr, max_attempts=1), update)
+        with hub.session() as s:
+            detail = contributions.contribution_detail(contributions.get_contribution(s, pr), True)
+        t = detail["training"]
+        console.print(
+            f"trained a LoRA in {t['seconds']:.0f} s ({t['steps']} steps, loss "
+            f"{t['first_loss']:.2f} → {t['last_loss']:.2f}); checks: {detail['state']}"
+        )
+        for reason in detail["checks"]["reasons"]:
+            console.print(f"  {reason}", highlight=False)
+
+        step(5, f"{me} approves it and cuts a release")
+        if detail["state"] == "passed":
+            contributions.approve(hub, pr, me, "thanks!")
+        else:  # the guard is strict; the demo goes on, and says so
+            contributions.approve(hub, pr, me, override="demo: approved despite the checks")
+        planned = releases.plan_release(hub, releases.ReleaseIn(MODEL, [pr]), me)
+        with progress("releasing") as update:
+            release = hub.jobs.run_now(releases.queue_release(hub, planned["id"]), update)
+        console.print(
+            f"release {release['tag'] or '(candidate)'}: {MODEL}@{release['revision'][:12]}, "
+            f"{release['state']}"
+        )
+        for reason in release["reasons"]:
+            console.print(f"  {reason}", highlight=False)
+
+        step(6, "the reports it fixed, and the credits")
+        with hub.session() as s:
+            fixed = [r for r in (reports.get_report(s, i) for i in ids) if r.status == "fixed"]
+            credits = credits_table(s, MODEL)
+        console.print(
+            f"{len(fixed)} of {len(ids)} reports are now fixed in "
+            f"{release['tag'] or 'the candidate'}"
+        )
+        for r in credits:
+            roles = ", ".join(f"{n} {role}" for role, n in sorted(r["roles"].items()))
+            console.print(f"  {r['user']:<10} {r['points']:>5g} points  ({roles})", highlight=False)
+        console.rule(f"[bold]done in {time.perf_counter() - started:.0f} s[/]")
+        if keep or not made:
+            console.print(
+                f"the hub is kept at {home}: try `UPSTREAM_HOME={home} upstream prs show {pr}` "
+                f"or `upstream models export {MODEL}@latest --out ./fixed`"
+            )
+        return {
+            "home": str(home),
+            "reports": len(ids),
+            "reproduced": reproduced,
+            "contribution": pr,
+            "verdict": detail["state"],
+            "release": release,
+            "fixed": len(fixed),
+            "credits": credits,
+        }
+    finally:
+        hub.close()
+        if made and not keep:
+            shutil.rmtree(home, ignore_errors=True)

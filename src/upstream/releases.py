@@ -1,0 +1,516 @@
+"""Releases: approved contributions merged into a new revision, checked, tagged, carded.
+
+`plan_release` checks everything that can be checked before heavy work (who asks, the
+method and its parameters, that every contribution is approved, of this model and of
+one base revision, that every adapter blob is intact and fits the base) and records the
+release. The job (`releases.build`) then
+
+1. merges the adapters into the base, tensor by tensor (`upstream.merging`), or for
+   `retrain` trains one adapter on the union of the contributions' datasets and merges
+   that; the result is imported as a new revision whose parent is the base;
+2. runs the contribution checks on the new revision against the base: the union of the
+   claimed reports' cases, the guard suite and every community suite, judged by the
+   model's merge policy; it adds **retention**: of the cases each contribution fixed on
+   its own, the share the merged revision still passes;
+3. if the policy holds: tags the revision `vN` and `latest`, marks the reports whose
+   cases now all pass as fixed in it, marks the contributions merged, and writes the
+   credits ledger; otherwise keeps it as a `candidate`, with the reasons;
+4. writes the model card (README.md) into the revision's record.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from upstream.ci import ACTOR, compare_on, judge, policy_for, suites_to_check
+from upstream.contributions import adapter_dir, get_contribution, set_state
+from upstream.db.schema import (
+    Case,
+    Contribution,
+    EvalResult,
+    Release,
+    Revision,
+    RevisionParent,
+    Tag,
+    utcnow,
+)
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
+from upstream.evals import Progress
+
+if TYPE_CHECKING:
+    from upstream.hub import Hub
+    from upstream.jobs import JobContext
+
+JOB = "releases.build"
+METHODS = ("linear", "ties", "dare_ties", "retrain")
+
+
+@dataclass
+class ReleaseIn:
+    model: str
+    contributions: list[int]
+    method: str = "linear"
+    weights: list[float] | None = None
+    density: float | None = None
+    seed: int | None = None
+
+
+def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
+    """Check a release before any heavy work and record it; returns {id, ...}."""
+    from upstream import merging
+    from upstream.registry import get_model, materialize
+    from upstream.triage import is_maintainer
+
+    if not is_maintainer(hub, author):
+        raise Forbidden(f"only a maintainer may cut a release ({author} is not)")
+    if data.method not in METHODS:
+        raise InvalidInput(f"method {data.method!r}: allowed {', '.join(METHODS)}")
+    ids = list(dict.fromkeys(data.contributions))
+    if not ids:
+        raise InvalidInput("--from: name at least one approved contribution")
+    problems: list[str] = []
+    with hub.session() as s:
+        model = get_model(s, data.model.partition("@")[0])
+        found = [get_contribution(s, i) for i in ids]
+        for c in found:
+            if c.model_id != model.id:
+                problems.append(f"#{c.id} is a contribution to {c.model.name}, not {model.name}")
+            elif c.state != "approved":
+                problems.append(f"#{c.id} is {c.state}, not approved")
+        bases = {c.revision.hash for c in found}
+        if len(bases) > 1:
+            by_base = ", ".join(f"#{c.id} → {c.revision.hash[:12]}" for c in found)
+            problems.append(f"they target different base revisions ({by_base})")
+        if data.method == "retrain":
+            problems += [
+                f"#{c.id} is an adapter: retrain needs datasets"
+                for c in found
+                if c.kind != "dataset"
+            ]
+        if problems:
+            raise Conflict("cannot release: " + "; ".join(problems))
+        base = found[0].revision
+        adapters = {c.id: dict(c.pushes[-1].adapter or {}) for c in found}
+        datasets = {c.id: dict(c.pushes[-1].files) for c in found if c.kind == "dataset"}
+    missing = [f"#{i}" for i, files in adapters.items() if not files]
+    if missing and data.method != "retrain":
+        raise Conflict(f"cannot release: {', '.join(missing)} have no checked adapter")
+    for cid, files in {**adapters, **datasets}.items():
+        for name, f in files.items():
+            if not hub.blobs.verify(f["sha256"]):
+                raise InvalidInput(
+                    f"contribution #{cid}: its {name} blob is missing or corrupt "
+                    "(`upstream fsck` lists what is damaged)"
+                )
+    if data.method == "retrain":
+        if data.weights or data.density is not None:
+            raise InvalidInput("retrain trains one adapter: weights and density do not apply")
+        params: dict[str, Any] = {"method": "retrain", "seed": 0}
+    else:
+        checked = merging.check_params(data.method, len(ids), data.weights, data.density, data.seed)
+        params = checked.as_dict()
+        merging.preflight(materialize(hub, base), [adapter_dir(hub, adapters[i]) for i in ids])
+    with hub.session() as s, s.begin():
+        release = Release(
+            model_id=model.id,
+            base_revision_id=base.id,
+            method=data.method,
+            params=params,
+            contributions=ids,
+            inputs={
+                "base": base.hash,
+                "adapters": {str(i): adapters[i] for i in ids},
+                "datasets": {str(i): datasets[i] for i in datasets},
+            },
+            versions=_versions(),
+            author=author,
+        )
+        s.add(release)
+        s.flush()
+        return {"id": release.id, "model": model.name, "base": base.hash, "params": params}
+
+
+def queue_release(hub: Hub, release_id: int, max_attempts: int = 1) -> int:
+    with hub.session() as s, s.begin():
+        release = get_release(s, release_id)
+        release.job_id = hub.jobs.enqueue(JOB, {"release": release_id}, max_attempts)
+        return release.job_id
+
+
+def run_release_job(ctx: JobContext) -> dict[str, Any]:
+    """Job handler for `releases.build`."""
+    return build_release(ctx.hub, int(ctx.args["release"]), ctx.progress)
+
+
+def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -> dict[str, Any]:
+    """Merge, import, check, and tag (or keep as a candidate) one planned release."""
+    from upstream.registry import import_dir
+
+    say = progress or (lambda done, total, message: None)
+    with hub.session() as s, s.begin():
+        release = get_release(s, release_id)
+        if release.state not in ("queued", "failed"):
+            raise Conflict(f"release {release_id} is {release.state}; it was built already")
+        release.state = "merging"
+        model_name, model_id = release.model.name, release.model_id
+        base = release.base_revision
+        ids, method, params = list(release.contributions), release.method, dict(release.params)
+        inputs = dict(release.inputs)
+    try:
+        with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
+            merged_dir = Path(tmp) / "merged"
+            result = _merge(hub, base, ids, method, params, inputs, merged_dir, Path(tmp), say)
+            source = {"kind": "release", "release": release_id, "method": method}
+            imported = import_dir(hub, merged_dir, model_name, source, say, latest=False)
+    except BaseException:
+        with hub.session() as s, s.begin():
+            get_release(s, release_id).state = "failed"
+        raise
+    with hub.session() as s, s.begin():
+        release = get_release(s, release_id)
+        revision = s.scalar(
+            select(Revision).where(
+                Revision.model_id == model_id, Revision.hash == imported.revision
+            )
+        )
+        assert revision is not None
+        if not any(p.parent_id == base.id for p in revision.parents):
+            s.add(RevisionParent(child_id=revision.id, parent_id=base.id, role="base"))
+        release.revision_id, release.state = revision.id, "checking"
+        release.params = {**params, **({"merge": result} if result else {})}
+        fixes = sorted(
+            {
+                r
+                for c in s.scalars(select(Contribution).where(Contribution.id.in_(ids)))
+                for r in c.fixes
+            }
+        )
+    base_ref, new_ref = f"{model_name}@{base.hash}", f"{model_name}@{imported.revision}"
+    suites = suites_to_check(hub, f"claims-release-{release_id}", model_id, fixes)
+    results = [compare_on(hub, base_ref, new_ref, [], name, kind, say) for name, kind in suites]
+    passed, reasons = judge(policy_for(hub.settings, model_name), results)
+    passing = _candidate_passes(hub, results)
+    retention = _retention(hub, ids, passing)
+    for cid, r in retention.items():
+        if r["retention"] is not None:
+            reasons.append(
+                f"ℹ contribution #{cid} retains {r['retained']} of the {r['fixed_alone']} cases "
+                f"it fixed alone ({r['retention']:.0%})"
+            )
+    return _finish(hub, release_id, passed, reasons, results, retention, passing)
+
+
+def _merge(
+    hub: Hub,
+    base: Revision,
+    ids: list[int],
+    method: str,
+    params: dict[str, Any],
+    inputs: dict[str, Any],
+    out: Path,
+    tmp: Path,
+    say: Progress,
+) -> dict[str, Any]:
+    """Write the merged model to `out`; returns what the merge recorded."""
+    from upstream import merging
+    from upstream.registry import materialize
+
+    base_dir = materialize(hub, base)
+    if method == "retrain":
+        adapters = [_retrain(hub, base_dir, ids, inputs, tmp / "retrained", say)]
+        merge_params = merging.check_params("linear", 1)
+    else:
+        adapters = [adapter_dir(hub, inputs["adapters"][str(i)]) for i in ids]
+        merge_params = merging.check_params(
+            method, len(ids), params.get("weights"), params.get("density"), params.get("seed")
+        )
+    merging.preflight(base_dir, adapters)
+    result = merging.merge(
+        base_dir,
+        adapters,
+        merge_params,
+        out,
+        lambda done, total, message: say(done, total, f"merging: {message}"),
+    )
+    return result.as_dict()
+
+
+def _retrain(
+    hub: Hub, base_dir: Path, ids: list[int], inputs: dict[str, Any], out: Path, say: Progress
+) -> Path:
+    """One adapter trained on the union of the contributions' datasets (default recipe)."""
+    from upstream.contributions import DATASET_FILE
+    from upstream.training import Recipe, parse_dataset, train_adapter
+
+    conversations = []
+    for cid in ids:
+        files = inputs["datasets"][str(cid)]
+        data = hub.blobs.checked_path(files[DATASET_FILE]["sha256"]).read_bytes()
+        conversations += parse_dataset(data, f"contribution #{cid}")
+    train_adapter(
+        base_dir,
+        conversations,
+        Recipe(),
+        out,
+        lambda done, total, message: say(done, total, f"retraining: {message}"),
+    )
+    return out
+
+
+def _candidate_passes(hub: Hub, results: list[dict[str, Any]]) -> dict[str, bool]:
+    """Case id → passed, under the merged revision, over every suite checked."""
+    runs = [r["candidate_run"] for r in results]
+    with hub.session() as s:
+        rows = s.scalars(select(EvalResult).where(EvalResult.run_id.in_(runs)))
+        return {row.case_id: row.passed for row in rows}
+
+
+def _retention(hub: Hub, ids: list[int], passing: dict[str, bool]) -> dict[int, dict[str, Any]]:
+    """Per contribution: the cases it fixed alone, and how many the merge still passes."""
+    out: dict[int, dict[str, Any]] = {}
+    with hub.session() as s:
+        for cid in ids:
+            checks = get_contribution(s, cid).pushes[-1].checks or {}
+            alone = {
+                i
+                for r in checks.get("suites", [])
+                for i in r["splits"]["all"]["fixed"]
+                if i in passing
+            }
+            kept = sum(passing[i] for i in alone)
+            out[cid] = {
+                "fixed_alone": len(alone),
+                "retained": kept,
+                "retention": kept / len(alone) if alone else None,
+            }
+    return out
+
+
+def _finish(
+    hub: Hub,
+    release_id: int,
+    passed: bool,
+    reasons: list[str],
+    results: list[dict[str, Any]],
+    retention: dict[int, dict[str, Any]],
+    passing: dict[str, bool],
+) -> dict[str, Any]:
+    from upstream.credits import record_release_credits
+    from upstream.registry import set_tag
+
+    fixed_reports: list[int] = []
+    with hub.session() as s, s.begin():
+        release = get_release(s, release_id)
+        revision = release.revision
+        assert revision is not None
+        release.checks = {
+            "passed": passed,
+            "reasons": reasons,
+            "suites": results,
+            "retention": {str(k): v for k, v in retention.items()},
+        }
+        release.finished_at = utcnow()
+        if passed:
+            release.state, release.tag = "released", _next_tag(s, release.model_id)
+            set_tag(s, revision, release.tag)
+            set_tag(s, revision, "latest")
+            fixed_reports = _mark_fixed(s, revision, passing, release_id)
+            for cid in release.contributions:
+                c = get_contribution(s, cid)
+                set_state(s, c, "merged", ACTOR, f"release {release.tag} ({revision.hash[:12]})")
+            s.flush()
+            record_release_credits(
+                s, release, fixed_reports, list(release.contributions), retention
+            )
+        else:
+            release.state = "candidate"
+        s.flush()
+        revision.card = _card(s, release, fixed_reports, retention)
+        return release_summary(release)
+
+
+def _mark_fixed(
+    session: Any, revision: Revision, passing: dict[str, bool], release_id: int
+) -> list[int]:
+    """Confirmed reports whose every checked case passes under `revision` become fixed."""
+    from upstream.reports import get_report
+    from upstream.triage import set_status
+
+    by_report: dict[int, list[bool]] = {}
+    cases = session.scalars(select(Case).where(Case.id.in_(list(passing))))
+    for case in cases:
+        if case.report_id is not None:
+            by_report.setdefault(case.report_id, []).append(passing[case.id])
+    fixed = []
+    for report_id, outcomes in sorted(by_report.items()):
+        report = get_report(session, report_id)
+        if report.status == "confirmed" and all(outcomes):
+            set_status(session, report, "fixed", ACTOR, f"passes in release {release_id}")
+            report.fixed_in_revision_id = revision.id
+            fixed.append(report_id)
+    return fixed
+
+
+def _next_tag(session: Any, model_id: int) -> str:
+    """v2, v3, …: one more than the highest vN of the model (the imported base is v1)."""
+    numbers = [
+        int(m.group(1))
+        for name in session.scalars(select(Tag.name).where(Tag.model_id == model_id))
+        if (m := re.fullmatch(r"v(\d+)", name))
+    ]
+    return f"v{max(numbers, default=1) + 1}"
+
+
+def _card(session: Any, release: Release, fixed: list[int], retention: dict[int, Any]) -> str:
+    from upstream.credits import ledger
+    from upstream.modelcard import render_card
+    from upstream.reports import get_report, prompt_text
+
+    revision, base = release.revision, release.base_revision
+    assert revision is not None and release.checks is not None
+    results = []
+    for r in release.checks["suites"]:
+        if r["kind"] == "claims":
+            continue
+        a = r["splits"]["all"]
+        held = r["splits"].get("heldout")
+        results.append(
+            {
+                "suite": r["suite"],
+                "version": r["version"],
+                "n": a["n"],
+                "rate": a["cand_rate"],
+                "base_rate": a["base_rate"],
+                **_interval("", a["cand_rate"], a["n"]),
+                **_interval("base_", a["base_rate"], a["n"]),
+                "heldout": (
+                    {
+                        "n": held["n"],
+                        "rate": held["cand_rate"],
+                        **_interval("", held["cand_rate"], held["n"]),
+                    }
+                    if held
+                    else None
+                ),
+            }
+        )
+    contributions = []
+    for cid in release.contributions:
+        c = get_contribution(session, cid)
+        contributions.append(
+            {
+                "id": c.id,
+                "title": c.title,
+                "author": c.author,
+                "kind": c.kind,
+                "fixes": list(c.fixes),
+                "retention": retention.get(cid),
+            }
+        )
+    totals: dict[str, dict[str, Any]] = {}
+    for e in ledger(session, release.id):
+        t = totals.setdefault(e["user"], {"user": e["user"], "points": 0.0, "roles": {}})
+        t["points"] += e["points"]
+        t["roles"][e["role"]] = t["roles"].get(e["role"], 0) + 1
+    info = {
+        "model": release.model.name,
+        "revision": revision.hash,
+        "tag": release.tag or "candidate",
+        "base": {"model": release.model.name, "revision": base.hash},
+        "license": base.source.get("license", "other"),
+        "method": release.method,
+        "params": release.params,
+        "versions": release.versions,
+        "created_at": (release.finished_at or utcnow()).isoformat(),
+        "contributions": contributions,
+        "reports_fixed": [
+            {
+                "id": i,
+                "prompt": prompt_text(get_report(session, i).messages),
+                "reporter": get_report(session, i).reporter,
+            }
+            for i in fixed
+        ],
+        "results": results,
+        "credits": sorted(totals.values(), key=lambda t: (-t["points"], t["user"])),
+    }
+    return render_card(info)
+
+
+def _interval(prefix: str, rate: float, n: int) -> dict[str, float]:
+    from upstream.stats import wilson
+
+    low, high = wilson(round(rate * n), n)
+    return {f"{prefix}low": low, f"{prefix}high": high}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("upstream-hub", "torch", "transformers", "peft", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------- reading
+
+
+def get_release(session: Any, release_id: int) -> Release:
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFound(f"no release {release_id}")
+    return release
+
+
+def release_summary(release: Release) -> dict[str, Any]:
+    checks = release.checks or {}
+    return {
+        "id": release.id,
+        "model": release.model.name,
+        "state": release.state,
+        "tag": release.tag,
+        "method": release.method,
+        "params": release.params,
+        "contributions": list(release.contributions),
+        "base": release.base_revision.hash,
+        "revision": release.revision.hash if release.revision else None,
+        "passed": checks.get("passed"),
+        "reasons": checks.get("reasons", []),
+        "retention": checks.get("retention", {}),
+        "versions": release.versions,
+        "inputs": release.inputs,
+    }
+
+
+def export_revision(hub: Hub, ref: str, out: Path) -> dict[str, Any]:
+    """Write a revision as a plain model directory (weights, tokenizer, card) to `out`."""
+    from upstream.registry import materialize, resolve
+
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInput(f"--out {out}: not empty; give a new or empty directory")
+    with hub.session() as s:
+        revision = resolve(s, ref)
+        source = materialize(hub, revision)
+        card = revision.card or f"# {revision.model.name}\n\nRevision {revision.hash}.\n"
+        name, rev_hash = revision.model.name, revision.hash
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for f in sorted(source.iterdir()):
+        if f.name.startswith(".") or f.name == "README.md":
+            continue
+        shutil.copyfile(f, out / f.name)  # real copies, not links into the blob store
+        files.append(f.name)
+    (out / "README.md").write_text(card, "utf-8")
+    return {"model": name, "revision": rev_hash, "out": str(out), "files": [*files, "README.md"]}

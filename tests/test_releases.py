@@ -1,0 +1,152 @@
+"""Releases on the tiny model: preflight refusals, a linear merge checked and exported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_contributions import make_adapter
+from upstream import contributions as prs
+from upstream import releases
+from upstream.errors import Conflict, Forbidden, InvalidInput
+from upstream.hub import Hub
+from upstream.registry import import_model, materialize, resolve
+
+
+@pytest.fixture
+def hub(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
+    # a lenient policy: random tiny adapters fix nothing, and the release should still pass
+    h = Hub.open(tmp_path / "home", policy_min_fixed=0, policy_regression_p=1e-9)
+    import_model(h, str(tiny_model_dir), "tiny")
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def maintainer(hub: Hub) -> str:
+    return next(iter(hub.settings.maintainer_names))
+
+
+def approved(hub: Hub, maintainer: str, adapter: Path, author: str = "bo") -> int:
+    data = prs.ContributionIn("tiny", f"fix {adapter.name}", prs.Content(adapter_dir=adapter))
+    cid = prs.open_contribution(hub, data, author)["id"]
+    hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
+    with hub.session() as s:
+        state = prs.get_contribution(s, cid).state
+    prs.approve(hub, cid, maintainer, override="test" if state == "failed" else "")
+    return cid
+
+
+@pytest.fixture
+def two(hub: Hub, maintainer: str, tmp_path: Path) -> tuple[list[int], list[Path]]:
+    with hub.session() as s:
+        base = materialize(hub, resolve(s, "tiny"))
+    dirs = [make_adapter(base, tmp_path / f"a{i}", seed=i) for i in range(2)]
+    return [approved(hub, maintainer, d) for d in dirs], dirs
+
+
+def test_a_linear_release_is_checked_tagged_credited_and_exported(
+    hub: Hub, maintainer: str, two: tuple[list[int], list[Path]], tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    ids, dirs = two
+    planned = releases.plan_release(
+        hub, releases.ReleaseIn("tiny", ids, "linear", [0.7, 0.3]), maintainer
+    )
+    result = hub.jobs.run_now(releases.queue_release(hub, planned["id"]))
+    assert result["state"] == "released" and result["tag"] == "v2", result["reasons"]
+    assert any("retains" in r for r in result["reasons"]) or all(
+        v["retention"] is None for v in result["retention"].values()
+    )
+    with hub.session() as s:
+        latest = resolve(s, "tiny")
+        assert latest.hash == result["revision"] and resolve(s, "tiny@v2").id == latest.id
+        assert [p.parent_id for p in latest.parents] == [resolve(s, f"tiny@{result['base']}").id]
+        assert all(prs.get_contribution(s, i).state == "merged" for i in ids)
+        assert latest.card.startswith("---\n") and "model-index" in latest.card
+    assert result["versions"]["torch"] and result["inputs"]["base"] == result["base"]
+
+    out = releases.export_revision(hub, "tiny@v2", tmp_path / "export")
+    export = Path(out["out"])
+    assert (export / "README.md").read_text().startswith("---\n")
+    merged = AutoModelForCausalLM.from_pretrained(export, local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(
+        materialize(hub, _base(hub, result["base"])), local_files_only=True
+    )
+    expected = {k: v.clone() for k, v in base.state_dict().items()}
+    for weight, d in zip([0.7, 0.3], dirs, strict=True):
+        lora = load_file(d / "adapter_model.safetensors")
+        for key, a in lora.items():
+            if ".lora_A." not in key:
+                continue
+            b = lora[key.replace(".lora_A.", ".lora_B.")]
+            target = key.split("base_model.model.", 1)[1].split(".lora_A.")[0] + ".weight"
+            expected[target] += weight * (b @ a) * (8 / 4)  # alpha / r
+    got = merged.state_dict()
+    worst = max(float((got[k] - expected[k]).abs().max()) for k in expected)
+    assert worst < 1e-5
+    assert any(not torch.equal(got[k], base.state_dict()[k]) for k in expected)
+
+    from upstream.credits import credits_table
+
+    with hub.session() as s:
+        table = {r["user"]: r for r in credits_table(s, "tiny")}
+    assert "contributor" in table["bo"]["roles"] and "reviewer" in table[maintainer]["roles"]
+
+
+def _base(hub: Hub, rev: str):  # type: ignore[no-untyped-def]
+    with hub.session() as s:
+        return resolve(s, f"tiny@{rev}")
+
+
+def test_preflight_refuses_before_any_merge(
+    hub: Hub,
+    maintainer: str,
+    two: tuple[list[int], list[Path]],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    ids, dirs = two
+    plan = releases.plan_release
+    with pytest.raises(Forbidden, match="only a maintainer"):
+        plan(hub, releases.ReleaseIn("tiny", ids), "bo")
+    with pytest.raises(InvalidInput, match="allowed linear, ties, dare_ties, retrain"):
+        plan(hub, releases.ReleaseIn("tiny", ids, "average"), maintainer)
+    with pytest.raises(InvalidInput, match="weight"):
+        plan(hub, releases.ReleaseIn("tiny", ids, "linear", [1.0]), maintainer)
+    with pytest.raises(Conflict, match="retrain needs datasets"):
+        plan(hub, releases.ReleaseIn("tiny", ids, "retrain"), maintainer)
+
+    rejected = approved(hub, maintainer, dirs[0])
+    with hub.session() as s, s.begin():
+        prs.get_contribution(s, rejected).state = "rejected"
+    with pytest.raises(Conflict, match=rf"#{rejected} is rejected, not approved"):
+        plan(hub, releases.ReleaseIn("tiny", [*ids, rejected]), maintainer)
+
+    from tests.tiny_models import build_model
+
+    import_model(hub, str(build_model(tmp_path / "tiny2", "llama", seed=1)), "tiny")
+    with hub.session() as s:
+        newer = materialize(hub, resolve(s, "tiny"))
+    other_base = approved(hub, maintainer, make_adapter(newer, tmp_path / "b", seed=3))
+    with pytest.raises(Conflict, match="different base revisions"):
+        plan(hub, releases.ReleaseIn("tiny", [ids[0], other_base]), maintainer)
+
+    with hub.session() as s:
+        sha = (
+            prs.get_contribution(s, ids[0])
+            .pushes[-1]
+            .adapter["adapter_model.safetensors"]["sha256"]
+        )
+    blob = hub.blobs.path(sha)
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(InvalidInput, match="corrupt"):
+        plan(hub, releases.ReleaseIn("tiny", ids), maintainer)
+    with hub.session() as s:
+        assert s.query(releases.Release).count() == 0  # nothing recorded, nothing merged
