@@ -168,7 +168,12 @@ def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -
         with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
             merged_dir = Path(tmp) / "merged"
             result = _merge(hub, base, ids, method, params, inputs, merged_dir, Path(tmp), say)
-            source = {"kind": "release", "release": release_id, "method": method}
+            source = {
+                "kind": "release",
+                "release": release_id,
+                "method": method,
+                "contributions": ids,
+            }
             imported = import_dir(hub, merged_dir, model_name, source, say, latest=False)
     except BaseException:
         with hub.session() as s, s.begin():
