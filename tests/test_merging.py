@@ -273,7 +273,7 @@ def test_kth_largest_is_exact(k: int, pattern: str) -> None:
     elif pattern == "hidden from the sample":  # the sample sees only zeros: bracket misses
         values[::4] = 0.0
     expected = float(values.sort(descending=True).values[k - 1])
-    assert _kth_largest(values, k, _Workspace(n, 0)) == expected
+    assert _kth_largest(values.numpy(), k, _Workspace(n, 0)) == expected
 
 
 def test_dare_ties_is_deterministic_per_seed(
@@ -354,15 +354,26 @@ def test_tied_embeddings_stay_tied(tiny_model_dir: Path, tmp_path: Path) -> None
     assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
 
 
-def test_out_dir_must_be_empty_but_leftovers_are_cleared(
+def test_out_dir_is_absent_empty_or_complete(
     tiny_model_dir: Path, adapters: list[Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / ".merging-model.safetensors").write_bytes(b"half a shard")
+    stale = tmp_path / ".out.merging-killed"  # what a killed merge leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a shard")
+
+    def fail(done: float, total: float, message: str) -> None:
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        merge(tiny_model_dir, adapters[:1], check_params("linear", 1), out, fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written stays
+    out.mkdir()  # an empty directory is fine
     merge(tiny_model_dir, adapters[:1], check_params("linear", 1), out)
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
-    with pytest.raises(InvalidInput, match="not empty"):
+    assert WEIGHTS in {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(InvalidInput, match="not an empty directory"):
         merge(tiny_model_dir, adapters[:1], check_params("linear", 1), out)
 
 
