@@ -190,7 +190,8 @@ def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -
         if not any(p.parent_id == base.id for p in revision.parents):
             s.add(RevisionParent(child_id=revision.id, parent_id=base.id, role="base"))
         release.revision_id, release.state = revision.id, "checking"
-        release.params = {**params, **({"merge": result} if result else {})}
+        # what the merge did (tensors changed, shards, seconds); its parameters are above
+        release.params = {**params, "merge": {k: v for k, v in result.items() if k != "params"}}
         fixes = sorted(
             {
                 r
