@@ -150,3 +150,25 @@ def test_preflight_refuses_before_any_merge(
         plan(hub, releases.ReleaseIn("tiny", ids), maintainer)
     with hub.session() as s:
         assert s.query(releases.Release).count() == 0  # nothing recorded, nothing merged
+
+
+def test_retrain_trains_one_adapter_on_every_dataset(hub: Hub, maintainer: str) -> None:
+    from tests.test_contributions import DATASET
+
+    ids = []
+    for title in ("greetings", "colours"):
+        data = prs.ContributionIn(
+            "tiny", title, prs.Content(dataset=DATASET), recipe={"epochs": 1, "rank": 2}
+        )
+        cid = prs.open_contribution(hub, data, "bo")["id"]
+        hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
+        with hub.session() as s:
+            failed = prs.get_contribution(s, cid).state == "failed"
+        prs.approve(hub, cid, maintainer, override="test" if failed else "")
+        ids.append(cid)
+    planned = releases.plan_release(hub, releases.ReleaseIn("tiny", ids, "retrain"), maintainer)
+    assert planned["params"] == {"method": "retrain", "seed": 0}
+    result = hub.jobs.run_now(releases.queue_release(hub, planned["id"]))
+    assert result["state"] == "released" and result["method"] == "retrain"
+    assert set(result["inputs"]["datasets"]) == {str(i) for i in ids}
+    assert result["params"]["merge"]["changed"] > 0  # the retrained adapter was merged
