@@ -73,6 +73,13 @@ def check(hub: Hub, cid: int) -> dict[str, Any]:
         return prs.contribution_detail(prs.get_contribution(s, cid), can_see_heldout=True)
 
 
+def force(hub: Hub, cid: int, verdict: str) -> None:
+    """As if the newest push's checks had given `verdict`."""
+    with hub.session() as s, s.begin():
+        c = prs.get_contribution(s, cid)
+        c.state = c.pushes[-1].verdict = verdict
+
+
 def count(hub: Hub) -> int:
     with hub.session() as s:
         return len(s.query(Contribution).all())
@@ -162,20 +169,21 @@ def test_review_rules(tiny_hub: Hub, adapter: Path, maintainer: str) -> None:
     with pytest.raises(Conflict, match="only a passed"):
         prs.approve(tiny_hub, cid, maintainer)  # not checked yet
     check(tiny_hub, cid)
-    with tiny_hub.session() as s, s.begin():  # as if it had passed
-        prs.get_contribution(s, cid).state = "passed"
+    force(tiny_hub, cid, "passed")  # as if it had passed
     with pytest.raises(Forbidden, match="only a maintainer"):
         prs.approve(tiny_hub, cid, "cy")
     own = open_adapter(tiny_hub, adapter, author=maintainer)
-    with tiny_hub.session() as s, s.begin():
-        prs.get_contribution(s, own).state = "passed"
+    force(tiny_hub, own, "passed")
     with pytest.raises(Forbidden, match="cannot approve their own"):
         prs.approve(tiny_hub, own, maintainer)
     assert prs.approve(tiny_hub, cid, maintainer, "thanks")["state"] == "approved"
+    with pytest.raises(Forbidden, match="only its author or a maintainer"):
+        prs.queue_checks(tiny_hub, cid, "cy")
+    with pytest.raises(Conflict, match="approved; its checks are not run again"):
+        prs.queue_checks(tiny_hub, cid, "bo")  # a re-check would silently drop the approval
 
     failed = open_adapter(tiny_hub, adapter)
-    with tiny_hub.session() as s, s.begin():
-        prs.get_contribution(s, failed).state = "failed"
+    force(tiny_hub, failed, "failed")
     with pytest.raises(Conflict, match="written reason"):
         prs.approve(tiny_hub, failed, maintainer)
     prs.approve(tiny_hub, failed, maintainer, override="the guard case is flaky")
@@ -287,6 +295,14 @@ def test_judge_lists_every_rule() -> None:
     assert not ok and reasons[-1].startswith("✗ caps held-out: pass rate 60% → 50%")
     ok, _ = judge(Policy(1, 0.05, 0.1), [suite("c", "community", 2, 0, 10, 0.5, (10, 0.6, 0.5))])
     assert ok  # within a 10-point margin
+
+
+def test_reasons_never_name_a_heldout_case() -> None:
+    policy = Policy(min_fixed=0, regression_p=0.05, heldout_margin=0.05)
+    regressed = suite("caps", "community", 0, 9, 20, 0.004)
+    regressed["heldout_ids"] = ["b0"]  # "broken prompt 0" is held out
+    _, reasons = judge(policy, [regressed])
+    assert "broken prompt 1" in reasons[1] and "broken prompt 0" not in reasons[1]
 
 
 def test_heldout_cases_are_counts_only_for_others() -> None:

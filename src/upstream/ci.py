@@ -118,8 +118,9 @@ def run_checks(
         kind, recipe, files, fixes = c.kind, dict(c.recipe), dict(push.files), list(c.fixes)
         adapter_files = dict(push.adapter) if push.adapter else None
         revision = c.revision
-    policy = policy_for(hub.settings, model)
+    policy: Policy | None = None
     try:
+        policy = policy_for(hub.settings, model)
         if adapter_files is None:  # a dataset: train the adapter first
             adapter_files, training = _train(hub, revision, files, recipe, say)
             with hub.session() as s, s.begin():
@@ -136,12 +137,14 @@ def run_checks(
         passed, reasons, results = False, [f"✗ {e}"], []
     except BaseException:
         with hub.session() as s, s.begin():  # crashed: back to open, to be checked again
-            set_state(s, get_contribution(s, contribution_id), "open", ACTOR, "checks crashed")
+            c = get_contribution(s, contribution_id)
+            if c.state == "checking" and c.pushes[-1].number == push_number:
+                set_state(s, c, "open", ACTOR, "checks crashed")
         raise
     report = {
         "push": push_number,
         "kind": kind,
-        "policy": policy.as_dict(),
+        "policy": policy.as_dict() if policy else None,
         "passed": passed,
         "reasons": reasons,
         "suites": results,
@@ -151,7 +154,8 @@ def run_checks(
         row = _push(s, contribution_id, push_number)
         row.checks, row.verdict = report, verdict
         c = get_contribution(s, contribution_id)
-        if c.state == "checking":  # not closed or re-pushed meanwhile
+        # not closed, rejected or re-pushed meanwhile (a newer push has its own check)
+        if c.state == "checking" and c.pushes[-1].number == push_number:
             set_state(s, c, verdict, ACTOR, "; ".join(r for r in reasons if r.startswith("✗")))
     return {"contribution": contribution_id, "verdict": verdict, "reasons": reasons}
 
@@ -187,7 +191,10 @@ def judge(policy: Policy, results: list[dict[str, Any]]) -> tuple[bool, list[str
         )
         if regressed:
             line += f": a significant regression (p < {policy.regression_p})"
-            names = [r["cases"][i]["prompt"] for i in d["broken"] if i in r["cases"]]
+            hidden = set(r.get("heldout_ids", []))  # reasons are public: no held-out prompt
+            names = [
+                r["cases"][i]["prompt"] for i in d["broken"] if i in r["cases"] and i not in hidden
+            ]
             if names:
                 line += "; broken: " + "; ".join(f"“{_short(t)}”" for t in names[:8])
         reasons.append(line)
@@ -276,6 +283,13 @@ def suites_to_check(
                 if check is not None:
                     claims.append(CaseIn(v.messages, check, [f"report-{r.id}"], r.id, "report"))
     if claims:
+        with hub.session() as s:
+            taken = s.scalar(select(Suite).where(Suite.name == claims_suite))
+            if taken is not None and taken.kind != "claims":
+                raise InvalidInput(
+                    f"suite {claims_suite} exists and is not a claims suite; rename it, "
+                    "the name is the hub's for this contribution's claimed cases"
+                )
         add_cases(
             hub,
             claims_suite,

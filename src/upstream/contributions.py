@@ -75,7 +75,7 @@ def open_contribution(hub: Hub, data: ContributionIn, author: str) -> dict[str, 
     from upstream.registry import resolve
 
     title = data.title.strip()
-    if not title or len(title) > MAX_TITLE:
+    if not title or len(title) > MAX_TITLE or "\n" in title:
         raise InvalidInput(f"title: give one line of 1 to {MAX_TITLE} characters")
     _check_content(data.content)
     if data.content.kind == "adapter" and data.recipe:
@@ -146,11 +146,30 @@ def push(hub: Hub, contribution_id: int, content: Content, actor: str) -> dict[s
         return {"id": c.id, "push": number, "state": c.state}
 
 
-def queue_checks(hub: Hub, contribution_id: int, max_attempts: int = 3) -> int:
-    """Queue the CI for the newest push; returns the job id."""
+def queue_checks(
+    hub: Hub, contribution_id: int, actor: str | None = None, max_attempts: int = 3
+) -> int:
+    """Queue the CI for the newest push; returns the job id.
+
+    `actor` None is the hub itself (on open and push); a person re-running the checks
+    must be the author or a maintainer, and an approved contribution keeps its approval
+    (push new content to change it).
+    """
+    from upstream.triage import is_maintainer
+
     with hub.session() as s, s.begin():
         c = get_contribution(s, contribution_id)
         _check_open(c, "check")
+        if actor is not None:
+            if actor != c.author and not is_maintainer(hub, actor):
+                raise Forbidden(
+                    f"contribution {c.id}: only its author or a maintainer may re-run its "
+                    f"checks ({actor} is neither)"
+                )
+            if c.state in ("approved", "checking"):
+                raise Conflict(
+                    f"contribution {c.id} is {c.state}; its checks are not run again now"
+                )
         latest = c.pushes[-1]
         job_id = hub.jobs.enqueue(
             CHECK_JOB, {"contribution": c.id, "push": latest.number}, max_attempts
@@ -174,14 +193,14 @@ def approve(
             raise Forbidden(f"contribution {c.id}: only a maintainer may approve ({actor} is not)")
         if actor == c.author:
             raise Forbidden(f"contribution {c.id}: an author cannot approve their own contribution")
-        if c.state == "failed":
+        if c.state == "failed" and c.pushes[-1].verdict == "failed":
             if not override.strip():
                 raise Conflict(
                     f"contribution {c.id} failed its checks; a maintainer may approve it only "
                     "with a written reason (--override REASON)"
                 )
             _event(s, c, actor, "overridden", "failed", "approved", override.strip())
-        elif c.state != "passed":
+        elif c.state != "passed" or c.pushes[-1].verdict != "passed":
             raise Conflict(
                 f"contribution {c.id} is {c.state}; only a passed (or, with a reason, a "
                 "failed) contribution can be approved"
@@ -410,7 +429,7 @@ def _store(hub: Hub, revision: Revision, content: Content) -> tuple[dict[str, An
         copy = Path(tmp) / "adapter"
         if not source.is_dir():
             raise NotFound(f"adapter {source}: no such directory")
-        shutil.copytree(source, copy, symlinks=True)
+        shutil.copytree(source, copy, symlinks=False)  # the files themselves
         info = validate_adapter(
             copy,
             base_dir,

@@ -95,6 +95,14 @@ def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
                 for c in found
                 if c.kind != "dataset"
             ]
+        for other in s.scalars(
+            select(Release).where(Release.state.in_(("queued", "merging", "checking")))
+        ):
+            problems += [
+                f"#{i} is in release {other.id} ({other.state})"
+                for i in ids
+                if i in other.contributions
+            ]
         if problems:
             raise Conflict("cannot release: " + "; ".join(problems))
         base = found[0].revision
@@ -111,8 +119,11 @@ def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
                     "(`upstream fsck` lists what is damaged)"
                 )
     if data.method == "retrain":
-        if data.weights or data.density is not None:
-            raise InvalidInput("retrain trains one adapter: weights and density do not apply")
+        if data.weights or data.density is not None or data.seed is not None:
+            raise InvalidInput(
+                "retrain trains one adapter with the default recipe (seed 0): weights, "
+                "density and seed do not apply"
+            )
         params: dict[str, Any] = {"method": "retrain", "seed": 0}
     else:
         checked = merging.check_params(data.method, len(ids), data.weights, data.density, data.seed)
@@ -151,34 +162,40 @@ def run_release_job(ctx: JobContext) -> dict[str, Any]:
 
 
 def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -> dict[str, Any]:
-    """Merge, import, check, and tag (or keep as a candidate) one planned release."""
-    from upstream.registry import import_dir
+    """Merge, import, check, and tag (or keep as a candidate) one planned release.
 
+    Safe to run again after a crash: the merge gives the same revision (same hash), which
+    the import recognises, and the checks reuse every cached output.
+    """
     say = progress or (lambda done, total, message: None)
     with hub.session() as s, s.begin():
         release = get_release(s, release_id)
-        if release.state not in ("queued", "failed"):
+        if release.state in ("released", "candidate"):
             raise Conflict(f"release {release_id} is {release.state}; it was built already")
         release.state = "merging"
-        model_name, model_id = release.model.name, release.model_id
-        base = release.base_revision
-        ids, method, params = list(release.contributions), release.method, dict(release.params)
-        inputs = dict(release.inputs)
     try:
-        with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
-            merged_dir = Path(tmp) / "merged"
-            result = _merge(hub, base, ids, method, params, inputs, merged_dir, Path(tmp), say)
-            source = {
-                "kind": "release",
-                "release": release_id,
-                "method": method,
-                "contributions": ids,
-            }
-            imported = import_dir(hub, merged_dir, model_name, source, say, latest=False)
+        return _build(hub, release_id, say)
     except BaseException:
         with hub.session() as s, s.begin():
             get_release(s, release_id).state = "failed"
         raise
+
+
+def _build(hub: Hub, release_id: int, say: Progress) -> dict[str, Any]:
+    from upstream.registry import import_dir
+
+    with hub.session() as s:
+        release = get_release(s, release_id)
+        model_name, model_id = release.model.name, release.model_id
+        base = release.base_revision
+        ids, method = list(release.contributions), release.method
+        params = {k: v for k, v in release.params.items() if k != "merge"}
+        inputs = dict(release.inputs)
+    with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
+        merged_dir = Path(tmp) / "merged"
+        result = _merge(hub, base, ids, method, params, inputs, merged_dir, Path(tmp), say)
+        source = {"kind": "release", "release": release_id, "method": method, "contributions": ids}
+        imported = import_dir(hub, merged_dir, model_name, source, say, latest=False)
     with hub.session() as s, s.begin():
         release = get_release(s, release_id)
         revision = s.scalar(
@@ -192,13 +209,8 @@ def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -
         release.revision_id, release.state = revision.id, "checking"
         # what the merge did (tensors changed, shards, seconds); its parameters are above
         release.params = {**params, "merge": {k: v for k, v in result.items() if k != "params"}}
-        fixes = sorted(
-            {
-                r
-                for c in s.scalars(select(Contribution).where(Contribution.id.in_(ids)))
-                for r in c.fixes
-            }
-        )
+        contributions = s.scalars(select(Contribution).where(Contribution.id.in_(ids)))
+        fixes = sorted({r for c in contributions for r in c.fixes})
     base_ref, new_ref = f"{model_name}@{base.hash}", f"{model_name}@{imported.revision}"
     suites = suites_to_check(hub, f"claims-release-{release_id}", model_id, fixes)
     results = [compare_on(hub, base_ref, new_ref, [], name, kind, say) for name, kind in suites]
@@ -260,7 +272,12 @@ def _retrain(
     for cid in ids:
         files = inputs["datasets"][str(cid)]
         data = hub.blobs.checked_path(files[DATASET_FILE]["sha256"]).read_bytes()
-        conversations += parse_dataset(data, f"contribution #{cid}")
+        conversations += parse_dataset(
+            data,
+            f"contribution #{cid}",
+            max_bytes=int(hub.settings.dataset_max_mb * 2**20),
+            max_examples=hub.settings.dataset_max_examples,
+        )
     train_adapter(
         base_dir,
         conversations,
@@ -317,9 +334,11 @@ def _finish(
         release = get_release(s, release_id)
         revision = release.revision
         assert revision is not None
+        changed = _changed_since_plan(s, release)
+        passed = passed and not changed
         release.checks = {
             "passed": passed,
-            "reasons": reasons,
+            "reasons": [*reasons, *changed],
             "suites": results,
             "retention": {str(k): v for k, v in retention.items()},
         }
@@ -328,7 +347,8 @@ def _finish(
             release.state, release.tag = "released", _next_tag(s, release.model_id)
             set_tag(s, revision, release.tag)
             set_tag(s, revision, "latest")
-            fixed_reports = _mark_fixed(s, revision, passing, release_id)
+            fixed_cases = {i for r in results for i in r["splits"]["all"]["fixed"]}
+            fixed_reports = _mark_fixed(s, revision, passing, fixed_cases, release_id)
             for cid in release.contributions:
                 c = get_contribution(s, cid)
                 set_state(s, c, "merged", ACTOR, f"release {release.tag} ({revision.hash[:12]})")
@@ -343,22 +363,46 @@ def _finish(
         return release_summary(release)
 
 
+def _changed_since_plan(session: Any, release: Release) -> list[str]:
+    """Reasons, if a contribution was closed, rejected or re-pushed while merging."""
+    out = []
+    for cid in release.contributions:
+        c = get_contribution(session, cid)
+        pushed = release.method != "retrain" and c.pushes[-1].adapter != release.inputs[
+            "adapters"
+        ].get(str(cid))
+        if c.state != "approved" or pushed:
+            what = "has a new push" if pushed else f"is {c.state}"
+            out.append(f"✗ contribution #{cid} {what} since the release was planned")
+    return out
+
+
 def _mark_fixed(
-    session: Any, revision: Revision, passing: dict[str, bool], release_id: int
+    session: Any,
+    revision: Revision,
+    passing: dict[str, bool],
+    fixed_cases: set[str],
+    release_id: int,
 ) -> list[int]:
-    """Confirmed reports whose every checked case passes under `revision` become fixed."""
+    """Reports that the release fixed: confirmed, of this model, every input (the prompt and
+    each variant, with its check) evaluated and passing, and at least one failing before."""
     from upstream.reports import get_report
+    from upstream.suites import case_id
     from upstream.triage import set_status
 
-    by_report: dict[int, list[bool]] = {}
-    cases = session.scalars(select(Case).where(Case.id.in_(list(passing))))
-    for case in cases:
-        if case.report_id is not None:
-            by_report.setdefault(case.report_id, []).append(passing[case.id])
+    report_ids = {
+        c.report_id
+        for c in session.scalars(select(Case).where(Case.id.in_(list(passing))))
+        if c.report_id is not None
+    }
     fixed = []
-    for report_id, outcomes in sorted(by_report.items()):
+    for report_id in sorted(report_ids):
         report = get_report(session, report_id)
-        if report.status == "confirmed" and all(outcomes):
+        if report.status != "confirmed" or report.model_id != revision.model_id:
+            continue
+        checks = [(v.messages, v.expected or report.expected) for v in report.variants]
+        ids = [case_id(messages, check) for messages, check in checks if check is not None]
+        if ids and all(passing.get(i) for i in ids) and fixed_cases & set(ids):
             set_status(session, report, "fixed", ACTOR, f"passes in release {release_id}")
             report.fixed_in_revision_id = revision.id
             fixed.append(report_id)

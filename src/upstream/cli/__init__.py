@@ -46,9 +46,11 @@ def main() -> None:
     try:
         app()
     except UpstreamError as e:
+        from rich.markup import escape
+
         from upstream.cli.common import err_console
 
-        err_console.print(f"[red]error:[/] {e}", markup=True, highlight=False)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from upstream import contributions as domain
@@ -94,7 +95,7 @@ def list_(
             r["state"],
             r["author"],
             ",".join(map(str, r["fixes"])),
-            r["title"],
+            escape(r["title"]),
         )
     console.print(table)
 
@@ -138,8 +139,8 @@ def check(
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Run the checks of a contribution's newest push again."""
-    _check_and_show(open_hub(), contribution_id, no_check, json_out, as_user)
+    """Run the checks of a contribution's newest push again (its author or a maintainer)."""
+    _check_and_show(open_hub(), contribution_id, no_check, json_out, as_user, rerun=True)
 
 
 @app.command("approve")
@@ -220,9 +221,15 @@ def _detail(hub: Hub, contribution_id: int, as_user: str | None) -> dict[str, An
 
 
 def _check_and_show(
-    hub: Hub, contribution_id: int, queue: bool, json_out: bool, as_user: str | None
+    hub: Hub,
+    contribution_id: int,
+    queue: bool,
+    json_out: bool,
+    as_user: str | None,
+    rerun: bool = False,
 ) -> None:
-    job_id = domain.queue_checks(hub, contribution_id, max_attempts=1 if not queue else 3)
+    actor = current_user(as_user) if rerun else None  # on open and push: the hub's own run
+    job_id = domain.queue_checks(hub, contribution_id, actor, max_attempts=1 if not queue else 3)
     if queue:
         if json_out:
             emit_json({"contribution": contribution_id, "job": job_id, "state": "queued"})
@@ -247,7 +254,7 @@ def _say(result: dict[str, Any], json_out: bool) -> None:
 
 def print_detail(d: dict[str, Any]) -> None:
     """A contribution and its check report, for a terminal."""
-    console.print(f"[bold]#{d['id']} {d['title']}[/]  [{d['state']}]", highlight=False)
+    console.print(f"[bold]#{d['id']} {escape(d['title'])}[/]  ({d['state']})", highlight=False)
     console.print(
         f"{d['kind']} by {d['author']} against {d['model']}@{d['revision'][:12]}, "
         f"push {d['push']}" + (f", claims to fix reports {d['fixes']}" if d["fixes"] else ""),
@@ -269,7 +276,7 @@ def print_detail(d: dict[str, Any]) -> None:
         verdict = "[green]passed[/]" if checks["passed"] else "[red]failed[/]"
         console.print(f"\nverdict: {verdict}")
         for reason in checks["reasons"]:
-            console.print(f"  {reason}", highlight=False)
+            console.print(f"  {reason}", markup=False, highlight=False)
         table = Table(
             "suite", "split", "cases", "base", "candidate", "fixed", "broken", "Δ [95% CI]", "p"
         )
@@ -293,7 +300,9 @@ def print_detail(d: dict[str, Any]) -> None:
                 shown = [r["cases"][i] for i in r["splits"]["all"][key] if i in r["cases"]]
                 for case in shown[:10]:
                     console.print(
-                        f"  {key} in {r['suite']}: {case['prompt'][:90]!r}", highlight=False
+                        f"  {key} in {r['suite']}: {case['prompt'][:90]!r}",
+                        markup=False,
+                        highlight=False,
                     )
             if r.get("heldout_hidden"):
                 console.print(f"  ({r['suite']}: held-out cases are shown as counts only)")
@@ -301,5 +310,7 @@ def print_detail(d: dict[str, Any]) -> None:
     for e in d["events"]:
         note = f" — {e['note']}" if e["note"] else ""
         console.print(
-            f"  {e['at'][:19]} {e['actor']}: {e['kind']} {e['to']}{note}", highlight=False
+            f"  {e['at'][:19]} {e['actor']}: {e['kind']} {e['to']}{note}",
+            markup=False,
+            highlight=False,
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from upstream import releases as domain
@@ -59,7 +60,7 @@ def release(
         f"{head}: {result['model']}@{(result['revision'] or '')[:12]} ({result['method']})"
     )
     for reason in result["reasons"]:
-        console.print(f"  {reason}", highlight=False)
+        console.print(f"  {reason}", markup=False, highlight=False)
 
 
 def credits(
@@ -81,7 +82,7 @@ def credits(
     table = Table("user", "points", "releases", "for")
     for r in rows:
         roles = ", ".join(f"{n} {role}" for role, n in sorted(r["roles"].items()))
-        table.add_row(r["user"], f"{r['points']:g}", str(r["releases"]), roles)
+        table.add_row(escape(r["user"]), f"{r['points']:g}", str(r["releases"]), roles)
     console.print(table)
 
 

@@ -41,7 +41,9 @@ class ContributionRequest(ContentIn):
     model: str = Field(description="NAME@REV the change applies to")
     title: str = Field(max_length=domain.MAX_TITLE)
     description: str = Field("", max_length=20_000)
-    fixes: list[int] = Field(default_factory=list, description="report ids it claims to fix")
+    fixes: list[int] = Field(
+        default_factory=list, max_length=1000, description="report ids it claims to fix"
+    )
     recipe: dict[str, Any] = Field(default_factory=dict, description="training overrides")
 
 
@@ -99,9 +101,15 @@ def push(
 
 
 @router.post("/contributions/{contribution_id}/check", status_code=202)
-def check(contribution_id: int, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
-    """Queue the checks of the newest push again."""
-    return {"contribution": contribution_id, "job": domain.queue_checks(hub, contribution_id)}
+def check(
+    contribution_id: int, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Queue the checks of the newest push again (its author or a maintainer)."""
+    actor = acting_user(user, required=True)
+    return {
+        "contribution": contribution_id,
+        "job": domain.queue_checks(hub, contribution_id, actor),
+    }
 
 
 @router.post("/contributions/{contribution_id}/approve")
