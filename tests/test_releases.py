@@ -128,15 +128,6 @@ def test_preflight_refuses_before_any_merge(
     with pytest.raises(Conflict, match=rf"#{rejected} is rejected, not approved"):
         plan(hub, releases.ReleaseIn("tiny", [*ids, rejected]), maintainer)
 
-    from tests.tiny_models import build_model
-
-    import_model(hub, str(build_model(tmp_path / "tiny2", "llama", seed=1)), "tiny")
-    with hub.session() as s:
-        newer = materialize(hub, resolve(s, "tiny"))
-    other_base = approved(hub, maintainer, make_adapter(newer, tmp_path / "b", seed=3))
-    with pytest.raises(Conflict, match="different base revisions"):
-        plan(hub, releases.ReleaseIn("tiny", [ids[0], other_base]), maintainer)
-
     with hub.session() as s:
         sha = (
             prs.get_contribution(s, ids[0])
@@ -148,6 +139,18 @@ def test_preflight_refuses_before_any_merge(
     blob.write_bytes(blob.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(InvalidInput, match="corrupt"):
         plan(hub, releases.ReleaseIn("tiny", ids), maintainer)
+
+    from tests.tiny_models import build_model
+
+    import_model(hub, str(build_model(tmp_path / "tiny2", "llama", seed=1)), "tiny")
+    with hub.session() as s:
+        newer = materialize(hub, resolve(s, "tiny"))
+    other_base = approved(hub, maintainer, make_adapter(newer, tmp_path / "b", seed=3))
+    with pytest.raises(Conflict, match="different base revisions"):
+        plan(hub, releases.ReleaseIn("tiny", [ids[0], other_base]), maintainer)
+    with pytest.raises(Conflict, match="contributions must be made against the latest"):
+        plan(hub, releases.ReleaseIn("tiny", [ids[1]]), maintainer)
+
     with hub.session() as s:
         assert s.query(releases.Release).count() == 0  # nothing recorded, nothing merged
 

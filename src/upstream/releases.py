@@ -66,7 +66,7 @@ class ReleaseIn:
 def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
     """Check a release before any heavy work and record it; returns {id, ...}."""
     from upstream import merging
-    from upstream.registry import get_model, materialize
+    from upstream.registry import get_model, materialize, resolve
     from upstream.triage import is_maintainer
 
     if not is_maintainer(hub, author):
@@ -89,6 +89,13 @@ def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
         if len(bases) > 1:
             by_base = ", ".join(f"#{c.id} → {c.revision.hash[:12]}" for c in found)
             problems.append(f"they target different base revisions ({by_base})")
+        latest = resolve(s, model.name)
+        stale = [c for c in found if c.revision_id != latest.id]
+        if stale and len(bases) == 1:  # merging into an older base would drop what followed
+            problems.append(
+                f"they target {stale[0].revision.hash[:12]}, but the latest revision is "
+                f"{latest.hash[:12]}; contributions must be made against the latest"
+            )
         if data.method == "retrain":
             problems += [
                 f"#{c.id} is an adapter: retrain needs datasets"
