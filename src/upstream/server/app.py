@@ -16,7 +16,7 @@ from upstream.hub import Hub
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     """The app for `hub`; with `worker`, an in-process job worker runs alongside."""
-    from upstream.server.api import contributions, jobs, models, reports, suites
+    from upstream.server.api import contributions, jobs, models, releases, reports, suites
     from upstream.server.pages import views
 
     @asynccontextmanager
@@ -62,5 +62,6 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     app.include_router(reports.router, prefix="/api")
     app.include_router(suites.router, prefix="/api")
     app.include_router(contributions.router, prefix="/api")
+    app.include_router(releases.router, prefix="/api")
     app.include_router(views.router)
     return app
