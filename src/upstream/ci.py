@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from upstream.contributions import (
-    DATASET_FILE,
     FINAL,
     adapter_dir,
     get_contribution,
     set_state,
+    store_adapter,
+    stored_dataset,
 )
 from upstream.db.schema import Case, ContributionPush, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
@@ -236,17 +237,10 @@ def _train(
     hub: Hub, revision: Any, files: dict[str, Any], recipe: dict[str, Any], say: Progress
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the push's dataset into an adapter; (adapter files, training record)."""
-    from upstream.adapters import ADAPTER_FILES
     from upstream.registry import materialize
-    from upstream.training import parse_dataset, recipe_from, train_adapter
+    from upstream.training import recipe_from, train_adapter
 
-    data = hub.blobs.checked_path(files[DATASET_FILE]["sha256"]).read_bytes()
-    conversations = parse_dataset(
-        data,
-        DATASET_FILE,
-        max_bytes=int(hub.settings.dataset_max_mb * 2**20),
-        max_examples=hub.settings.dataset_max_examples,
-    )
+    conversations = stored_dataset(hub, files)
     chosen = recipe_from(recipe)
     base_dir = materialize(hub, revision)
     with tempfile.TemporaryDirectory(dir=hub.settings.work_dir) as tmp:
@@ -258,10 +252,7 @@ def _train(
             out,
             lambda done, total, message: say(done, total, f"training: {message}"),
         )
-        adapter = {}
-        for name in ADAPTER_FILES:
-            blob = hub.blobs.put_file(out / name)
-            adapter[name] = {"sha256": blob.sha256, "size": blob.size}
+        adapter = store_adapter(hub, out)
     training = {"recipe": dataclasses.asdict(chosen), **dataclasses.asdict(result)}
     return adapter, training
 

@@ -404,21 +404,44 @@ def _check_fixes(session: Session, revision: Revision, fixes: list[int]) -> list
     return wanted
 
 
+def read_dataset(hub: Hub, data: bytes, where: str = DATASET_FILE) -> list[Any]:
+    """A chat dataset's conversations, within the hub's size and example limits."""
+    from upstream.training import parse_dataset
+
+    return parse_dataset(
+        data,
+        where,
+        max_bytes=int(hub.settings.dataset_max_mb * 2**20),
+        max_examples=hub.settings.dataset_max_examples,
+    )
+
+
+def stored_dataset(hub: Hub, files: dict[str, Any], where: str = DATASET_FILE) -> list[Any]:
+    """The conversations of a push's stored dataset (its blob's hash checked)."""
+    return read_dataset(
+        hub, hub.blobs.checked_path(files[DATASET_FILE]["sha256"]).read_bytes(), where
+    )
+
+
+def store_adapter(hub: Hub, folder: Path) -> dict[str, Any]:
+    """Put an adapter directory's two files in the blob store; file name → {sha256, size}."""
+    from upstream.adapters import ADAPTER_FILES
+
+    files = {}
+    for name in ADAPTER_FILES:
+        blob = hub.blobs.put_file(folder / name)
+        files[name] = {"sha256": blob.sha256, "size": blob.size}
+    return files
+
+
 def _store(hub: Hub, revision: Revision, content: Content) -> tuple[dict[str, Any], Any]:
     """Validate the content and put its files in the blob store; (files, adapter info)."""
     settings = hub.settings
     if content.dataset is not None:
-        from upstream.training import parse_dataset
-
-        parse_dataset(
-            content.dataset,
-            content.dataset_name,
-            max_bytes=int(settings.dataset_max_mb * 2**20),
-            max_examples=settings.dataset_max_examples,
-        )
+        read_dataset(hub, content.dataset, content.dataset_name)
         blob = hub.blobs.put_bytes(content.dataset)
         return {DATASET_FILE: {"sha256": blob.sha256, "size": blob.size}}, None
-    from upstream.adapters import ADAPTER_FILES, validate_adapter
+    from upstream.adapters import validate_adapter
     from upstream.registry import materialize
 
     assert content.adapter_dir is not None
@@ -436,10 +459,7 @@ def _store(hub: Hub, revision: Revision, content: Content) -> tuple[dict[str, An
             max_rank=settings.adapter_max_rank,
             max_bytes=int(settings.adapter_max_mb * 2**20),
         )
-        files = {}
-        for name in ADAPTER_FILES:
-            blob = hub.blobs.put_file(copy / name)
-            files[name] = {"sha256": blob.sha256, "size": blob.size}
+        files = store_adapter(hub, copy)
     return files, info.as_dict()
 
 

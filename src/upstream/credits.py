@@ -117,9 +117,14 @@ def record_release_credits(
     )
 
 
-def credits_table(session: Session, model: str | None = None) -> list[dict[str, Any]]:
-    """Points per user, highest first: {"user", "points", "roles": {role: n}, "releases": n}."""
+def credits_table(
+    session: Session, model: str | None = None, release_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Points per user, highest first: {"user", "points", "roles": {role: n}, "releases": n};
+    over every release, one model's, or one release's."""
     q = select(CreditEntry)
+    if release_id is not None:
+        q = q.where(CreditEntry.release_id == release_id)
     if model is not None:
         from upstream.registry import get_model
 

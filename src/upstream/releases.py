@@ -272,19 +272,12 @@ def _retrain(
     hub: Hub, base_dir: Path, ids: list[int], inputs: dict[str, Any], out: Path, say: Progress
 ) -> Path:
     """One adapter trained on the union of the contributions' datasets (default recipe)."""
-    from upstream.contributions import DATASET_FILE
-    from upstream.training import Recipe, parse_dataset, train_adapter
+    from upstream.contributions import stored_dataset
+    from upstream.training import Recipe, train_adapter
 
     conversations = []
     for cid in ids:
-        files = inputs["datasets"][str(cid)]
-        data = hub.blobs.checked_path(files[DATASET_FILE]["sha256"]).read_bytes()
-        conversations += parse_dataset(
-            data,
-            f"contribution #{cid}",
-            max_bytes=int(hub.settings.dataset_max_mb * 2**20),
-            max_examples=hub.settings.dataset_max_examples,
-        )
+        conversations += stored_dataset(hub, inputs["datasets"][str(cid)], f"contribution #{cid}")
     train_adapter(
         base_dir,
         conversations,
@@ -427,7 +420,7 @@ def _next_tag(session: Any, model_id: int) -> str:
 
 
 def _card(session: Any, release: Release, fixed: list[int], retention: dict[int, Any]) -> str:
-    from upstream.credits import ledger
+    from upstream.credits import credits_table
     from upstream.modelcard import render_card
     from upstream.reports import get_report, prompt_text
 
@@ -472,11 +465,6 @@ def _card(session: Any, release: Release, fixed: list[int], retention: dict[int,
                 "retention": retention.get(cid),
             }
         )
-    totals: dict[str, dict[str, Any]] = {}
-    for e in ledger(session, release.id):
-        t = totals.setdefault(e["user"], {"user": e["user"], "points": 0.0, "roles": {}})
-        t["points"] += e["points"]
-        t["roles"][e["role"]] = t["roles"].get(e["role"], 0) + 1
     info = {
         "model": release.model.name,
         "revision": revision.hash,
@@ -497,7 +485,7 @@ def _card(session: Any, release: Release, fixed: list[int], retention: dict[int,
             for i in fixed
         ],
         "results": results,
-        "credits": sorted(totals.values(), key=lambda t: (-t["points"], t["user"])),
+        "credits": credits_table(session, release_id=release.id),
     }
     return render_card(info)
 

@@ -64,6 +64,16 @@ def run_job(hub: Hub, kind: str, args: dict[str, Any], description: str) -> dict
         return hub.jobs.run_foreground(kind, args, update)
 
 
+def number_list(text: str, kind: type, option: str, what: str = "numbers") -> list[Any]:
+    """A comma-separated option ("3,7, 12") as numbers of `kind`, or InvalidInput."""
+    from upstream.errors import InvalidInput
+
+    try:
+        return [kind(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as e:
+        raise InvalidInput(f"{option} {text!r}: give {what} separated by commas") from e
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":

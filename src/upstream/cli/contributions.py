@@ -18,6 +18,7 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
+    number_list,
     open_hub,
     progress_bar,
 )
@@ -60,7 +61,7 @@ def contribute(
         model=model,
         title=title,
         content=_content(adapter, dataset),
-        fixes=_ids(fixes),
+        fixes=number_list(fixes, int, "--fixes", "report ids"),
         recipe=_recipe(recipe),
         description=description,
     )
@@ -191,13 +192,6 @@ def _content(adapter: Path | None, dataset: Path | None) -> domain.Content:
             raise InvalidInput(f"--dataset {dataset}: no such file")
         return domain.Content(dataset=dataset.read_bytes(), dataset_name=dataset.name)
     return domain.Content(adapter_dir=adapter)
-
-
-def _ids(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError as e:
-        raise InvalidInput(f"--fixes {text!r}: give report ids separated by commas") from e
 
 
 def _recipe(text: str) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
+    number_list,
     open_hub,
     progress_bar,
 )
-from upstream.errors import InvalidInput
 
 
 def release(
@@ -40,9 +40,9 @@ def release(
 ) -> None:
     """Merge approved contributions into a new revision, check it, tag it, credit people."""
     hub = open_hub()
-    data = domain.ReleaseIn(model, _numbers(from_, int, "--from"), method, None, density, seed)
+    data = domain.ReleaseIn(model, number_list(from_, int, "--from"), method, None, density, seed)
     if weights:
-        data.weights = _numbers(weights, float, "--weights")
+        data.weights = number_list(weights, float, "--weights")
     planned = domain.plan_release(hub, data, current_user(as_user))
     job_id = domain.queue_release(hub, planned["id"], max_attempts=3 if no_wait else 1)
     if no_wait:
@@ -84,13 +84,6 @@ def credits(
         roles = ", ".join(f"{n} {role}" for role, n in sorted(r["roles"].items()))
         table.add_row(escape(r["user"]), f"{r['points']:g}", str(r["releases"]), roles)
     console.print(table)
-
-
-def _numbers(text: str, kind: type, option: str) -> list[Any]:
-    try:
-        return [kind(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError as e:
-        raise InvalidInput(f"{option} {text!r}: give numbers separated by commas") from e
 
 
 def demo(
