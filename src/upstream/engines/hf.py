@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from upstream.db.schema import Revision
     from upstream.hub import Hub
 
-ENGINE_VERSION = "hf-2"  # bump when a change could alter generated tokens
+ENGINE_VERSION = "hf-3"  # bump when a change could alter generated tokens
 DEFAULT_BATCH_SIZE = 64  # rows decoded together; larger is faster on CPU (benchmarks/fastgen.py)
 
 
@@ -89,6 +89,9 @@ def load_from_dir(model_dir: Path, adapters: Sequence[Path] = ()) -> LoadedModel
     for adapter in adapters:
         model = _apply_adapter(model, Path(adapter))
     model.eval()
+    from upstream.engines.packed import pack_linears
+
+    pack_linears(model)  # generation only from here: faster small-batch products on CPU
     return LoadedModel(model=model, tokenizer=tokenizer, key=(str(model_dir),))
 
 

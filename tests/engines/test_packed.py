@@ -1,0 +1,57 @@
+"""Prepacked oneDNN linears compute what `nn.Linear` computes, and greedy tokens stay the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.engines.test_fastgen import reference
+from tests.engines.test_hf import PROMPTS
+from tests.tiny_models import FAMILIES, build_model
+from upstream.engines import packed
+from upstream.engines.base import GenRequest
+from upstream.engines.fastgen import greedy_generate
+from upstream.engines.hf import HFEngine, load_from_dir, load_weights
+from upstream.engines.packed import PackedLinear, pack_linears
+
+pytestmark = pytest.mark.skipif(not packed.available(), reason="this torch has no oneDNN")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 48), (7, 48), (64, 48), (2, 5, 48)])
+def test_packed_linear_equals_linear(shape: tuple[int, ...], bias: bool) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 96, bias=bias)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        want = linear(x)
+        got = PackedLinear(linear)(x)
+    assert got.shape == want.shape
+    # float32 products summed in another order: equal to rounding, not bit for bit
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_model_gives_the_plain_models_tokens(family: str, tmp_path: Path) -> None:
+    model_dir = build_model(tmp_path, family)
+    plain = load_weights(model_dir).eval()
+    linears = sum(type(m) is nn.Linear for m in plain.modules())
+    loaded = load_from_dir(model_dir)  # the engine's model: packed
+    assert sum(type(m) is PackedLinear for m in loaded.model.modules()) == linears > 0
+    assert not any(type(m) is nn.Linear for m in loaded.model.modules())
+    tok = loaded.tokenizer
+    prompts = [HFEngine(loaded).encode(GenRequest.from_prompt(p)) for p in PROMPTS]
+    eos = [tok.eos_token_id]
+    want = reference(plain, prompts, 16, eos, tok.pad_token_id)  # transformers, unpacked
+    got = greedy_generate(loaded.model, prompts, 16, eos, tok.pad_token_id, batch_size=4)
+    assert got == want
+
+
+def test_pack_linears_leaves_other_dtypes_alone() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8).to(torch.bfloat16))
+    assert pack_linears(model) == 1
+    assert type(model[0]) is PackedLinear
+    assert type(model[1]) is nn.Linear
