@@ -84,6 +84,19 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path, tiny_model_dir: Path
         assert len(out.stderr.strip().splitlines()) <= 3  # one line, maybe wrapped
 
 
+def test_exit_after_a_model_was_loaded(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # commands that loaded torch skip the interpreter's teardown: codes and output intact
+    home = tmp_path / "home"
+    upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny")
+    not_adapter = tmp_path / "not-an-adapter"
+    not_adapter.mkdir()
+    bad = upstream(home, "generate", "tiny", "hi", "--adapter", str(not_adapter))
+    assert bad.returncode == 2 and "not a PEFT adapter" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    ok = upstream(home, "generate", "tiny", "hi", "--max-new-tokens", "3", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["completion_tokens"] == 3
+
+
 def test_fsck_reports_a_damaged_blob(tmp_path: Path, tiny_model_dir: Path) -> None:
     home = tmp_path / "home"
     upstream(home, "models", "import", str(tiny_model_dir), "--name", "tiny")
