@@ -7,6 +7,7 @@ import pytest
 
 from upstream import reports, suites
 from upstream.db.schema import EvalOutput
+from upstream.engines.base import GenResult
 from upstream.errors import InvalidInput, NotFound
 from upstream.evals import run_eval
 from upstream.hub import Hub
@@ -88,32 +89,47 @@ def test_eval_is_incremental_and_rescoring_generates_nothing(
     assert rescored["generated"] == 0 and rescored["metrics"]["all"]["rate"] == 1.0
 
 
-def test_a_killed_run_resumes_from_written_outputs(tiny_hub: Hub) -> None:
+class Killed(BaseException):
+    """Stands for the process being killed: nothing in the run may catch it."""
+
+
+def test_a_killed_run_resumes_from_written_outputs(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from upstream import evals
+    from upstream.engines.base import GenRequest, ResultFn
+    from upstream.engines.hf import HFEngine
 
     suites.add_cases(tiny_hub, "s", cases(10, NEVER), "tiny")
+    monkeypatch.setattr(evals, "STORE_EVERY", 4)
+    real = HFEngine.generate
+    asked: list[int] = []
+
+    def killed_after_six(
+        self: HFEngine, requests: list[GenRequest], on_result: ResultFn | None = None
+    ) -> list[GenResult]:
+        asked.append(len(requests))
+        seen = 0
+
+        def counting(i: int, result: GenResult) -> None:
+            nonlocal seen
+            assert on_result is not None
+            on_result(i, result)
+            seen += 1
+            if seen == 6 and len(asked) == 1:
+                raise Killed
+
+        return real(self, requests, counting)
+
+    monkeypatch.setattr(HFEngine, "generate", killed_after_six)
+    with pytest.raises(Killed):
+        run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    with tiny_hub.session() as s:  # stored 4 at a time: the 2 not yet stored are lost
+        assert s.query(EvalOutput).count() == 4
+    resumed = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    assert asked == [10, 6] and resumed["generated"] == 6
     with tiny_hub.session() as s:
-        assert s.query(EvalOutput).count() == 0
-    original, calls = evals.CHUNK, []
-    evals.CHUNK = 4
-    real = evals._generate
-
-    def crash_after_first_chunk(*args, **kwargs):  # type: ignore[no-untyped-def]
-        case_list = args[3]
-        calls.append(len(case_list))
-        if len(calls) == 1:
-            real(*args[:3], case_list[:4], *args[4:], **kwargs)
-            raise RuntimeError("killed")
-        return real(*args, **kwargs)
-
-    evals._generate = crash_after_first_chunk
-    try:
-        with pytest.raises(RuntimeError):
-            run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
-        resumed = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
-    finally:
-        evals._generate, evals.CHUNK = real, original
-    assert calls == [10, 6] and resumed["generated"] == 6
+        assert s.query(EvalOutput).count() == 10
 
 
 def test_split_filter_and_errors(tiny_hub: Hub) -> None:

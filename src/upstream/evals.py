@@ -5,7 +5,7 @@ hash covers the revision, the tokenizer and chat template files, every adapter's
 the engine version, so a cached output is reused only when generating again would give
 the same text. Re-running after cases were added generates only the new inputs;
 re-scoring after a check changed generates nothing; a run killed half-way resumes from
-the outputs already written (they are committed chunk by chunk).
+the outputs already written (they are committed a few at a time as they finish).
 
 A case that cannot be generated or scored is recorded as an error with its message and
 counts as not passed; it never aborts the run.
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from upstream.hub import Hub
     from upstream.jobs import JobContext
 
-CHUNK = 64  # cases generated and committed together
+STORE_EVERY = 16  # finished outputs committed together: what a killed run keeps
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -211,7 +211,7 @@ def _generate(
     max_new_tokens: int,
     progress: Progress | None,
 ) -> int:
-    """Generate outputs for cases, committing chunk by chunk; returns how many."""
+    """Generate outputs for cases, committing them as they finish; returns how many."""
     from upstream.engines.hf import HFEngine
 
     engine = HFEngine.for_revision(hub, revision, adapters)
@@ -220,37 +220,43 @@ def _generate(
             f"{revision.model.name}@{revision.hash[:12]}: its tokenizer has no "
             "chat template, so chat cases cannot be run on it"
         )
-    done = 0
-    for start in range(0, len(cases), CHUNK):
-        chunk = cases[start : start + CHUNK]
-        requests = [GenRequest(messages=c.messages, max_new_tokens=max_new_tokens) for c in chunk]
-        results: list[tuple[str, str, int]] = []
-        try:
-            outs = engine.generate(requests)
-            results = [(o.text, "", o.completion_tokens) for o in outs]
-        except Exception:  # one bad case (input, template, ...): run one by one to find it
-            for r in requests:
-                try:
-                    o = engine.generate([r])[0]
-                    results.append((o.text, "", o.completion_tokens))
-                except Exception as e:  # recorded as this case's error; the run goes on
-                    results.append(("", f"{type(e).__name__}: {e}", 0))
-        rows = [
+    requests = [GenRequest(messages=c.messages, max_new_tokens=max_new_tokens) for c in cases]
+    pending: list[EvalOutput] = []
+    finished: set[int] = set()
+
+    def record(i: int, text: str, error: str, tokens: int) -> None:
+        finished.add(i)
+        pending.append(
             EvalOutput(
                 subject_hash=subject_hash,
-                input_hash=c.input_hash,
+                input_hash=cases[i].input_hash,
                 settings_hash=settings_hash,
                 output=text,
                 error=error,
                 completion_tokens=tokens,
             )
-            for c, (text, error, tokens) in zip(chunk, results, strict=True)
-        ]
-        _store_outputs(hub, rows)
-        done += len(chunk)
+        )
+        if len(pending) >= STORE_EVERY:
+            _store_outputs(hub, pending)
+            pending.clear()
         if progress:
-            progress(done, len(cases), "generating")
-    return done
+            progress(len(finished), len(cases), "generating")
+
+    # All at once, so the engine keeps its batch full; outputs are stored as they finish.
+    try:
+        engine.generate(requests, lambda i, o: record(i, o.text, "", o.completion_tokens))
+    except Exception:  # one bad case (input, template, ...): the rest one by one to find it
+        for i, r in enumerate(requests):
+            if i in finished:
+                continue
+            try:
+                o = engine.generate([r])[0]
+                record(i, o.text, "", o.completion_tokens)
+            except Exception as e:  # recorded as this case's error; the run goes on
+                record(i, "", f"{type(e).__name__}: {e}", 0)
+    if pending:
+        _store_outputs(hub, pending)
+    return len(finished)
 
 
 def _store_outputs(hub: Hub, rows: list[EvalOutput]) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 from upstream.checks import parse_check
 from upstream.db.schema import Report, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
-from upstream.engines.base import GenRequest
+from upstream.engines.base import GenRequest, GenResult
 from upstream.triage import OPEN_UNCONFIRMED, set_status
 
 if TYPE_CHECKING:
@@ -58,12 +58,13 @@ def reproduce(hub: Hub, report_ids: list[int], progress: Any = None) -> dict[str
             for r, v in inputs
         ]
 
-        def step(n: int, _total: int, base: int = done) -> None:
+        def step(_index: int, _result: GenResult) -> None:
+            nonlocal done
+            done += 1
             if progress:
-                progress(base + n, total, "generating")
+                progress(done, total, "generating")
 
         outputs = engine.generate(requests, step)
-        done += len(inputs)
         with hub.session() as s, s.begin():
             for r in group:
                 report = s.get(Report, r.id)

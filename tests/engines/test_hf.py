@@ -42,6 +42,19 @@ def test_batched_equals_one_by_one_token_for_token(engine: HFEngine) -> None:
     assert [r.prompt_tokens for r in batched] == [len(engine.encode(q)) for q in requests]
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_each_result_is_handed_over_as_it_finishes(engine: HFEngine, fast: bool) -> None:
+    engine._fastgen = fast
+    # two settings, so the lean loop runs twice and indices must map back to requests
+    requests = [GenRequest.from_prompt(p, max_new_tokens=4 + i % 2) for i, p in enumerate(PROMPTS)]
+    seen: list[tuple[int, str]] = []
+    results = engine.generate(requests, on_result=lambda i, r: seen.append((i, r.text)))
+    assert sorted(seen) == sorted(enumerate(r.text for r in results))  # each once, right index
+    assert all(
+        r.completion_tokens <= q.max_new_tokens for r, q in zip(results, requests, strict=True)
+    )
+
+
 def test_max_new_tokens_and_stop_strings(engine: HFEngine) -> None:
     [full] = engine.generate([GenRequest.from_prompt("hi", max_new_tokens=8)])
     assert full.completion_tokens == 8 and full.finish_reason == "length"

@@ -109,16 +109,16 @@ def engine(server: FakeServer, **kwargs: Any) -> OpenAIEngine:
 def test_results_in_request_order_run_concurrently(server: FakeServer) -> None:
     server.delay = 0.03
     requests = [GenRequest.from_prompt(f"prompt {i}", max_new_tokens=64) for i in range(20)]
-    seen: list[tuple[int, int]] = []
+    seen: dict[int, str] = {}
     results = engine(server, concurrency=8).generate(
-        requests, progress=lambda done, total: seen.append((done, total))
+        requests, on_result=lambda i, result: seen.setdefault(i, result.text)
     )
     assert [r.text for r in results] == [f"echo: prompt {i}" for i in range(20)]
     assert all(r.finish_reason == "stop" for r in results)
     assert results[3].prompt_tokens == len("prompt 3")
     assert results[3].completion_tokens == len("echo: prompt 3")
     assert server.max_in_flight > 1
-    assert seen == [(i, 20) for i in range(1, 21)]
+    assert seen == {i: r.text for i, r in enumerate(results)}  # each once, under its index
     body = server.bodies[0]
     assert body["model"] == "tiny-model"
     assert body["temperature"] == 0

@@ -14,7 +14,6 @@ from typing import Any, Literal, Protocol
 from upstream.errors import InvalidInput
 
 Message = dict[str, str]
-ProgressFn = Callable[[int, int], None]  # (requests done, requests total)
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 32_000  # default limit on a request's total message characters
@@ -69,13 +68,20 @@ class GenResult:
         return asdict(self)
 
 
+ResultFn = Callable[[int, GenResult], None]  # (request index, its final result)
+
+
 class Engine(Protocol):
-    """Anything that can run a batch of requests; results come back in request order."""
+    """Anything that can run a batch of requests; results come back in request order.
+
+    `on_result(index, result)` is called as each request's result is final, in the order
+    they finish, so a caller can store or show results before the whole batch is done.
+    """
 
     name: str
 
     def generate(
-        self, requests: Sequence[GenRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenRequest], on_result: ResultFn | None = None
     ) -> list[GenResult]: ...
 
 

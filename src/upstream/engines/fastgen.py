@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
 StopCheck = Callable[[int, list[int]], bool]  # (prompt index, tokens so far) -> stop now
+OnDone = Callable[[int, list[int]], None]  # (prompt index, its finished continuation)
 DEFAULT_BATCH_SIZE = 32
 _ATTENTION = ("sdpa", "eager")  # the implementations that build masks from a 2D mask
 _FORWARD_ARGS = {"input_ids", "attention_mask", "position_ids", "cache", "use_cache"}
@@ -105,6 +106,7 @@ def greedy_generate(
     pad_id: int,
     stop_check: StopCheck | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_done: OnDone | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of token-id prompts, one list per prompt, in prompt order.
 
@@ -113,7 +115,8 @@ def greedy_generate(
     returned True (that token included). `stop_check` is called after every new token
     but EOS, with the prompt's position in `prompts` and its tokens so far.
     At most `batch_size` prompts are decoded together; larger batches are faster on a
-    CPU and hold more keys and values in memory.
+    CPU and hold more keys and values in memory. `on_done(index, tokens)` is called as
+    each prompt's continuation is final, in the order they finish.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens {max_new_tokens}: must be at least 1")
@@ -122,7 +125,7 @@ def greedy_generate(
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
-    decoder = _Decoder(model, prompts, max_new_tokens, set(eos_ids), pad_id, stop_check)
+    decoder = _Decoder(model, prompts, max_new_tokens, set(eos_ids), pad_id, stop_check, on_done)
     return decoder.run(max(1, batch_size))
 
 
@@ -158,6 +161,7 @@ class _Decoder:
         eos: set[int],
         pad_id: int,
         stop_check: StopCheck | None,
+        on_done: OnDone | None = None,
     ):
         self.model = model
         self.prompts = prompts
@@ -165,6 +169,7 @@ class _Decoder:
         self.eos = eos
         self.pad_id = pad_id
         self.stop_check = stop_check
+        self.on_done = on_done
         self.outputs: list[list[int]] = [[] for _ in prompts]
         params = inspect.signature(model.forward).parameters
         # Only the last position's logits choose a token; the full (batch, seq, vocab)
@@ -269,14 +274,15 @@ class _Decoder:
         """Append each row's new token to its output; the rows that go on."""
         going_on = []
         for row, (i, token) in enumerate(zip(prompts, tokens, strict=True)):
-            if token in self.eos:
-                continue
             out = self.outputs[i]
-            out.append(token)
-            if self.stop_check is not None and self.stop_check(i, out):
-                continue
-            if len(out) < self.max_new_tokens:
-                going_on.append(row)
+            if token not in self.eos:
+                out.append(token)
+                stopped = self.stop_check is not None and self.stop_check(i, out)
+                if not stopped and len(out) < self.max_new_tokens:
+                    going_on.append(row)
+                    continue
+            if self.on_done is not None:
+                self.on_done(i, out)
         return going_on
 
 

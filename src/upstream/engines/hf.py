@@ -23,7 +23,7 @@ from upstream.engines.base import (
     MAX_PROMPT_CHARS,
     GenRequest,
     GenResult,
-    ProgressFn,
+    ResultFn,
     cut_at_stop,
 )
 from upstream.errors import InvalidInput
@@ -166,13 +166,18 @@ class HFEngine:
         return list(ids)
 
     def generate(
-        self, requests: Sequence[GenRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenRequest], on_result: ResultFn | None = None
     ) -> list[GenResult]:
         for r in requests:
             r.validate(self.max_prompt_chars)
         encoded = [self.encode(r) for r in requests]
         results: list[GenResult | None] = [None] * len(requests)
-        done = 0
+
+        def finished(i: int, result: GenResult) -> None:
+            results[i] = result
+            if on_result is not None:
+                on_result(i, result)
+
         if self.use_fastgen:
             # One call per generation setting: the lean loop refills its batch as rows
             # finish, so it wants every prompt of a setting at once.
@@ -180,20 +185,12 @@ class HFEngine:
             for i, r in enumerate(requests):
                 groups.setdefault(r.settings_key(), []).append(i)
             for idx in groups.values():
-                outs = self._generate_fast([encoded[i] for i in idx], requests[idx[0]])
-                for i, result in zip(idx, outs, strict=True):
-                    results[i] = result
-                done += len(idx)
-                if progress:
-                    progress(done, len(requests))
-            return [r for r in results if r is not None]
-        for batch in plan_batches(requests, encoded, self.batch_size):
-            outs = self._generate_batch([encoded[i] for i in batch], requests[batch[0]])
-            for i, result in zip(batch, outs, strict=True):
-                results[i] = result
-            done += len(batch)
-            if progress:
-                progress(done, len(requests))
+                self._generate_fast([encoded[i] for i in idx], requests[idx[0]], idx, finished)
+        else:
+            for batch in plan_batches(requests, encoded, self.batch_size):
+                outs = self._generate_batch([encoded[i] for i in batch], requests[batch[0]])
+                for i, result in zip(batch, outs, strict=True):
+                    finished(i, result)
         return [r for r in results if r is not None]
 
     @property
@@ -205,7 +202,14 @@ class HFEngine:
             self._fastgen = fastgen.supports(self.loaded.model)
         return self._fastgen
 
-    def _generate_fast(self, prompts: list[list[int]], settings: GenRequest) -> list[GenResult]:
+    def _generate_fast(
+        self,
+        prompts: list[list[int]],
+        settings: GenRequest,
+        indices: list[int],
+        on_result: ResultFn,
+    ) -> None:
+        """Generate `prompts` (all of one setting); `on_result(indices[k], ...)` for each."""
         from upstream.engines.fastgen import greedy_generate
 
         tok, model = self.loaded.tokenizer, self.loaded.model
@@ -216,7 +220,12 @@ class HFEngine:
             text = tok.decode(tokens[-16:], skip_special_tokens=True)
             return any(s in text for s in stop)
 
-        outs = greedy_generate(
+        def done(i: int, ids: list[int]) -> None:
+            # the loop leaves EOS out, so a row shorter than the cap ended at EOS or a stop
+            ended = len(ids) < settings.max_new_tokens
+            on_result(indices[i], _result(tok, ids, len(prompts[i]), stop, ended))
+
+        greedy_generate(
             model,
             prompts,
             settings.max_new_tokens,
@@ -224,12 +233,8 @@ class HFEngine:
             tok.pad_token_id,
             stop_check if stop else None,
             batch_size=self.batch_size,
+            on_done=done,
         )
-        # the loop leaves EOS out, so a row shorter than the cap ended at EOS or a stop
-        return [
-            _result(tok, ids, len(p), stop, len(ids) < settings.max_new_tokens)
-            for ids, p in zip(outs, prompts, strict=True)
-        ]
 
     def _generate_batch(self, prompts: list[list[int]], settings: GenRequest) -> list[GenResult]:
         import torch

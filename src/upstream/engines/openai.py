@@ -23,7 +23,7 @@ from upstream.engines.base import (
     MAX_PROMPT_CHARS,
     GenRequest,
     GenResult,
-    ProgressFn,
+    ResultFn,
     cut_at_stop,
 )
 from upstream.errors import InvalidInput, Unavailable, UpstreamError
@@ -76,7 +76,7 @@ class OpenAIEngine:
         self.name = f"openai:{model}@{self.base_url}"
 
     def generate(
-        self, requests: Sequence[GenRequest], progress: ProgressFn | None = None
+        self, requests: Sequence[GenRequest], on_result: ResultFn | None = None
     ) -> list[GenResult]:
         """Run `requests` concurrently; one result per request, in request order."""
         for req in requests:
@@ -96,10 +96,11 @@ class OpenAIEngine:
                     pool.submit(self._run_one, client, req, cancelled): i
                     for i, req in enumerate(requests)
                 }
-                for done, future in enumerate(as_completed(futures), start=1):
-                    results[futures[future]] = future.result()
-                    if progress is not None:
-                        progress(done, total)
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
             except BaseException:
                 cancelled.set()
                 raise
