@@ -7,7 +7,9 @@ with `upstream eval` (its output cache cleared first, so everything is generated
 lm-eval with `lm_eval --model hf ... --apply_chat_template` on Upstream's lm-eval export of
 the same suite, at batch sizes 1 and 16. Prints wall seconds, cases/s, the ratio to
 Upstream, and how many cases got the same output in both. Then 10 cases are added and
-`upstream eval` run again: the cost of that re-run against a full run.
+`upstream eval` run again: the cost of that re-run against a full run, both with
+`upstream eval` in its own process and with the job handed to a running `upstream worker`
+(as when the hub is up), whose model stays loaded between jobs.
 """
 
 from __future__ import annotations
@@ -28,11 +30,43 @@ from sqlalchemy import delete, select
 from benchmarks.prompts import instructions
 from upstream.db.schema import EvalOutput
 from upstream.hub import Hub
+from upstream.jobs import WORKER_BEAT
 from upstream.registry import import_model, materialize, resolve
 from upstream.suites import CaseIn, add_cases, input_hash
 
 MODEL = "smollm2-135m-instruct"
 CHECK = {"type": "max_words", "value": 40}
+
+
+def clear_outputs(hub: Hub, messages: list[list[dict[str, str]]]) -> None:
+    """Forget the cached outputs of these inputs, so that the next run generates them."""
+    with hub.session() as s, s.begin():
+        s.execute(
+            delete(EvalOutput).where(EvalOutput.input_hash.in_([input_hash(m) for m in messages]))
+        )
+
+
+def start_worker(hub: Hub, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`upstream worker` in the background, once it is listed as idle."""
+    queued = hub.jobs.list(state="queued")
+    if queued:
+        raise SystemExit(
+            f"{len(queued)} job(s) are queued in {hub.settings.home}; a worker would run them "
+            "first and skew the timings: use a fresh --home"
+        )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "upstream", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while hub.jobs.idle_worker() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("the worker did not start")
+        time.sleep(WORKER_BEAT / 4)
+    return proc
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -81,14 +115,11 @@ def main() -> None:
         str(args.max_new_tokens),
         "--json",
     ]
+    first_version = [*upstream, "--version", "1"]  # the 100 cases, also once 10 are added
+    alone = {**env, "UPSTREAM_HAND_OVER_JOBS": "false"}  # in its own process
 
-    with hub.session() as s, s.begin():  # a full run: nothing cached for these inputs
-        s.execute(
-            delete(EvalOutput).where(
-                EvalOutput.input_hash.in_([input_hash(c.messages) for c in cases])
-            )
-        )
-    ours = timed(upstream, env)
+    clear_outputs(hub, [c.messages for c in cases])  # a full run: nothing cached
+    ours = timed(first_version, alone)
     with hub.session() as s:
         mine = {
             o.input_hash: o.output
@@ -149,15 +180,25 @@ def main() -> None:
             same += mine.get(key) is not None and mine[key].strip() == resp.strip()
         rows.append((f"lm-eval, batch {bs}", wall, same))
 
-    add_cases(
-        hub,
-        suite,
-        [
-            CaseIn([{"role": "user", "content": f"Name a colour number {i}."}], CHECK, ["bench"])
-            for i in range(10)
-        ],
-    )
-    rerun = timed(upstream, env)
+    added = [
+        CaseIn([{"role": "user", "content": f"Name a colour number {i}."}], CHECK, ["bench"])
+        for i in range(10)
+    ]
+    add_cases(hub, suite, added)
+    clear_outputs(hub, [c.messages for c in added])  # from an earlier run of this script
+    rerun = timed(upstream, alone)
+
+    worker = start_worker(hub, env)
+    try:
+        clear_outputs(hub, [c.messages for c in cases])
+        worker_first = timed(first_version, env)  # the worker loads the model
+        clear_outputs(hub, [c.messages for c in cases])
+        worker_full = timed(first_version, env)
+        clear_outputs(hub, [c.messages for c in added])
+        worker_rerun = timed(upstream, env)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
 
     print(
         f"\n{args.n} generation cases, SmolLM2-135M-Instruct fp32 greedy, "
@@ -167,7 +208,17 @@ def main() -> None:
     print(f"{'Upstream':<22}{ours:>9.1f}{args.n / ours:>9.2f}{1.0:>12.2f}x{'-':>13}")
     for name, wall, same in rows:
         print(f"{name:<22}{wall:>9.1f}{args.n / wall:>9.2f}{wall / ours:>12.2f}x{same:>9}/{args.n}")
-    print(f"\nre-run after adding 10 cases: {rerun:.1f} s = {rerun / ours:.0%} of a full run")
+    print(
+        f"\nre-run after adding 10 cases (only they are generated) against a full run of {args.n}:"
+    )
+    print(f"{'upstream eval':<44}{'full s':>8}{'re-run s':>10}{'share':>8}")
+    for name, full, again in [
+        ("in its own process, no hub running", ours, rerun),
+        ("handed to a running worker, model loaded", worker_full, worker_rerun),
+        ("re-run on the worker; first run alone", ours, worker_rerun),
+    ]:
+        print(f"{name:<44}{full:>8.1f}{again:>10.1f}{again / full:>8.0%}")
+    print(f"(the worker's first full run, loading the model: {worker_first:.1f} s)")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,4 +1,6 @@
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from upstream import jobs as jobs_module
-from upstream.db.schema import Job, utcnow
+from upstream.db.schema import Job, WorkerProcess, utcnow
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
 from upstream.jobs import JobContext, JobFailed, Worker
@@ -154,3 +156,138 @@ def test_upstream_worker_process_runs_queued_jobs(tiny_model_dir: Path, tmp_path
     job = hub.jobs.get(job_id)
     assert job.state == "done", job.error
     assert job.result is not None and job.result["new"] is True
+
+
+def test_a_worker_lists_itself_while_up_and_says_when_it_is_busy(hub: Hub) -> None:
+    worker = Worker(hub, poll=0.02)
+    assert hub.jobs.idle_worker() is None
+    thread = worker.start_thread()
+    try:
+        deadline = time.monotonic() + 10
+        while hub.jobs.idle_worker() != worker.name and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hub.jobs.idle_worker() == worker.name
+        with hub.session() as s, s.begin():  # as while it runs a job
+            s.execute(update(WorkerProcess).values(job_id=99))
+        assert hub.jobs.idle_worker() is None
+    finally:
+        worker.stopping.set()
+        thread.join(timeout=10)
+    with hub.session() as s:  # a worker that stopped is no longer listed
+        assert s.query(WorkerProcess).count() == 0
+
+
+def listed(hub: Hub, name: str, host: str | None = None, age: float = 0.0) -> None:
+    with hub.session() as s, s.begin():
+        s.merge(
+            WorkerProcess(
+                name=name,
+                host=host or socket.gethostname(),
+                heartbeat_at=utcnow() - timedelta(seconds=age),
+            )
+        )
+
+
+def test_only_a_fresh_idle_worker_on_this_host_gets_jobs(hub: Hub) -> None:
+    listed(hub, "elsewhere", host="another-host")  # cannot see this host's files
+    listed(hub, "gone", age=3 * jobs_module.WORKER_BEAT + 1)  # stopped beating
+    assert hub.jobs.idle_worker() is None
+    listed(hub, "here")
+    assert hub.jobs.idle_worker() == "here"
+
+
+def test_a_cli_job_goes_to_the_running_worker(hub: Hub) -> None:
+    worker = Worker(hub, poll=0.02)
+    thread = worker.start_thread()
+    handed: list[tuple[int, str]] = []
+    seen: list[tuple[float, float, str]] = []
+    try:
+        deadline = time.monotonic() + 10
+        while hub.jobs.idle_worker() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result = hub.jobs.run_anywhere(
+            "test.echo", {"x": 1}, lambda *p: seen.append(p), lambda *h: handed.append(h)
+        )
+    finally:
+        worker.stopping.set()
+        thread.join(timeout=10)
+    assert result == {"echo": {"x": 1}}
+    [(job_id, name)] = handed
+    assert name == worker.name and hub.jobs.get(job_id).worker == worker.name
+    assert seen[-1][:2] == (3, 3)  # the bar ends full
+
+
+def test_a_job_nobody_takes_is_run_by_the_cli(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    listed(hub, "hung")  # listed as idle, but never claims anything
+    monkeypatch.setattr(jobs_module, "HAND_OVER_WAIT", 0.2)
+    handed: list[tuple[int, str]] = []
+    result = hub.jobs.run_anywhere("test.echo", {"y": 2}, None, lambda *h: handed.append(h))
+    assert result == {"echo": {"y": 2}}
+    [(job_id, name)] = handed
+    assert name == "hung" and hub.jobs.get(job_id).worker == jobs_module.worker_name()
+
+
+def test_hand_over_can_be_turned_off(tmp_path: Path) -> None:
+    hub = Hub.open(tmp_path / "home", hand_over_jobs=False)
+    listed(hub, "idle")
+    handed: list[tuple[int, str]] = []
+    assert hub.jobs.run_anywhere("test.echo", {}, None, lambda *h: handed.append(h))
+    assert handed == []
+
+
+def test_a_failed_job_on_the_worker_fails_the_cli(hub: Hub) -> None:
+    worker = Worker(hub, poll=0.02)
+    thread = worker.start_thread()
+    try:
+        deadline = time.monotonic() + 10
+        while hub.jobs.idle_worker() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(JobFailed, match="bad argument x"):
+            hub.jobs.run_anywhere("test.echo", {"fail": "user"})
+    finally:
+        worker.stopping.set()
+        thread.join(timeout=10)
+
+
+def test_upstream_eval_hands_its_job_to_a_running_worker_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from upstream.registry import import_model
+    from upstream.suites import CaseIn, add_cases
+
+    home = tmp_path / "home"
+    hub = Hub.open(home)
+    import_model(hub, str(tiny_model_dir), "tiny")
+    check = {"type": "contains", "value": "zzz"}
+    add_cases(
+        hub, "s", [CaseIn([{"role": "user", "content": f"q{i}"}], check, []) for i in range(6)]
+    )
+    env = {**os.environ, "UPSTREAM_HOME": str(home)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "upstream", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while hub.jobs.idle_worker() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hub.jobs.idle_worker() is not None, "the worker did not list itself"
+        command = ["eval", "tiny", "--suite", "s", "--json", "--max-new-tokens", "4"]
+        run = subprocess.run(
+            [sys.executable, "-m", "upstream", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "runs on the hub's worker" in run.stderr
+    result = json.loads(run.stdout)
+    assert result["generated"] == 6 and result["metrics"]["all"]["n"] == 6
+    [job] = [j for j in hub.jobs.list() if j.kind == "evals.run"]
+    assert job.worker.split(":")[1] == str(worker.pid)  # run there, not in the CLI

@@ -13,11 +13,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from upstream.errors import NotFound
+
+if TYPE_CHECKING:  # numpy is imported where it is used: commands that never embed skip it
+    import numpy as np
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 DIM = 384
@@ -82,6 +83,8 @@ SMALL_BATCH = 4  # texts; at or below this, encode on one thread
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Unit-length float32 embeddings of `texts`, one row each: shape (n, 384)."""
+    import numpy as np
+
     if isinstance(texts, str):
         raise TypeError("embed() takes a sequence of strings, not one string")
     if batch_size < 1:
@@ -114,6 +117,8 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 
 def to_bytes(vec: np.ndarray) -> bytes:
     """A vector as little-endian float32 bytes, for a database column."""
+    import numpy as np
+
     arr = np.asarray(vec)
     if arr.ndim != 1:
         raise ValueError(f"to_bytes takes one vector (1-D), not shape {arr.shape}")
@@ -122,6 +127,8 @@ def to_bytes(vec: np.ndarray) -> bytes:
 
 def from_bytes(b: bytes) -> np.ndarray:
     """The float32 vector stored by `to_bytes`."""
+    import numpy as np
+
     if len(b) % 4:
         raise ValueError(f"{len(b)} bytes is not a whole number of float32 values")
     return np.frombuffer(b, dtype="<f4").astype(np.float32)  # (d,), a writable copy
@@ -129,6 +136,8 @@ def from_bytes(b: bytes) -> np.ndarray:
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     """1 - cosine similarity, in [0, 2]; a zero vector is at distance 1 from anything."""
+    import numpy as np
+
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
@@ -143,6 +152,8 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def nearest(query: np.ndarray, matrix: np.ndarray) -> tuple[int, float]:
     """Index and cosine distance of the row of `matrix` closest to `query`."""
+    import numpy as np
+
     q = np.asarray(query, dtype=np.float64)  # (d,)
     m = np.asarray(matrix, dtype=np.float64)  # (n, d)
     if m.ndim != 2 or q.ndim != 1 or m.shape[1] != q.shape[0]:

@@ -6,6 +6,12 @@ in-process worker thread, and `upstream worker` is a separate process. While a j
 runs, a heartbeat is written every few seconds; a running job whose heartbeat went
 stale lost its worker and is claimed again, up to `max_attempts` times. Handlers must
 therefore be safe to re-run (they write content-addressed blobs and idempotent rows).
+
+Workers that are up keep a row in `workers` with a heartbeat and the job they run. A
+CLI command hands its job to an idle worker on the same host when there is one (its
+loaded models stay loaded between jobs, so a small evaluation skips seconds of start-up)
+and follows the job's progress; a job nobody claims within a few seconds, or whose
+worker died, is run by the CLI itself.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 
-from upstream.db.schema import Job, utcnow
+from upstream.db.schema import Job, WorkerProcess, utcnow
 from upstream.errors import NotFound, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
@@ -42,6 +48,9 @@ HANDLERS: dict[str, str] = {
 }
 
 ProgressCallback = Callable[[float, float, str], None]
+WORKER_BEAT = 2.0  # seconds between a worker's heartbeats while it waits for jobs
+HAND_OVER_WAIT = 3.0  # a handed-over job no worker claimed by then is run by the CLI
+FOLLOW_POLL = 0.05  # seconds between looks at a followed job
 
 
 class JobFailed(UpstreamError):
@@ -225,9 +234,71 @@ class JobQueue:
         job = self.claim(worker_name(), job_id=job_id)
         # claim() fails only if another worker took the job within microseconds
         job = self.wait(job_id) if job is None else self.run(job, on_progress)
-        if job.state != "done":
-            raise JobFailed(job.error.splitlines()[0] if job.error else f"job {job_id} failed")
-        return job.result or {}
+        return _outcome(job)
+
+    def idle_worker(self) -> str | None:
+        """The name of an idle worker on this host with a fresh heartbeat, or None."""
+        fresh = utcnow() - timedelta(seconds=3 * WORKER_BEAT)
+        with self.hub.session() as s:
+            return s.scalar(
+                select(WorkerProcess.name)
+                .where(
+                    WorkerProcess.host == socket.gethostname(),
+                    WorkerProcess.job_id.is_(None),
+                    WorkerProcess.heartbeat_at > fresh,
+                )
+                .order_by(WorkerProcess.heartbeat_at.desc())
+                .limit(1)
+            )
+
+    def run_anywhere(
+        self,
+        kind: str,
+        args: dict[str, Any],
+        on_progress: ProgressCallback | None = None,
+        on_hand_over: Callable[[int, str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Hand the job to an idle worker on this host if there is one, else run it here.
+
+        `on_hand_over(job_id, worker)` is called when a worker was chosen. Returns the
+        job's result, or raises JobFailed, wherever it ran.
+        """
+        worker = self.idle_worker() if self.hub.settings.hand_over_jobs else None
+        if worker is None:
+            return self.run_foreground(kind, args, on_progress)
+        # a second attempt lets this process take over if the worker dies mid-job
+        job_id = self.enqueue(kind, args, max_attempts=2)
+        if on_hand_over is not None:
+            on_hand_over(job_id, worker)
+        return self.follow(job_id, on_progress)
+
+    def follow(
+        self,
+        job_id: int,
+        on_progress: ProgressCallback | None = None,
+        take_over_after: float | None = None,
+    ) -> dict[str, Any]:
+        """Wait for a job run elsewhere, passing its progress on; returns its result.
+
+        After `take_over_after` seconds (default HAND_OVER_WAIT), a job still queued
+        (nobody took it) or running with a stale heartbeat (its worker died) is claimed
+        and run here.
+        """
+        patience = HAND_OVER_WAIT if take_over_after is None else take_over_after
+        start = time.monotonic()
+        while True:
+            job = self.get(job_id)
+            if job.state in ("done", "failed"):
+                if on_progress is not None and job.state == "done" and job.progress_total:
+                    on_progress(job.progress_total, job.progress_total, "")
+                return _outcome(job)
+            if time.monotonic() - start > patience:
+                mine = self.claim(worker_name(), job_id=job_id)  # only if runnable
+                if mine is not None:
+                    return _outcome(self.run(mine, on_progress))
+            if on_progress is not None and job.progress_total:
+                on_progress(job.progress, job.progress_total, job.message)
+            time.sleep(FOLLOW_POLL)
 
     def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.2) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -251,30 +322,78 @@ class JobQueue:
 class Worker:
     """Claims and runs jobs until stopped; used in a thread by `up`, alone by `worker`."""
 
-    def __init__(self, hub: Hub, poll: float = 1.0):
+    def __init__(self, hub: Hub, poll: float = 0.1):
+        self.hub = hub
         self.queue = JobQueue(hub)
-        self.poll = poll
+        self.poll = poll  # seconds between looks at the queue while idle: a job's latency
         self.name = worker_name()
         self.stopping = threading.Event()
+        self.listed = False  # in `workers`, where CLIs look for an idle worker
 
     def run_once(self) -> Job | None:
         job = self.queue.claim(self.name)
         if job is None:
             return None
         log.info("worker %s runs job %s (%s)", self.name, job.id, job.kind)
-        return self.queue.run(job)
+        self._beat(job.id)
+        try:
+            return self.queue.run(job)
+        finally:
+            self._beat(None)
 
     def run_forever(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                ran = self.run_once()
-            except Exception:
-                log.exception("worker loop error")
-                ran = None
-            if ran is None:
-                self.stopping.wait(self.poll)
+        """Run jobs until `stopping` is set, keeping this worker's row in `workers`."""
+        self.listed = True
+        self._beat(None)
+        last_beat = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    ran = self.run_once()
+                except Exception:
+                    log.exception("worker loop error")
+                    ran = None
+                if ran is not None or time.monotonic() - last_beat >= WORKER_BEAT:
+                    self._beat(None)
+                    last_beat = time.monotonic()
+                if ran is None:
+                    self.stopping.wait(self.poll)
+        finally:
+            self._leave()
+
+    def _beat(self, job_id: int | None) -> None:
+        """Say this worker is alive, and which job it runs (None: it is idle)."""
+        if not self.listed:  # `worker --once` runs what is queued and is gone
+            return
+        try:
+            with self.hub.session() as s, s.begin():
+                s.merge(
+                    WorkerProcess(
+                        name=self.name,
+                        host=socket.gethostname(),
+                        job_id=job_id,
+                        heartbeat_at=utcnow(),
+                    )
+                )
+        except Exception:  # a busy database must not stop the worker
+            log.exception("worker %s could not record its heartbeat", self.name)
+
+    def _leave(self) -> None:
+        self.listed = False
+        try:
+            with self.hub.session() as s, s.begin():
+                s.execute(delete(WorkerProcess).where(WorkerProcess.name == self.name))
+        except Exception:
+            log.exception("worker %s could not remove its row", self.name)
 
     def start_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.run_forever, name="upstream-worker", daemon=True)
         thread.start()
         return thread
+
+
+def _outcome(job: Job) -> dict[str, Any]:
+    """A finished job's result, or JobFailed with the first line of its error."""
+    if job.state != "done":
+        raise JobFailed(job.error.splitlines()[0] if job.error else f"job {job.id} failed")
+    return job.result or {}

@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from upstream.db import migrate, open_database
+from upstream.db import MIGRATIONS_DIR, head_revision, migrate, open_database
 from upstream.db.schema import Base
 
 
@@ -25,7 +25,27 @@ def test_migrate_is_idempotent_and_recorded(tmp_path: Path) -> None:
     migrate(engine)  # run on every open: must be a no-op the second time
     with engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version is not None
+    assert version == head_revision()
+
+
+def test_head_revision_is_alembics_head() -> None:
+    # migrate() skips Alembic when the database is at head_revision(): both must agree
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == head_revision()
+
+
+def test_an_older_database_is_still_migrated(tmp_path: Path) -> None:
+    engine = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    with engine.begin() as conn:  # as if the newest migration had not run yet
+        conn.execute(text("DROP TABLE workers"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+    migrate(engine)
+    assert "workers" in inspect(engine).get_table_names()
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from upstream import suites as domain
 from upstream.cli.common import (
     AsOption,
     JsonOption,
@@ -16,13 +15,20 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
+    lazy_module,
     open_hub,
     progress_bar,
     run_job,
 )
-from upstream.contributions import resolve_adapters
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.hub import Hub
+
+if TYPE_CHECKING:
+    from upstream import contributions
+    from upstream import suites as domain
+else:
+    contributions = lazy_module("upstream.contributions")
+    domain = lazy_module("upstream.suites")
 
 app = typer.Typer(
     help="Community benchmarks: build, import, show and export suites.", no_args_is_help=True
@@ -197,7 +203,7 @@ def eval_(
         "suite": suite,
         "version": version,
         "split": split,
-        "adapters": [str(a) for a in resolve_adapters(hub, adapter)],
+        "adapters": [str(a) for a in contributions.resolve_adapters(hub, adapter)],
         "max_new_tokens": max_new_tokens,
     }
     result = run_job(hub, "evals.run", args, "evaluating")
@@ -251,7 +257,7 @@ def compare(
             suite,
             version,
             (),
-            resolve_adapters(hub, adapter),
+            contributions.resolve_adapters(hub, adapter),
             max_new_tokens,
             _can_see_heldout(hub, as_user),
             update,

@@ -53,7 +53,13 @@ def _json_dumps(value: Any) -> str:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (run on every open; cheap when current)."""
+    """Bring the schema to the newest migration (run on every open; cheap when current).
+
+    A database already at the newest revision is left alone without importing Alembic
+    (0.1 s of every command's start).
+    """
+    if _current_revision(engine) == head_revision():
+        return
     from alembic import command
     from alembic.config import Config
 
@@ -62,6 +68,21 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def head_revision() -> str:
+    """The newest migration's id: migration files are named NNNN_what.py, ids are NNNN."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
+
+
+def _current_revision(engine: Engine) -> str | None:
+    from sqlalchemy import inspect, text
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

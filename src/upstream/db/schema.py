@@ -127,6 +127,23 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class WorkerProcess(Base):
+    """A worker that is up: `upstream up`'s thread or an `upstream worker` process.
+
+    It beats every few seconds and names the job it runs, so a CLI on the same host can
+    hand a job to an idle worker (whose models may already be loaded) instead of
+    starting its own.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer)  # the job it runs; None when idle
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Report(Base):
     """A structured failure finding against a model revision."""
 
