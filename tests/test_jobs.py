@@ -5,6 +5,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -158,21 +160,30 @@ def test_upstream_worker_process_runs_queued_jobs(tiny_model_dir: Path, tmp_path
     assert job.result is not None and job.result["new"] is True
 
 
-def test_a_worker_lists_itself_while_up_and_says_when_it_is_busy(hub: Hub) -> None:
+@contextmanager
+def running_worker(hub: Hub) -> Iterator[Worker]:
+    """A worker thread, once it is listed as idle; stopped afterwards."""
     worker = Worker(hub, poll=0.02)
-    assert hub.jobs.idle_worker() is None
     thread = worker.start_thread()
     try:
         deadline = time.monotonic() + 10
         while hub.jobs.idle_worker() != worker.name and time.monotonic() < deadline:
             time.sleep(0.02)
         assert hub.jobs.idle_worker() == worker.name
-        with hub.session() as s, s.begin():  # as while it runs a job
-            s.execute(update(WorkerProcess).values(job_id=99))
-        assert hub.jobs.idle_worker() is None
+        yield worker
     finally:
         worker.stopping.set()
         thread.join(timeout=10)
+
+
+def test_a_worker_lists_itself_while_up_and_says_when_it_is_busy(hub: Hub) -> None:
+    assert hub.jobs.idle_worker() is None
+    with running_worker(hub):
+        with hub.session() as s, s.begin():  # as while it runs a job
+            s.execute(update(WorkerProcess).values(job_id=99))
+        assert hub.jobs.idle_worker() is None
+    with hub.session() as s:  # a worker that stopped is no longer listed
+        assert s.query(WorkerProcess).count() == 0
     with hub.session() as s:  # a worker that stopped is no longer listed
         assert s.query(WorkerProcess).count() == 0
 
@@ -197,20 +208,12 @@ def test_only_a_fresh_idle_worker_on_this_host_gets_jobs(hub: Hub) -> None:
 
 
 def test_a_cli_job_goes_to_the_running_worker(hub: Hub) -> None:
-    worker = Worker(hub, poll=0.02)
-    thread = worker.start_thread()
     handed: list[tuple[int, str]] = []
     seen: list[tuple[float, float, str]] = []
-    try:
-        deadline = time.monotonic() + 10
-        while hub.jobs.idle_worker() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with running_worker(hub) as worker:
         result = hub.jobs.run_anywhere(
             "test.echo", {"x": 1}, lambda *p: seen.append(p), lambda *h: handed.append(h)
         )
-    finally:
-        worker.stopping.set()
-        thread.join(timeout=10)
     assert result == {"echo": {"x": 1}}
     [(job_id, name)] = handed
     assert name == worker.name and hub.jobs.get(job_id).worker == worker.name
@@ -236,17 +239,8 @@ def test_hand_over_can_be_turned_off(tmp_path: Path) -> None:
 
 
 def test_a_failed_job_on_the_worker_fails_the_cli(hub: Hub) -> None:
-    worker = Worker(hub, poll=0.02)
-    thread = worker.start_thread()
-    try:
-        deadline = time.monotonic() + 10
-        while hub.jobs.idle_worker() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with pytest.raises(JobFailed, match="bad argument x"):
-            hub.jobs.run_anywhere("test.echo", {"fail": "user"})
-    finally:
-        worker.stopping.set()
-        thread.join(timeout=10)
+    with running_worker(hub), pytest.raises(JobFailed, match="bad argument x"):
+        hub.jobs.run_anywhere("test.echo", {"fail": "user"})
 
 
 def test_upstream_eval_hands_its_job_to_a_running_worker_process(
