@@ -280,7 +280,7 @@ def test_upstream_eval_hands_its_job_to_a_running_worker_process(
         worker.terminate()
         worker.wait(timeout=30)
     assert run.returncode == 0, run.stderr
-    assert "runs on the hub's worker" in run.stderr
+    assert f"runs on the worker already running here (pid {worker.pid}" in run.stderr
     result = json.loads(run.stdout)
     assert result["generated"] == 6 and result["metrics"]["all"]["n"] == 6
     [job] = [j for j in hub.jobs.list() if j.kind == "evals.run"]

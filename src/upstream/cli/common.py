@@ -89,7 +89,11 @@ def run_job(hub: Hub, kind: str, args: dict[str, Any], description: str) -> dict
 
     def note(job_id: int, worker: str) -> None:
         handed.append(job_id)
-        err_console.print(f"[dim]job {job_id} runs on the hub's worker {worker}[/]")
+        host, pid = [*worker.split(":"), "?", "?"][:2]
+        err_console.print(
+            f"[dim]job {job_id} runs on the worker already running here (pid {pid} on {host}), "
+            "where models stay loaded; UPSTREAM_HAND_OVER_JOBS=false runs it in this process[/]"
+        )
 
     with progress_bar(description) as update:
         try:
