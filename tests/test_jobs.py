@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from upstream import __version__
 from upstream import jobs as jobs_module
 from upstream.db.schema import Job, WorkerProcess, utcnow
 from upstream.errors import InvalidInput
@@ -176,24 +177,44 @@ def running_worker(hub: Hub) -> Iterator[Worker]:
         thread.join(timeout=10)
 
 
-def test_a_worker_lists_itself_while_up_and_says_when_it_is_busy(hub: Hub) -> None:
+seen_while_running: list[tuple[str | None, int | None]] = []
+
+
+def peek_job(ctx: JobContext) -> dict[str, Any]:
+    """A test handler: what the workers table says while it runs."""
+    with ctx.hub.session() as s:
+        busy = s.scalar(select(WorkerProcess.job_id))
+    seen_while_running.append((ctx.hub.jobs.idle_worker(), busy))
+    return {}
+
+
+def test_a_worker_lists_itself_while_up_and_says_when_it_is_busy(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(jobs_module.HANDLERS, "test.peek", "tests.test_jobs:peek_job")
+    seen_while_running.clear()
     assert hub.jobs.idle_worker() is None
-    with running_worker(hub):
-        with hub.session() as s, s.begin():  # as while it runs a job
-            s.execute(update(WorkerProcess).values(job_id=99))
-        assert hub.jobs.idle_worker() is None
-    with hub.session() as s:  # a worker that stopped is no longer listed
-        assert s.query(WorkerProcess).count() == 0
+    with running_worker(hub) as worker:
+        job_id = hub.jobs.enqueue("test.peek", {})
+        assert hub.jobs.wait(job_id, timeout=10).state == "done"
+        assert seen_while_running == [(None, job_id)]  # busy with that job, so not idle
+        deadline = time.monotonic() + 10
+        while hub.jobs.idle_worker() != worker.name and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hub.jobs.idle_worker() == worker.name  # idle again
     with hub.session() as s:  # a worker that stopped is no longer listed
         assert s.query(WorkerProcess).count() == 0
 
 
-def listed(hub: Hub, name: str, host: str | None = None, age: float = 0.0) -> None:
+def listed(
+    hub: Hub, name: str, host: str | None = None, age: float = 0.0, version: str = __version__
+) -> None:
     with hub.session() as s, s.begin():
         s.merge(
             WorkerProcess(
                 name=name,
                 host=host or socket.gethostname(),
+                version=version,
                 heartbeat_at=utcnow() - timedelta(seconds=age),
             )
         )
@@ -202,6 +223,7 @@ def listed(hub: Hub, name: str, host: str | None = None, age: float = 0.0) -> No
 def test_only_a_fresh_idle_worker_on_this_host_gets_jobs(hub: Hub) -> None:
     listed(hub, "elsewhere", host="another-host")  # cannot see this host's files
     listed(hub, "gone", age=3 * jobs_module.WORKER_BEAT + 1)  # stopped beating
+    listed(hub, "older", version="0.0.1")  # other code: its jobs could mean other things
     assert hub.jobs.idle_worker() is None
     listed(hub, "here")
     assert hub.jobs.idle_worker() == "here"
@@ -224,10 +246,30 @@ def test_a_job_nobody_takes_is_run_by_the_cli(hub: Hub, monkeypatch: pytest.Monk
     listed(hub, "hung")  # listed as idle, but never claims anything
     monkeypatch.setattr(jobs_module, "HAND_OVER_WAIT", 0.2)
     handed: list[tuple[int, str]] = []
-    result = hub.jobs.run_anywhere("test.echo", {"y": 2}, None, lambda *h: handed.append(h))
+    taken_back: list[int] = []
+    result = hub.jobs.run_anywhere(
+        "test.echo", {"y": 2}, None, lambda *h: handed.append(h), taken_back.append
+    )
     assert result == {"echo": {"y": 2}}
     [(job_id, name)] = handed
+    assert taken_back == [job_id]
     assert name == "hung" and hub.jobs.get(job_id).worker == jobs_module.worker_name()
+
+
+def test_a_job_for_one_worker_is_not_taken_by_another(hub: Hub) -> None:
+    job_id = hub.jobs.enqueue("test.echo", {}, for_worker="chosen")
+    assert hub.jobs.claim("someone-else") is None
+    taken = hub.jobs.claim("chosen")
+    assert taken is not None and taken.id == job_id
+    other = hub.jobs.enqueue("test.echo", {}, for_worker="chosen")
+    by_id = hub.jobs.claim("the-cli", job_id=other)  # taking it back by its id
+    assert by_id is not None and by_id.worker == "the-cli"
+
+
+def test_a_crash_on_the_worker_is_not_run_again(hub: Hub) -> None:
+    with running_worker(hub), pytest.raises(JobFailed, match="boom"):
+        hub.jobs.run_anywhere("test.echo", {"fail": "crash"})
+    assert calls == [{"fail": "crash"}]  # once, as when the CLI runs it itself
 
 
 def test_hand_over_can_be_turned_off(tmp_path: Path) -> None:

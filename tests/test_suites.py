@@ -284,3 +284,52 @@ def test_concurrent_additions_to_one_suite_both_land(tiny_hub: Hub) -> None:
     assert sorted(r["version"] for r in results) == [1, 2]
     with tiny_hub.session() as s:
         assert len(suites.get_version(s, "race").case_ids) == 10
+
+
+def test_a_case_the_engine_refuses_leaves_the_others_in_one_batch(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream.engines.hf import HFEngine
+
+    too_long = suites.CaseIn([{"role": "user", "content": "x" * 40_000}], NEVER, ["t"])
+    suites.add_cases(tiny_hub, "s", [*cases(5, NEVER), too_long], "tiny")
+    real = HFEngine.generate
+    batches: list[int] = []
+
+    def counting(self: HFEngine, requests: list, on_result=None):  # type: ignore[no-untyped-def]
+        batches.append(len(requests))
+        return real(self, requests, on_result)
+
+    monkeypatch.setattr(HFEngine, "generate", counting)
+    result = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    assert batches == [5]  # the five good cases together, not one by one
+    assert result["generated"] == 6 and result["metrics"]["all"]["errors"] == 1
+    with tiny_hub.session() as s:
+        [bad] = s.query(EvalOutput).filter(EvalOutput.error != "").all()
+    assert "InvalidInput" in bad.error and "40000" in bad.error
+
+
+def test_a_failure_to_store_outputs_fails_the_run_not_a_case(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream import evals
+    from upstream.engines.hf import HFEngine
+
+    suites.add_cases(tiny_hub, "s", cases(6, NEVER), "tiny")
+    monkeypatch.setattr(evals, "STORE_EVERY", 2)
+
+    def locked(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("database is locked")
+
+    real = HFEngine.generate
+    batches: list[int] = []
+
+    def counting(self: HFEngine, requests: list, on_result=None):  # type: ignore[no-untyped-def]
+        batches.append(len(requests))
+        return real(self, requests, on_result)
+
+    monkeypatch.setattr(HFEngine, "generate", counting)
+    monkeypatch.setattr(evals, "_store_outputs", locked)
+    with pytest.raises(RuntimeError, match="database is locked"):
+        run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    assert batches == [6]  # not taken for a bad case and retried one by one

@@ -236,27 +236,53 @@ def _generate(
                 completion_tokens=tokens,
             )
         )
-        if len(pending) >= STORE_EVERY:
-            _store_outputs(hub, pending)
-            pending.clear()
-        if progress:
-            progress(len(finished), len(cases), "generating")
+        try:
+            if len(pending) >= STORE_EVERY:
+                _store_outputs(hub, pending)
+                pending.clear()
+            if progress:
+                progress(len(finished), len(cases), "generating")
+        except Exception as e:  # the run's own failure (a database error), not a case's
+            raise _NotRecorded(e) from e
 
-    # All at once, so the engine keeps its batch full; outputs are stored as they finish.
+    # A case the engine refuses (too long, a template error) is its own error at once, so
+    # that every other case still goes to the engine in one call and keeps its batch full.
+    ready: list[int] = []
+    for i, r in enumerate(requests):
+        try:
+            engine.check(r)
+        except Exception as e:
+            record(i, "", f"{type(e).__name__}: {e}", 0)
+        else:
+            ready.append(i)
     try:
-        engine.generate(requests, lambda i, o: record(i, o.text, "", o.completion_tokens))
-    except Exception:  # one bad case (input, template, ...): the rest one by one to find it
-        for i, r in enumerate(requests):
+        engine.generate(
+            [requests[i] for i in ready],
+            lambda k, o: record(ready[k], o.text, "", o.completion_tokens),
+        )
+    except _NotRecorded as e:
+        raise e.error from None
+    except Exception:  # a case failed while generating: the rest one by one to find it
+        for i in ready:
             if i in finished:
                 continue
             try:
-                o = engine.generate([r])[0]
-                record(i, o.text, "", o.completion_tokens)
+                o = engine.generate([requests[i]])[0]
             except Exception as e:  # recorded as this case's error; the run goes on
                 record(i, "", f"{type(e).__name__}: {e}", 0)
+            else:
+                record(i, o.text, "", o.completion_tokens)
     if pending:
         _store_outputs(hub, pending)
     return len(finished)
+
+
+class _NotRecorded(Exception):
+    """Storing an output failed: the run stops with the cause (no case is to blame)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _store_outputs(hub: Hub, rows: list[EvalOutput]) -> None:

@@ -7,11 +7,11 @@ runs, a heartbeat is written every few seconds; a running job whose heartbeat we
 stale lost its worker and is claimed again, up to `max_attempts` times. Handlers must
 therefore be safe to re-run (they write content-addressed blobs and idempotent rows).
 
-Workers that are up keep a row in `workers` with a heartbeat and the job they run. A
-CLI command hands its job to an idle worker on the same host when there is one (its
-loaded models stay loaded between jobs, so a small evaluation skips seconds of start-up)
-and follows the job's progress; a job nobody claims within a few seconds, or whose
-worker died, is run by the CLI itself.
+Workers that are up keep a row in `workers` with a heartbeat and the job they run.
+`run_anywhere` queues a job for an idle worker of the same version on the same host when
+there is one (its loaded models stay loaded between jobs, so a small evaluation skips
+seconds of start-up) and follows the job's progress; a job that worker has not taken
+within a few seconds is taken back and run by the caller.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select, update
 
+from upstream import __version__
 from upstream.db.schema import Job, WorkerProcess, utcnow
 from upstream.errors import NotFound, Unavailable, UpstreamError
 
@@ -123,11 +124,14 @@ class JobQueue:
     def __init__(self, hub: Hub):
         self.hub = hub
 
-    def enqueue(self, kind: str, args: dict[str, Any], max_attempts: int = 3) -> int:
+    def enqueue(
+        self, kind: str, args: dict[str, Any], max_attempts: int = 3, for_worker: str = ""
+    ) -> int:
+        """Queue a job; with `for_worker`, only that worker (or a claim by id) may take it."""
         if kind not in HANDLERS:
             raise UpstreamError(f"unknown job kind {kind!r}; known: {', '.join(sorted(HANDLERS))}")
         with self.hub.session() as s, s.begin():
-            job = Job(kind=kind, args=args, max_attempts=max_attempts)
+            job = Job(kind=kind, args=args, max_attempts=max_attempts, for_worker=for_worker)
             s.add(job)
             s.flush()
             return job.id
@@ -149,7 +153,8 @@ class JobQueue:
     def claim(self, worker: str, job_id: int | None = None) -> Job | None:
         """Take one runnable job (queued, or running with a stale heartbeat), or None.
 
-        The claim is a compare-and-set UPDATE, so two workers never run the same job.
+        The claim is a compare-and-set UPDATE, so two workers never run the same job. A
+        job queued for one worker is taken only by that worker, or by a claim of its id.
         """
         cutoff = utcnow() - timedelta(seconds=self.hub.settings.job_stale_after)
         runnable = or_(
@@ -160,6 +165,8 @@ class JobQueue:
             q = select(Job.id, Job.attempts, Job.max_attempts).where(runnable).order_by(Job.id)
             if job_id is not None:
                 q = q.where(Job.id == job_id)
+            else:
+                q = q.where(or_(Job.for_worker == "", Job.for_worker == worker))
             candidates = list(s.execute(q.limit(20)))
         for cid, attempts, max_attempts in candidates:
             with self.hub.session() as s, s.begin():
@@ -237,13 +244,14 @@ class JobQueue:
         return _outcome(job)
 
     def idle_worker(self) -> str | None:
-        """The name of an idle worker on this host with a fresh heartbeat, or None."""
+        """An idle worker of this version on this host with a fresh heartbeat, or None."""
         fresh = utcnow() - timedelta(seconds=3 * WORKER_BEAT)
         with self.hub.session() as s:
             return s.scalar(
                 select(WorkerProcess.name)
                 .where(
                     WorkerProcess.host == socket.gethostname(),
+                    WorkerProcess.version == __version__,
                     WorkerProcess.job_id.is_(None),
                     WorkerProcess.heartbeat_at > fresh,
                 )
@@ -257,34 +265,37 @@ class JobQueue:
         args: dict[str, Any],
         on_progress: ProgressCallback | None = None,
         on_hand_over: Callable[[int, str], None] | None = None,
+        on_take_back: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Hand the job to an idle worker on this host if there is one, else run it here.
 
-        `on_hand_over(job_id, worker)` is called when a worker was chosen. Returns the
-        job's result, or raises JobFailed, wherever it ran.
+        `on_hand_over(job_id, worker)` is called when a worker was chosen, and
+        `on_take_back(job_id)` if it did not take the job in time and it runs here after
+        all. Returns the job's result, or raises JobFailed, wherever it ran. A handed-over
+        job is tried once, like a job run here: a crash is not run a second time.
         """
         worker = self.idle_worker() if self.hub.settings.hand_over_jobs else None
         if worker is None:
             return self.run_foreground(kind, args, on_progress)
-        # a second attempt lets this process take over if the worker dies mid-job
-        job_id = self.enqueue(kind, args, max_attempts=2)
+        job_id = self.enqueue(kind, args, max_attempts=1, for_worker=worker)
         if on_hand_over is not None:
             on_hand_over(job_id, worker)
-        return self.follow(job_id, on_progress)
+        return self.follow(job_id, on_progress, on_take_back)
 
     def follow(
         self,
         job_id: int,
         on_progress: ProgressCallback | None = None,
-        take_over_after: float | None = None,
+        on_take_back: Callable[[int], None] | None = None,
+        take_back_after: float | None = None,
     ) -> dict[str, Any]:
         """Wait for a job run elsewhere, passing its progress on; returns its result.
 
-        After `take_over_after` seconds (default HAND_OVER_WAIT), a job still queued
-        (nobody took it) or running with a stale heartbeat (its worker died) is claimed
-        and run here.
+        A job still queued after `take_back_after` seconds (default HAND_OVER_WAIT) is
+        claimed and run here. One whose worker died fails once its heartbeat is
+        `job_stale_after` old (or is run again, if it has attempts left).
         """
-        patience = HAND_OVER_WAIT if take_over_after is None else take_over_after
+        patience = HAND_OVER_WAIT if take_back_after is None else take_back_after
         start = time.monotonic()
         while True:
             job = self.get(job_id)
@@ -295,6 +306,8 @@ class JobQueue:
             if time.monotonic() - start > patience:
                 mine = self.claim(worker_name(), job_id=job_id)  # only if runnable
                 if mine is not None:
+                    if on_take_back is not None:
+                        on_take_back(job_id)
                     return _outcome(self.run(mine, on_progress))
             if on_progress is not None and job.progress_total:
                 on_progress(job.progress, job.progress_total, job.message)
@@ -344,6 +357,7 @@ class Worker:
     def run_forever(self) -> None:
         """Run jobs until `stopping` is set, keeping this worker's row in `workers`."""
         self.listed = True
+        self._forget_the_dead()
         self._beat(None)
         last_beat = time.monotonic()
         try:
@@ -371,12 +385,22 @@ class Worker:
                     WorkerProcess(
                         name=self.name,
                         host=socket.gethostname(),
+                        version=__version__,
                         job_id=job_id,
                         heartbeat_at=utcnow(),
                     )
                 )
         except Exception:  # a busy database must not stop the worker
             log.exception("worker %s could not record its heartbeat", self.name)
+
+    def _forget_the_dead(self) -> None:
+        """Remove the rows of workers that were killed without leaving."""
+        gone = utcnow() - timedelta(seconds=self.hub.settings.job_stale_after)
+        try:
+            with self.hub.session() as s, s.begin():
+                s.execute(delete(WorkerProcess).where(WorkerProcess.heartbeat_at < gone))
+        except Exception:
+            log.exception("worker %s could not clean up the workers table", self.name)
 
     def _leave(self) -> None:
         self.listed = False

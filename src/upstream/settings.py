@@ -10,7 +10,7 @@ Precedence, highest first: environment variables, the config file, defaults.
 | host, port       | UPSTREAM_HOST/PORT         | 127.0.0.1, 8321                 |
 | model_cache_size | UPSTREAM_MODEL_CACHE_SIZE  | 2 (loaded models kept in memory)|
 | job_stale_after  | UPSTREAM_JOB_STALE_AFTER   | 60 (seconds without heartbeat)  |
-| hand_over_jobs   | UPSTREAM_HAND_OVER_JOBS    | true (CLI jobs go to an idle local worker) |
+| hand_over_jobs   | UPSTREAM_HAND_OVER_JOBS    | true (`eval` uses an idle local worker) |
 | maintainers      | UPSTREAM_MAINTAINERS       | the OS user who runs the hub    |
 | duplicate_distance | UPSTREAM_DUPLICATE_DISTANCE | 0.2 (cosine distance)        |
 | check_max_new_tokens | UPSTREAM_CHECK_MAX_NEW_TOKENS | 128 (a contribution's checks) |
@@ -49,9 +49,9 @@ class Settings:
     job_stale_after: float = 60.0  # seconds
     # How often a running job's heartbeat is refreshed while it works.
     job_heartbeat_every: float = 10.0  # seconds
-    # A CLI command's job (an evaluation, a check...) goes to an idle worker on this host
-    # when one is up (`upstream up`, `upstream worker`), whose models may be loaded
-    # already; false runs every job in the CLI's own process.
+    # `upstream eval` hands its job to an idle worker on this host when one is up
+    # (`upstream up`, `upstream worker`), whose models may be loaded already; false runs
+    # it in the CLI's own process.
     hand_over_jobs: bool = True
     # The longest prompt (in characters) a generation request may carry.
     max_prompt_chars: int = MAX_PROMPT_CHARS

@@ -41,9 +41,15 @@ def test_head_revision_is_alembics_head() -> None:
 def test_an_older_database_is_still_migrated(tmp_path: Path) -> None:
     engine = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
-    with engine.begin() as conn:  # as if the newest migration had not run yet
-        conn.execute(text("DROP TABLE workers"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:  # back to before the newest migration
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0006")
+    assert "workers" not in inspect(engine).get_table_names()
     migrate(engine)
     assert "workers" in inspect(engine).get_table_names()
 

@@ -65,8 +65,11 @@ def _exit(code: str | int | None) -> None:
     after every command that generated (docs/benchmarks.md). Everything the command
     wrote is committed by then; the exit handlers still run and the streams are flushed.
     """
-    if "torch" not in sys.modules:
-        sys.exit(code)
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if "torch" not in sys.modules or any(not t.daemon for t in others):
+        sys.exit(code)  # nothing slow to skip, or a thread whose end must be waited for
     import atexit
     import os
 
@@ -74,6 +77,9 @@ def _exit(code: str | int | None) -> None:
     if isinstance(code, str):
         print(code, file=sys.stderr)
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that went away, a closed stream
+            status = status or 1
     os._exit(status)

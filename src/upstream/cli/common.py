@@ -29,26 +29,6 @@ err_console = Console(stderr=True)
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
 
 
-def lazy_module(name: str) -> Any:
-    """Module `name`, loaded on first use: each command pays only for the modules it uses.
-
-    Importing every domain module took a third of the CLI's 0.45 s start, which matters
-    when a command's work is a short job handed to a running worker.
-    """
-    import importlib.util
-
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no module {name}")
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def open_hub(create: bool = False) -> Hub:
     return Hub.open(create=create)
 
@@ -78,12 +58,16 @@ def progress_bar(description: str) -> Iterator[Callable[[float, float, str], Non
         yield update
 
 
-def run_job(hub: Hub, kind: str, args: dict[str, Any], description: str) -> dict[str, Any]:
+def run_job(
+    hub: Hub, kind: str, args: dict[str, Any], description: str, hand_over: bool = False
+) -> dict[str, Any]:
     """Run a job with a progress bar; returns the job's result.
 
-    An idle worker on this host (`upstream up`, `upstream worker`) gets the job, its
-    loaded models ready; otherwise it runs in this process. Ctrl-C while a worker runs
-    it leaves the job running there.
+    With `hand_over`, an idle worker on this host (`upstream up`, `upstream worker`) of
+    this version gets the job, its loaded models ready; otherwise, or if it does not take
+    the job within a few seconds, the job runs in this process. Ctrl-C while a worker
+    runs it leaves it running there. Only jobs whose arguments mean the same in any
+    process on this host (absolute paths, names) may be handed over.
     """
     handed: list[int] = []
 
@@ -95,9 +79,15 @@ def run_job(hub: Hub, kind: str, args: dict[str, Any], description: str) -> dict
             "where models stay loaded; UPSTREAM_HAND_OVER_JOBS=false runs it in this process[/]"
         )
 
+    def taken_back(job_id: int) -> None:
+        handed.clear()
+        err_console.print(f"[dim]no worker took job {job_id}: running it in this process[/]")
+
     with progress_bar(description) as update:
+        if not hand_over:
+            return hub.jobs.run_foreground(kind, args, update)
         try:
-            return hub.jobs.run_anywhere(kind, args, update, note)
+            return hub.jobs.run_anywhere(kind, args, update, note, taken_back)
         except KeyboardInterrupt:
             if handed:
                 err_console.print(

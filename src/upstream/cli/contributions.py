@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from upstream import contributions as domain
 from upstream.cli.common import (
     AsOption,
     JsonOption,
@@ -17,18 +18,12 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
-    lazy_module,
     number_list,
     open_hub,
     progress_bar,
 )
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
-
-if TYPE_CHECKING:
-    from upstream import contributions as domain
-else:
-    domain = lazy_module("upstream.contributions")
 
 app = typer.Typer(
     help="Model pull requests: list, show their checks, push, approve, reject.",

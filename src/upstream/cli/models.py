@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
+from upstream import registry
 from upstream.cli.common import (
     JsonOption,
     console,
@@ -15,15 +15,9 @@ from upstream.cli.common import (
     err_console,
     human_count,
     human_size,
-    lazy_module,
     open_hub,
     run_job,
 )
-
-if TYPE_CHECKING:
-    from upstream import registry
-else:
-    registry = lazy_module("upstream.registry")
 
 app = typer.Typer(help="Import, list and show models and their revisions.", no_args_is_help=True)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from upstream import releases as domain
 from upstream.cli.common import (
     AsOption,
     JsonOption,
@@ -16,16 +17,10 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
-    lazy_module,
     number_list,
     open_hub,
     progress_bar,
 )
-
-if TYPE_CHECKING:
-    from upstream import releases as domain
-else:
-    domain = lazy_module("upstream.releases")
 
 
 def release(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
+from upstream import reports as domain
 from upstream.cli.common import (
     AsOption,
     JsonOption,
@@ -16,17 +17,11 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
-    lazy_module,
     open_hub,
     run_job,
 )
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
-
-if TYPE_CHECKING:
-    from upstream import reports as domain
-else:
-    domain = lazy_module("upstream.reports")
 
 app = typer.Typer(help="File failure reports, find them, and triage them.", no_args_is_help=True)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
+from upstream import suites as domain
 from upstream.cli.common import (
     AsOption,
     JsonOption,
@@ -15,20 +16,13 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
-    lazy_module,
     open_hub,
     progress_bar,
     run_job,
 )
+from upstream.contributions import resolve_adapters
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.hub import Hub
-
-if TYPE_CHECKING:
-    from upstream import contributions
-    from upstream import suites as domain
-else:
-    contributions = lazy_module("upstream.contributions")
-    domain = lazy_module("upstream.suites")
 
 app = typer.Typer(
     help="Community benchmarks: build, import, show and export suites.", no_args_is_help=True
@@ -203,10 +197,11 @@ def eval_(
         "suite": suite,
         "version": version,
         "split": split,
-        "adapters": [str(a) for a in contributions.resolve_adapters(hub, adapter)],
+        # absolute: the job may run in a worker started from another directory
+        "adapters": [str(Path(a).absolute()) for a in resolve_adapters(hub, adapter)],
         "max_new_tokens": max_new_tokens,
     }
-    result = run_job(hub, "evals.run", args, "evaluating")
+    result = run_job(hub, "evals.run", args, "evaluating", hand_over=True)
     if json_out:
         emit_json(result)
         return
@@ -257,7 +252,7 @@ def compare(
             suite,
             version,
             (),
-            contributions.resolve_adapters(hub, adapter),
+            resolve_adapters(hub, adapter),
             max_new_tokens,
             _can_see_heldout(hub, as_user),
             update,

@@ -72,7 +72,8 @@ def migrate(engine: Engine) -> None:
 
 def head_revision() -> str:
     """The newest migration's id: migration files are named NNNN_what.py, ids are NNNN."""
-    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
+    files = (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py")
+    return max((p.name.split("_", 1)[0] for p in files), default="")
 
 
 def _current_revision(engine: Engine) -> str | None:

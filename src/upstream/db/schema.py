@@ -119,6 +119,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str] = mapped_column(String(100), default="")
+    # a job handed by a CLI to one worker: only that worker (or a claim by id) takes it
+    for_worker: Mapped[str] = mapped_column(String(100), default="", server_default="")
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str] = mapped_column(Text, default="")
@@ -139,6 +141,7 @@ class WorkerProcess(Base):
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[str] = mapped_column(String(40))  # Upstream's; jobs go to the same only
     job_id: Mapped[int | None] = mapped_column(Integer)  # the job it runs; None when idle
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -154,6 +154,11 @@ class HFEngine:
     ) -> HFEngine:
         return cls(load_model(hub, revision, adapters), batch_size, hub.settings.max_prompt_chars)
 
+    def check(self, request: GenRequest) -> None:
+        """Raise what `generate` would raise for this request alone (limits, template)."""
+        request.validate(self.max_prompt_chars)
+        self.encode(request)
+
     def encode(self, request: GenRequest) -> list[int]:
         """Prompt token ids: the chat template applied, ready for the assistant's turn."""
         tok = self.loaded.tokenizer

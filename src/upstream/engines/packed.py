@@ -13,7 +13,10 @@ the differences MKL itself shows between a product of 1 row and of 64. Greedy ou
 were the same as `generate`'s on 100 of 100 SmolLM2 prompts.
 
 `pack_linears(model)` swaps every `nn.Linear` of an inference model for a `PackedLinear`;
-it is for generation only (no gradients), after any adapter has been merged.
+it is for generation only, after any adapter has been merged: packed weights have no
+gradients and cannot be copied or saved, so a packed model must never be trained,
+merged or exported (the engine's loaded models are used for generation alone). A tied
+output layer gets its own packed copy beside the embedding (113 MB for SmolLM2).
 """
 
 from __future__ import annotations
