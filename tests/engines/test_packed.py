@@ -55,3 +55,17 @@ def test_pack_linears_leaves_other_dtypes_alone() -> None:
     assert pack_linears(model) == 1
     assert type(model[0]) is PackedLinear
     assert type(model[1]) is nn.Linear
+
+
+def test_the_weights_file_is_not_kept_mapped_beside_the_packed_copy(tmp_path: Path) -> None:
+    import gc
+
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs Linux /proc to see the process's mappings")
+    model_dir = build_model(tmp_path, "llama")
+    loaded = load_from_dir(model_dir)
+    gc.collect()
+    weights = str((model_dir / "model.safetensors").resolve())
+    assert weights not in maps.read_text()
+    assert loaded.model is not None

@@ -17,6 +17,10 @@ it is for generation only, after any adapter has been merged: packed weights hav
 gradients and cannot be copied or saved, so a packed model must never be trained,
 merged or exported (the engine's loaded models are used for generation alone). A tied
 output layer gets its own packed copy beside the embedding (113 MB for SmolLM2).
+
+Memory: the packed weights are the process's own memory, where the float32 weights were
+pages of the memory-mapped safetensors file. A loaded SmolLM2 takes about 1.0 GB of
+resident memory in all instead of 0.5 GB.
 """
 
 from __future__ import annotations
@@ -67,8 +71,10 @@ def pack_linears(model: Any) -> int:
     """
     if not available():
         return 0
+    # (parent, name) only: holding the layers themselves would keep every float32 weight
+    # alive until the last one is packed, twice the model's memory at the peak
     swaps = [
-        (parent, name, child)
+        (parent, name)
         for parent in model.modules()
         for name, child in parent.named_children()
         if type(child) is nn.Linear
@@ -76,6 +82,12 @@ def pack_linears(model: Any) -> int:
         and child.weight.dtype == torch.float32
     ]
     with torch.inference_mode():
-        for parent, name, child in swaps:
-            setattr(parent, name, PackedLinear(child))
+        for parent, name in swaps:
+            setattr(parent, name, PackedLinear(getattr(parent, name)))
+    if swaps:
+        # The tensors left (embedding, norms) may be views of the memory-mapped weights
+        # file, which would then stay mapped whole beside the packed copy: own them.
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                tensor.data = tensor.data.clone()
     return len(swaps)
