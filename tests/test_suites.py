@@ -286,13 +286,10 @@ def test_concurrent_additions_to_one_suite_both_land(tiny_hub: Hub) -> None:
         assert len(suites.get_version(s, "race").case_ids) == 10
 
 
-def test_a_case_the_engine_refuses_leaves_the_others_in_one_batch(
-    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_engine_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many requests each `HFEngine.generate` call gets, from now on."""
     from upstream.engines.hf import HFEngine
 
-    too_long = suites.CaseIn([{"role": "user", "content": "x" * 40_000}], NEVER, ["t"])
-    suites.add_cases(tiny_hub, "s", [*cases(5, NEVER), too_long], "tiny")
     real = HFEngine.generate
     batches: list[int] = []
 
@@ -301,6 +298,15 @@ def test_a_case_the_engine_refuses_leaves_the_others_in_one_batch(
         return real(self, requests, on_result)
 
     monkeypatch.setattr(HFEngine, "generate", counting)
+    return batches
+
+
+def test_a_case_the_engine_refuses_leaves_the_others_in_one_batch(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    too_long = suites.CaseIn([{"role": "user", "content": "x" * 40_000}], NEVER, ["t"])
+    suites.add_cases(tiny_hub, "s", [*cases(5, NEVER), too_long], "tiny")
+    batches = count_engine_calls(monkeypatch)
     result = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
     assert batches == [5]  # the five good cases together, not one by one
     assert result["generated"] == 6 and result["metrics"]["all"]["errors"] == 1
@@ -313,7 +319,6 @@ def test_a_failure_to_store_outputs_fails_the_run_not_a_case(
     tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from upstream import evals
-    from upstream.engines.hf import HFEngine
 
     suites.add_cases(tiny_hub, "s", cases(6, NEVER), "tiny")
     monkeypatch.setattr(evals, "STORE_EVERY", 2)
@@ -321,14 +326,7 @@ def test_a_failure_to_store_outputs_fails_the_run_not_a_case(
     def locked(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("database is locked")
 
-    real = HFEngine.generate
-    batches: list[int] = []
-
-    def counting(self: HFEngine, requests: list, on_result=None):  # type: ignore[no-untyped-def]
-        batches.append(len(requests))
-        return real(self, requests, on_result)
-
-    monkeypatch.setattr(HFEngine, "generate", counting)
+    batches = count_engine_calls(monkeypatch)
     monkeypatch.setattr(evals, "_store_outputs", locked)
     with pytest.raises(RuntimeError, match="database is locked"):
         run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
