@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from upstream.db import rows_of_model
 from upstream.db.schema import (
     Contribution,
     ContributionEvent,
@@ -380,11 +381,7 @@ def _check_open(c: Contribution, what: str) -> None:
 def _check_fixes(session: Session, revision: Revision, fixes: list[int]) -> list[int]:
     """The claimed reports: they exist, are of this model, and have a check to score."""
     wanted = sorted(set(fixes))
-    reports = {r.id: r for r in session.scalars(select(Report).where(Report.id.in_(wanted)))}
-    missing = [i for i in wanted if i not in reports]
-    if missing:
-        raise NotFound(f"--fixes: no report {', '.join(map(str, missing))}")
-    other = [i for i in wanted if reports[i].model_id != revision.model_id]
+    reports, other = rows_of_model(session, Report, wanted, revision.model_id, "--fixes: no report")
     if other:
         names = ", ".join(f"{i} ({reports[i].model.name})" for i in other)
         raise InvalidInput(

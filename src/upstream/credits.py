@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from upstream.db import rows_of_model
 from upstream.db.schema import (
     Contribution,
     ContributionEvent,
@@ -289,11 +290,9 @@ def _credited_elsewhere(session: Session, release_id: int) -> set[tuple[str, str
 
 def _reports(session: Session, release: Release, ids: Sequence[int]) -> list[Report]:
     wanted = sorted(set(ids))
-    found = {r.id: r for r in session.scalars(select(Report).where(Report.id.in_(wanted)))}
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise NotFound(f"fixed reports: no report {', '.join(map(str, missing))}")
-    other = [i for i in wanted if found[i].model_id != release.model_id]
+    found, other = rows_of_model(
+        session, Report, wanted, release.model_id, "fixed reports: no report"
+    )
     if other:
         raise InvalidInput(
             f"fixed reports: report(s) {', '.join(map(str, other))} are of another model "
@@ -304,13 +303,9 @@ def _reports(session: Session, release: Release, ids: Sequence[int]) -> list[Rep
 
 def _contributions(session: Session, release: Release, ids: Sequence[int]) -> list[Contribution]:
     wanted = list(dict.fromkeys(ids))  # release order, no repeats
-    found = {
-        c.id: c for c in session.scalars(select(Contribution).where(Contribution.id.in_(wanted)))
-    }
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise NotFound(f"merged contributions: no contribution {', '.join(map(str, missing))}")
-    other = [i for i in wanted if found[i].model_id != release.model_id]
+    found, other = rows_of_model(
+        session, Contribution, wanted, release.model_id, "merged contributions: no contribution"
+    )
     if other:
         raise InvalidInput(
             f"merged contributions: contribution(s) {', '.join(map(str, other))} are of "

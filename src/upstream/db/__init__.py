@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from upstream.errors import InvalidInput
+from upstream.errors import InvalidInput, NotFound
+
+Row = TypeVar("Row")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -68,6 +71,20 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def rows_of_model(
+    session: Session, entity: type[Row], ids: Sequence[int], model_id: int, what: str
+) -> tuple[dict[int, Row], list[int]]:
+    """The rows of `entity` (reports, contributions) with these ids, and the ids among
+    them that belong to another model than `model_id`, for the caller to refuse in its
+    own words. An id with no row is NotFound, named with `what` ("--fixes: no report")."""
+    table: Any = entity
+    rows = {r.id: r for r in session.scalars(select(table).where(table.id.in_(list(ids))))}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise NotFound(f"{what} {', '.join(map(str, missing))}")
+    return rows, [i for i in ids if rows[i].model_id != model_id]
 
 
 def head_revision() -> str:
