@@ -287,15 +287,13 @@ class JobQueue:
         job_id: int,
         on_progress: ProgressCallback | None = None,
         on_take_back: Callable[[int], None] | None = None,
-        take_back_after: float | None = None,
     ) -> dict[str, Any]:
         """Wait for a job run elsewhere, passing its progress on; returns its result.
 
-        A job still queued after `take_back_after` seconds (default HAND_OVER_WAIT) is
-        claimed and run here. One whose worker died fails once its heartbeat is
-        `job_stale_after` old (or is run again, if it has attempts left).
+        A job still queued after HAND_OVER_WAIT seconds is claimed and run here. One whose
+        worker died fails once its heartbeat is `job_stale_after` old (or is run again,
+        if it has attempts left).
         """
-        patience = HAND_OVER_WAIT if take_back_after is None else take_back_after
         start = time.monotonic()
         while True:
             job = self.get(job_id)
@@ -303,7 +301,7 @@ class JobQueue:
                 if on_progress is not None and job.state == "done" and job.progress_total:
                     on_progress(job.progress_total, job.progress_total, "")
                 return _outcome(job)
-            if time.monotonic() - start > patience:
+            if time.monotonic() - start > HAND_OVER_WAIT:
                 mine = self.claim(worker_name(), job_id=job_id)  # only if runnable
                 if mine is not None:
                     if on_take_back is not None:
