@@ -1,6 +1,6 @@
 import pytest
 
-from upstream.checks import parse_check
+from upstream.checks import lenient, parse_check
 from upstream.errors import InvalidInput
 
 PROSE = (
@@ -186,3 +186,81 @@ def test_repetition_is_explained() -> None:
     assert parse_check({"type": "min_words", "value": 5}).score("Paris.").explanation == (
         "1 word(s), at least 5 needed"
     )
+
+
+# ---------------------------------------------------------------- lenient parts
+
+EIGHT = {"type": "exact", "value": "8"}
+
+
+@pytest.mark.parametrize(
+    "spec, output, stated",
+    [
+        # the base that knows the answer in the wrong form
+        (EIGHT, "A spider has eight legs (8) because it is an arachnid.", True),
+        (EIGHT, "8", True),
+        (EIGHT, "6", False),
+        (EIGHT, "It has 18 legs.", False),  # a whole word: not inside 18
+        (EIGHT, "About 3.8 legs.", False),  # nor inside a decimal
+        (EIGHT, "8.5 legs", False),
+        ({"type": "exact", "value": "no"}, "I know the answer", False),
+        ({"type": "exact", "value": "no"}, "No, it is not.", True),
+        ({"type": "exact", "value": "New York"}, "It is in new  york, mostly.", True),
+        ({"type": "exact", "value": "York"}, "Yorkshire", False),
+        ({"type": "one_of", "values": ["yes", "true"]}, "That is true.", True),
+        ({"type": "one_of", "values": ["yes", "true"]}, "untrue", False),
+        ({"type": "number", "value": 8}, "A spider has eight legs.", True),
+        ({"type": "number", "value": 8}, "It has 6 legs, or 8 in all.", True),  # any number
+        ({"type": "number", "value": 8}, "It has eighteen legs.", False),
+        ({"type": "number", "value": 20}, "Twenty.", True),
+        ({"type": "number", "value": 3.1, "tolerance": 0.05}, "pi is about 3.14", True),
+        ({"type": "number", "value": 8}, "no number here", False),
+        ({"type": "contains", "values": ["Paris"]}, "the capital is Paris", True),
+        ({"type": "contains", "values": ["a", "zz"], "mode": "all"}, "a b", False),
+        (
+            {"type": "all_of", "checks": [EIGHT, {"type": "max_words", "value": 1}]},
+            "It has 8 legs.",
+            True,  # only the answer-bearing child counts
+        ),
+        (
+            {"type": "all_of", "checks": [EIGHT, {"type": "contains", "values": ["legs"]}]},
+            "It has 8 arms.",
+            False,
+        ),
+        (
+            {"type": "any_of", "checks": [EIGHT, {"type": "exact", "value": "eight"}]},
+            "eight of them",
+            True,
+        ),
+    ],
+)
+def test_lenient_finds_the_stated_answer(spec: dict, output: str, stated: bool) -> None:
+    part = lenient(spec)
+    assert part is not None
+    assert part.score(output).passed is stated, part.score(output).explanation
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "not", "check": EIGHT},
+        {"type": "not_contains", "values": ["x"]},
+        {"type": "max_words", "value": 3},
+        {"type": "min_words", "value": 3},
+        {"type": "regex", "pattern": "8"},
+        {"type": "json"},
+        {"type": "similar", "value": "eight"},
+        {"type": "not_repetitive"},
+        {"type": "all_of", "checks": [{"type": "max_words", "value": 3}, {"type": "json"}]},
+        {"type": "any_of", "checks": [{"type": "not", "check": EIGHT}]},
+    ],
+)
+def test_checks_of_form_state_no_answer(spec: dict) -> None:
+    assert lenient(spec) is None
+
+
+def test_lenient_is_the_strict_check_for_contains_and_refuses_bad_specs() -> None:
+    spec = {"type": "contains", "values": ["Paris"]}
+    assert lenient(spec) == parse_check(spec)
+    with pytest.raises(InvalidInput, match="unknown check type"):
+        lenient({"type": "fuzzy"})

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from upstream import settings as settings_module
 from upstream.errors import InvalidInput
-from upstream.settings import Settings
+from upstream.settings import Policy, Settings, policy_for
 
 
 def test_defaults_live_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,3 +36,23 @@ def test_unknown_or_bad_settings_are_named(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("port = 'many'\n")
     with pytest.raises(InvalidInput, match="port='many'"):
         Settings.load(tmp_path)
+
+
+def test_policy_margin_from_env_config_and_per_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "| policy_margin    | UPSTREAM_POLICY_MARGIN " in str(settings_module.__doc__)
+    assert Settings.load(tmp_path).policy_margin == 0.10
+    (tmp_path / "config.toml").write_text(
+        "policy_margin = 0.2\n[policy.m]\nmargin = 0.05\n[policy.wide]\nmargin = 1\n"
+    )
+    s = Settings.load(tmp_path)
+    assert policy_for(s, "other") == Policy(1, 0.05, 0.05, 0.2)
+    assert policy_for(s, "m").margin == 0.05
+    with pytest.raises(InvalidInput, match="0 < margin < 1"):
+        policy_for(s, "wide")
+    monkeypatch.setenv("UPSTREAM_POLICY_MARGIN", "0.15")  # env beats the file
+    assert policy_for(Settings.load(tmp_path), "other").margin == 0.15
+    monkeypatch.setenv("UPSTREAM_POLICY_MARGIN", "0")
+    with pytest.raises(InvalidInput, match="margin"):
+        policy_for(Settings.load(tmp_path), "other")

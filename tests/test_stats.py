@@ -6,10 +6,14 @@ from scipy.stats import binomtest
 
 from upstream.errors import InvalidInput
 from upstream.stats import (
+    Z95,
+    agresti_min,
     compare,
+    harm_bound,
     mcnemar_exact,
     minimum_detectable_effect,
     paired_difference,
+    resolvable_breaks,
     wilson,
 )
 
@@ -149,3 +153,86 @@ def test_compare_with_no_shared_cases() -> None:
     result = compare({"a": True}, {"b": False})
     assert (result.n, result.fixed, result.broken) == (0, [], [])
     assert (result.p_value, result.mde) == (1.0, 1.0)
+
+
+# ---------------------------------------------------------------- non-inferiority
+
+
+def broke(k: int, n: int) -> tuple[list[bool], list[bool]]:
+    """A candidate that breaks k of n cases the base passed and fixes none."""
+    return [True] * k + [False] * (n - k), [False] * n
+
+
+def test_agresti_min_adds_half_a_case_to_each_cell() -> None:
+    # 1 broken of 48: n* = 50, p_f = 0.5/50, p_b = 1.5/50, d* = -0.02,
+    # Var = (0.04 - 0.0004) / 50
+    low, high = agresti_min(0, 1, 48)
+    half = Z95 * math.sqrt((0.04 - 0.0004) / 50)
+    assert (low, high) == (pytest.approx(-0.02 - half), pytest.approx(-0.02 + half))
+    # nothing changed: centred on 0 and still as wide as the suite is small
+    assert agresti_min(0, 0, 24) == (pytest.approx(-Z95 / 26), pytest.approx(Z95 / 26))
+    with pytest.raises(InvalidInput, match="fixed \\+ broken ≤ n"):
+        agresti_min(3, 3, 5)
+
+
+@pytest.mark.parametrize(
+    "broken, n, expected",
+    [
+        (0, 24, -0.0754),  # Agresti–Min: the Wald SE is 0 here
+        (1, 24, -0.1440),
+        (2, 24, -0.2041),
+        (4, 24, -0.3190),  # the Wald interval is the lower one here
+        (0, 48, -0.0392),
+        (1, 48, -0.0752),
+        (2, 48, -0.1070),
+        (4, 48, -0.1648),
+    ],
+)
+def test_harm_bound_is_the_lower_of_two_intervals(broken: int, n: int, expected: float) -> None:
+    base, cand = broke(broken, n)
+    bound = harm_bound(base, cand)
+    assert bound == pytest.approx(expected, abs=1e-4)
+    assert bound == min(paired_difference(base, cand).low, agresti_min(0, broken, n)[0])
+
+
+def test_harm_bound_widens_when_broken_cases_share_a_report() -> None:
+    # 4 broken of 48, as 4 variants of one report or as 4 reports of their own
+    base, cand = broke(4, 48)
+    apart = harm_bound(base, cand, [f"r{i}" for i in range(48)])
+    together = harm_bound(base, cand, ["r0"] * 4 + [f"r{i}" for i in range(4, 48)])
+    assert together < apart == pytest.approx(-0.1648, abs=1e-4)
+    assert together == pytest.approx(
+        paired_difference(base, cand, ["r0"] * 4 + [f"r{i}" for i in range(4, 48)]).low
+    )
+
+
+def test_resolvable_breaks_at_a_ten_point_margin() -> None:
+    assert resolvable_breaks(24, 0.10) == 0  # one broken case of 24 already fails
+    assert resolvable_breaks(48, 0.10) == 1  # one passes, two fail
+    assert resolvable_breaks(12, 0.10) == -1  # even an unchanged candidate's bound is −15 %
+    assert resolvable_breaks(48, 0.20) > resolvable_breaks(48, 0.10)
+    # a large suite: the McNemar rule stops it before the margin does (6 one-way: p 0.03)
+    assert resolvable_breaks(2000, 0.10) > 100
+    assert resolvable_breaks(2000, 0.10, regression_p=0.05) == 5
+    with pytest.raises(InvalidInput, match="margin=1"):
+        resolvable_breaks(24, 1)
+
+
+def test_compare_counts_what_the_base_knew_in_the_harm_pairing() -> None:
+    base = {f"c{i}": i < 2 for i in range(48)}  # passes c0, c1
+    cand = {f"c{i}": i == 1 for i in range(48)}  # breaks c0
+    knew = {"c2": True, "c3": True, "c4": False}  # the base stated c2's and c3's answers
+    plain = compare(base, cand)
+    counted = compare(base, cand, base_knew=knew)
+    assert counted.broken == plain.broken == ["c0"]  # strict figures stay strict
+    assert counted.p_value == plain.p_value
+    assert (plain.harm.broken, counted.harm.broken) == (1, 3)
+    assert plain.harm.low == pytest.approx(-0.0752, abs=1e-4)
+    assert counted.harm.low < -0.10
+    assert json.loads(json.dumps(counted.as_dict()))["harm"]["broken"] == 3
+    # the candidate still states c2's answer (in the same wrong form): only c3 is lost
+    assert compare(base, cand, base_knew=knew, cand_knew={"c2": True}).harm.broken == 2
+    # an unchanged candidate changes nothing, and a wrong-form answer is never a fix
+    same = compare(base, base, base_knew=knew, cand_knew=knew)
+    assert (same.harm.broken, same.harm.fixed) == (0, 0)
+    assert compare(cand, cand, cand_knew={"c4": True}).harm.fixed == 0

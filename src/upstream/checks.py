@@ -18,6 +18,11 @@ Checks of form rather than content catch a model that has lost its general behav
 `max_words` and `min_words` count words (runs of letters and digits, with inner
 apostrophes and hyphens: "don't" and "well-known" are one word each), and
 `not_repetitive` fails an output that loops (see `NotRepetitive`).
+
+`lenient(spec)` is the answer-bearing part of a check, scored leniently: does the output
+state the expected answer anywhere? The CI uses it to see knowledge the base had and a
+candidate lost (a base that answers "A spider has eight legs (8)..." fails `exact "8"`
+but knows the answer; a candidate that answers "6" has lost it).
 """
 
 from __future__ import annotations
@@ -290,6 +295,83 @@ class Not(Combinator):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         inner = self.children[0].score(output, embed)
         return Outcome(not inner.passed, 1.0 - inner.score, f"not ({inner.explanation})")
+
+
+# ---------------------------------------------------------------- lenient parts
+
+# Numbers a model often writes out: "A spider has eight legs" states 8.
+SPELLED_NUMBERS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+)
+NUMBER_WORDS = {w: i for i, w in enumerate(SPELLED_NUMBERS.split())}
+NUMBER_WORD_RE = re.compile(r"\b(" + "|".join(NUMBER_WORDS) + r")\b", re.IGNORECASE)
+
+
+def _phrase_re(phrase: str) -> re.Pattern[str]:
+    """`phrase` as a whole word or phrase: "8" is not in "18" or "3.8", "no" not in "know"."""
+    before = r"(?<!\w)" + (r"(?<!\d[.,])" if phrase[:1].isdigit() else "")
+    after = r"(?!\w)" + (r"(?![.,]\d)" if phrase[-1:].isdigit() else "")
+    return re.compile(before + re.escape(phrase) + after)
+
+
+class States(Check):
+    """Lenient `exact` / `one_of`: a value occurs in the output as a whole word or phrase."""
+
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        values = self.spec["values"] if "values" in self.spec else [self.spec["value"]]
+        got = self.norm(output)
+        hit = next(
+            (v for v in values if self.norm(v) and _phrase_re(self.norm(v)).search(got)), None
+        )
+        return _verdict(
+            hit is not None, f"states {hit!r}" if hit is not None else f"states none of {values!r}"
+        )
+
+
+class StatesNumber(Check):
+    """Lenient `number`: any number in the output (digits or zero..twenty) is the value."""
+
+    def score(self, output: str, embed: Embedder | None = None) -> Outcome:
+        want = float(self.spec["value"])
+        tol = float(self.spec.get("tolerance", 0.0))
+        numbers = [float(n.replace(",", "")) for n in NUMBER_RE.findall(output)]
+        numbers += [float(NUMBER_WORDS[w.lower()]) for w in NUMBER_WORD_RE.findall(output)]
+        hit = next((x for x in numbers if math.isclose(x, want, abs_tol=tol) or x == want), None)
+        return _verdict(
+            hit is not None,
+            f"states {hit:g}"
+            if hit is not None
+            else f"states no number within {tol:g} of {want:g}",
+        )
+
+
+def lenient(spec: Any) -> Check | None:
+    """The answer-bearing part of a check, scored leniently; None when it expects no answer.
+
+    exact and one_of: a value occurs as a whole word or phrase (normalised as the check
+    says); number: any number in the output, digits or a word from zero to twenty, within
+    the tolerance; contains: itself; all_of / any_of: all / any of the children that have a
+    lenient part. Checks of form or of absence (not, not_contains, max_words, min_words,
+    regex, json, similar, not_repetitive) state no answer.
+    """
+    return _lenient(parse_check(spec))
+
+
+def _lenient(check: Check) -> Check | None:
+    # A lenient check keeps the spec it was derived from: it reads the same values.
+    if isinstance(check, Exact | OneOf):
+        return States(check.spec, check.norm)
+    if isinstance(check, Number):
+        return StatesNumber(check.spec, check.norm)
+    if isinstance(check, Contains):
+        return check
+    if isinstance(check, AllOf | AnyOf):
+        parts = tuple(p for p in map(_lenient, check.children) if p is not None)
+        if not parts:
+            return None
+        return type(check)(check.spec, check.norm, parts)
+    return None
 
 
 # type -> (class, required fields with their types, optional fields with their types)

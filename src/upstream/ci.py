@@ -9,8 +9,11 @@ For one push of a contribution, as a job (`contributions.check`):
    (public and held-out splits), and the model's guard suite of ordinary instructions;
    the base's outputs are cached, so they are generated once per revision;
 4. compare them per suite: fixed and broken cases, paired difference and interval,
-   exact McNemar p;
-5. judge the comparisons by the model's merge policy (`Policy`) and list every reason.
+   exact McNemar p, and knowledge kept and lost (`comparisons.knowledge`);
+5. judge the comparisons by the model's merge policy (`Policy`) and list every reason:
+   no suite may regress significantly (McNemar), and none may lose more than the margin
+   of pass rate (non-inferiority: the lower 95 % bound of the change, lost knowledge
+   counted as broken, stays above −margin; `stats.harm_bound`).
 
 The stored report keeps held-out case ids; `checks_view` hides them (and their prompts)
 from everyone but maintainers, who see counts and rates only otherwise.
@@ -22,7 +25,6 @@ import copy
 import dataclasses
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,59 +41,15 @@ from upstream.contributions import (
 from upstream.db.schema import Case, ContributionPush, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
 from upstream.evals import Progress
+from upstream.settings import Policy, policy_for
+from upstream.stats import resolvable_breaks
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
     from upstream.jobs import JobContext
-    from upstream.settings import Settings
 
 log = logging.getLogger(__name__)
 ACTOR = "ci"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """When a contribution passes (defaults in settings, per-model overrides allowed)."""
-
-    min_fixed: int  # claimed cases (or, with no claim, suite cases) it must fix
-    regression_p: float  # a suite with broken > fixed at McNemar p below this fails it
-    heldout_margin: float  # held-out pass rate may fall at most this far below the base's
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def policy_for(settings: Settings, model: str) -> Policy:
-    """The merge policy of `model`: the hub's policy_* settings, then [policy.MODEL]."""
-    values: dict[str, Any] = {
-        "min_fixed": settings.policy_min_fixed,
-        "regression_p": settings.policy_regression_p,
-        "heldout_margin": settings.policy_heldout_margin,
-    }
-    overrides = settings.policy.get(model, {})
-    if not isinstance(overrides, dict):
-        raise InvalidInput(f"[policy.{model}] in config.toml must be a table")
-    unknown = sorted(set(overrides) - set(values))
-    if unknown:
-        raise InvalidInput(
-            f"[policy.{model}]: unknown key(s) {', '.join(unknown)}; allowed: "
-            f"{', '.join(sorted(values))}"
-        )
-    values.update(overrides)
-    try:
-        policy = Policy(
-            min_fixed=int(values["min_fixed"]),
-            regression_p=float(values["regression_p"]),
-            heldout_margin=float(values["heldout_margin"]),
-        )
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"merge policy of {model}: {e}") from e
-    if policy.min_fixed < 0 or not 0 < policy.regression_p < 1 or policy.heldout_margin < 0:
-        raise InvalidInput(
-            f"merge policy of {model}: min_fixed ≥ 0, 0 < regression_p < 1 and "
-            f"heldout_margin ≥ 0 are allowed; got {policy.as_dict()}"
-        )
-    return policy
 
 
 def run_checks_job(ctx: JobContext) -> dict[str, Any]:
@@ -181,23 +139,12 @@ def judge(policy: Policy, results: list[dict[str, Any]]) -> tuple[bool, list[str
             f"(at least {policy.min_fixed} needed)"
         )
     passed = ok
+    # Reasons are public: they name no held-out case, and a case held out in any suite is
+    # held out in all (a case id names the same input everywhere).
+    hidden = {i for r in results for i in r.get("heldout_ids", [])}
     for r in results:
-        d = r["splits"]["all"]
-        broken, fixed_here, p = d["broken_count"], d["fixed_count"], d["p_value"]
-        regressed = broken > fixed_here and p < policy.regression_p
-        passed &= not regressed
-        line = (
-            f"{'✗' if regressed else '✓'} {r['suite']}: {fixed_here} fixed, {broken} broken, "
-            f"pass rate {d['base_rate']:.0%} → {d['cand_rate']:.0%} (McNemar p {p:.3g})"
-        )
-        if regressed:
-            line += f": a significant regression (p < {policy.regression_p})"
-            hidden = set(r.get("heldout_ids", []))  # reasons are public: no held-out prompt
-            names = [
-                r["cases"][i]["prompt"] for i in d["broken"] if i in r["cases"] and i not in hidden
-            ]
-            if names:
-                line += "; broken: " + "; ".join(f"“{_short(t)}”" for t in names[:8])
+        suite_ok, line = _suite_reason(policy, r, hidden)
+        passed &= suite_ok
         reasons.append(line)
         held = r["splits"].get("heldout")
         if held:
@@ -212,6 +159,47 @@ def judge(policy: Policy, results: list[dict[str, Any]]) -> tuple[bool, list[str
     return passed, reasons
 
 
+def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[bool, str]:
+    """One suite under the regression and non-inferiority rules: (passed, its reason)."""
+    d = r["splits"]["all"]
+    broken, fixed, p = d["broken_count"], d["fixed_count"], d["p_value"]
+    harm, lost = d["harm"], d["knowledge"]["lost_count"]
+    regressed = broken > fixed and p < policy.regression_p
+    # A candidate that breaks nothing (lost knowledge included) has lost nothing here: a
+    # suite too small to resolve the margin would otherwise refuse an unchanged candidate.
+    inferior = harm["broken"] > 0 and harm["low"] < -policy.margin - 1e-12
+    n = d["n"]
+    k = resolvable_breaks(n, policy.margin, policy.regression_p)  # -1: not even none
+    line = (
+        f"{'✗' if regressed or inferior else '✓'} {r['suite']}: {fixed} fixed, {broken} "
+        f"broken, knowledge lost on {lost}"
+        + (f" (counted as broken: {harm['broken']} in all)" if harm["broken"] != broken else "")
+        + f"; pass rate {d['base_rate']:.0%} → {d['cand_rate']:.0%} (McNemar p {p:.3g})"
+    )
+    if regressed:
+        line += f": a significant regression (p < {policy.regression_p})"
+    line += f"; change ≥ {harm['low']:+.1%} (95 % bound), "
+    if inferior:
+        line += f"below the -{policy.margin:.0%} margin"
+    elif harm["broken"] == 0:
+        line += "nothing broken"
+    else:
+        line += f"within the -{policy.margin:.0%} margin"
+    cases = f"{n} case{'' if n == 1 else 's'}"
+    line += (
+        f"; with {cases} this suite lets through at most {k} broken"
+        if k >= 0
+        else f"; with {cases} this suite cannot resolve a {policy.margin:.0%} margin, "
+        "so it lets through no broken case"
+    )
+    if regressed or inferior:
+        shown = [*d["broken"], *(i for i in d["knowledge"]["lost"] if i not in d["broken"])]
+        names = [r["cases"][i]["prompt"] for i in shown if i in r["cases"] and i not in hidden]
+        if names:
+            line += "; broken: " + "; ".join(f"“{_short(t)}”" for t in names[:8])
+    return not (regressed or inferior), line
+
+
 def checks_view(report: dict[str, Any], can_see_heldout: bool) -> dict[str, Any]:
     """The check report as a viewer may see it: held-out cases as counts only."""
     if can_see_heldout:
@@ -224,6 +212,8 @@ def checks_view(report: dict[str, Any], can_see_heldout: bool) -> dict[str, Any]
         for d in r["splits"].values():
             d["fixed"] = [i for i in d["fixed"] if i not in hidden]
             d["broken"] = [i for i in d["broken"] if i not in hidden]
+            if "knowledge" in d:  # reports stored before issue 11 have none
+                d["knowledge"]["lost"] = [i for i in d["knowledge"]["lost"] if i not in hidden]
         r["cases"] = {i: v for i, v in r["cases"].items() if i not in hidden}
         r["heldout_hidden"] = bool(r.get("heldout_ids"))
         r["heldout_ids"] = []
@@ -329,9 +319,8 @@ def compare_on(
         progress=lambda done, total, message: say(done, total, f"{suite}: {message}"),
     )
     splits = result["splits"]
-    heldout = splits.get("heldout", {})
-    heldout_ids = sorted(set(heldout.get("fixed", [])) | set(heldout.get("broken", [])))
-    changed = {i for d in splits.values() for key in ("fixed", "broken") for i in d[key]}
+    heldout_ids = sorted(_named(splits["heldout"])) if "heldout" in splits else []
+    changed = {i for d in splits.values() for i in _named(d)}
     with hub.session() as s:
         cases = {
             c.id: {"prompt": prompt_text(c.messages), "report": c.report_id}
@@ -348,6 +337,11 @@ def compare_on(
         "heldout_ids": heldout_ids,
         "cases": cases,
     }
+
+
+def _named(split: dict[str, Any]) -> set[str]:
+    """The case ids a split of a comparison names: fixed, broken and knowledge lost."""
+    return {*split["fixed"], *split["broken"], *split["knowledge"]["lost"]}
 
 
 def _push(session: Any, contribution_id: int, number: int) -> ContributionPush:

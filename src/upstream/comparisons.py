@@ -5,6 +5,14 @@ outputs are reused), then reports the cases fixed (fail→pass) and broken (pass
 id, the paired difference of pass rates with its standard error clustered by source
 report, its 95 % interval, the exact McNemar p-value, and the minimum detectable effect
 of the suite. Held-out case ids are shown to maintainers only; others see counts.
+
+It also reports **knowledge**: on the cases whose check has an answer-bearing part
+(`checks.lenient`), whether the base stated the right answer somewhere (even in the wrong
+form) and whether the candidate still passes. A fine-tune that teaches an answer's form
+can lose what the model knew: the base's "A spider has eight legs (8)" fails `exact "8"`
+yet knows it; a candidate answering "6" passes the form and has lost the fact. Knowledge
+lost counts as broken in `harm`, the pairing the merge policy's non-inferiority rule
+reads (`stats.Harm`); fixed, broken and McNemar's p stay strict.
 """
 
 from __future__ import annotations
@@ -15,9 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from upstream import stats
+from upstream.checks import Check, lenient
 from upstream.db.schema import Case, EvalResult, EvalRun, Revision, Suite, SuiteVersion
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
-from upstream.evals import Progress, run_eval
+from upstream.errors import InvalidInput
+from upstream.evals import Progress, _cached, run_eval, settings_of
+from upstream.settings import Policy, policy_for
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -36,17 +48,21 @@ def compare(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate both subjects on the suite (cached where possible) and compare them."""
-    from upstream import stats
-
     base = run_eval(hub, base_ref, suite, version, "all", base_adapters, max_new_tokens, progress)
     cand = run_eval(
         hub, cand_ref, suite, base["version"], "all", cand_adapters, max_new_tokens, progress
     )
+    policy = policy_for(hub.settings, base["model"])
+    _, settings_hash = settings_of(max_new_tokens)  # the settings both runs generated with
     with hub.session() as s:
         base_rows = _results(s, base["run"])
         cand_rows = _results(s, cand["run"])
         case_ids = list(base_rows)
         cases = {c.id: c for c in s.scalars(select(Case).where(Case.id.in_(case_ids)))}
+        parts = {cid: _lenient_part(c) for cid, c in cases.items()}
+        asked = [cases[cid] for cid, part in parts.items() if part is not None]
+        base_knew = _states(s, asked, parts, base["subject_hash"], settings_hash)
+        cand_knew = _states(s, asked, parts, cand["subject_hash"], settings_hash)
     split = {cid: r.split for cid, r in base_rows.items()}
     clusters = {cid: f"report:{c.report_id}" for cid, c in cases.items() if c.report_id}
     out: dict[str, Any] = {
@@ -60,21 +76,97 @@ def compare(
         ids = [cid for cid in case_ids if name == "all" or split[cid] == name]
         if not ids:
             continue
-        result = stats.compare(
-            {i: base_rows[i].passed for i in ids}, {i: cand_rows[i].passed for i in ids}, clusters
+        d = compare_split(
+            {i: base_rows[i].passed for i in ids},
+            {i: cand_rows[i].passed for i in ids},
+            clusters,
+            base_knew,
+            cand_knew,
+            policy,
         )
-        d = result.as_dict()
         if not can_see_heldout:  # held-out ids stay hidden: counts only
             hidden = {i for i in ids if split[i] == "heldout"}
             for key in ("fixed", "broken"):
-                d[f"{key}_count"] = len(d[key])
                 d[key] = [i for i in d[key] if i not in hidden]
-        else:
-            d["fixed_count"], d["broken_count"] = len(d["fixed"]), len(d["broken"])
-        # say when the suite cannot tell: the observed change is below what it can detect
-        d["underpowered"] = abs(d["paired"]["diff"]) < d["mde"]
+            d["knowledge"]["lost"] = [i for i in d["knowledge"]["lost"] if i not in hidden]
         out["splits"][name] = d
     return out
+
+
+def compare_split(
+    base_passed: dict[str, bool],
+    cand_passed: dict[str, bool],
+    clusters: dict[str, str],
+    base_knew: dict[str, bool],
+    cand_knew: dict[str, bool],
+    policy: Policy,
+) -> dict[str, Any]:
+    """One split compared, as plain data: `stats.compare`, `knowledge` and `harm`.
+
+    `*_passed`: case id → the strict check passed; `*_knew`: case id → the output states
+    the answer (`checks.lenient`), for the cases whose check has an answer-bearing part.
+    """
+    ids = list(base_passed)
+    result = stats.compare(base_passed, cand_passed, clusters, base_knew, cand_knew)
+    d = result.as_dict()
+    d["fixed_count"], d["broken_count"] = len(result.fixed), len(result.broken)
+    # say when the suite cannot tell: the observed change is below what it can detect
+    d["underpowered"] = abs(result.paired.diff) < result.mde
+    d["knowledge"] = knowledge(ids, cand_passed, base_knew, cand_knew)
+    d["harm"]["margin"] = policy.margin
+    d["harm"]["resolvable"] = stats.resolvable_breaks(result.n, policy.margin, policy.regression_p)
+    return d
+
+
+def knowledge(
+    ids: Sequence[str],
+    cand_passed: dict[str, bool],
+    base_knew: dict[str, bool],
+    cand_knew: dict[str, bool],
+) -> dict[str, Any]:
+    """Knowledge kept and lost on the cases whose check states an answer (`*_knew` keys).
+
+    knew: the base stated the answer (`checks.lenient`), in whatever form; of those, kept:
+    the candidate passes the check or still states the answer, lost: it does neither;
+    learned: the base did not state it and the candidate passes; neither: no subject
+    states it. A candidate identical to the base keeps everything it knew.
+    """
+    asked = [i for i in ids if i in base_knew]
+    knew = [i for i in asked if base_knew[i]]
+    lost = sorted(i for i in knew if not cand_passed[i] and not cand_knew[i])
+    return {
+        "n": len(asked),
+        "knew": len(knew),
+        "kept": len(knew) - len(lost),
+        "lost": lost,
+        "lost_count": len(lost),
+        "learned": sum(1 for i in asked if not base_knew[i] and cand_passed[i]),
+        "neither": sum(1 for i in asked if not base_knew[i] and not cand_knew[i]),
+    }
+
+
+def _lenient_part(case: Case) -> Check | None:
+    try:
+        return lenient(case.expected)
+    except InvalidInput:  # a check damaged after the fact is the run's error, scored there
+        return None
+
+
+def _states(
+    session: Any,
+    cases: Sequence[Case],
+    parts: dict[str, Check | None],
+    subject_hash: str,
+    settings_hash: str,
+) -> dict[str, bool]:
+    """Case id → the subject's cached output states the expected answer (leniently)."""
+    outputs = _cached(session, [c.input_hash for c in cases], subject_hash, settings_hash)
+    found: dict[str, bool] = {}
+    for c in cases:
+        out, part = outputs.get(c.input_hash), parts[c.id]
+        assert part is not None
+        found[c.id] = bool(out and not out.error and part.score(out.output).passed)
+    return found
 
 
 def _results(session: Any, run_id: int) -> dict[str, EvalResult]:
@@ -105,7 +197,18 @@ def detectable_note(d: dict[str, Any]) -> str:
             f"; the observed {d['paired']['diff']:+.1%} is smaller than that, so this "
             "suite is too small to tell whether the candidate differs"
         )
-    return note + ". McNemar's p counts a report's variants as independent cases."
+    note += ". McNemar's p counts a report's variants as independent cases."
+    harm = d.get("harm")
+    if harm and "resolvable" in harm:
+        k, margin = harm["resolvable"], harm["margin"]
+        note += (
+            f" At the merge policy's margin of {margin:.0%} it lets through at most {k} "
+            "broken case(s)."
+            if k >= 0
+            else f" It is too small to resolve the merge policy's margin of {margin:.0%}: "
+            "the CI lets no broken case through."
+        )
+    return note
 
 
 def leaderboard(hub: Hub, suite: str | None = None) -> list[dict[str, Any]]:

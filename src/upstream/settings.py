@@ -19,6 +19,7 @@ Precedence, highest first: environment variables, the config file, defaults.
 | policy_min_fixed | UPSTREAM_POLICY_MIN_FIXED  | 1 (claimed cases a contribution must fix) |
 | policy_regression_p | UPSTREAM_POLICY_REGRESSION_P | 0.05 (McNemar p of a regression) |
 | policy_heldout_margin | UPSTREAM_POLICY_HELDOUT_MARGIN | 0.05 (held-out rate drop allowed) |
+| policy_margin    | UPSTREAM_POLICY_MARGIN     | 0.10 (pass rate a suite may lose) |
 | policy           | (config.toml only)         | per-model overrides: `[policy.NAME]` |
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,13 @@ class Settings:
     policy_min_fixed: int = 1
     # no suite where broken > fixed with McNemar p below this,
     policy_regression_p: float = 0.05
-    # and no held-out pass rate below the base's by more than this (absolute).
+    # no held-out pass rate below the base's by more than this (absolute),
     policy_heldout_margin: float = 0.05
-    # Per-model overrides of the three policy_* values: {"model": {"min_fixed": 2, ...}},
+    # and no suite whose pass rate may have fallen by more than this (absolute): the lower
+    # 95 % bound of the paired change must stay above -margin. 0.10 is what a 48-case
+    # guard suite can resolve at all: one broken case passes, two fail (`upstream.stats`).
+    policy_margin: float = 0.10
+    # Per-model overrides of the four policy_* values: {"model": {"min_fixed": 2, ...}},
     # written in config.toml as [policy.MODEL] tables.
     policy: dict[str, Any] = field(default_factory=dict)
 
@@ -130,6 +135,60 @@ class Settings:
             )
         values.setdefault("blob_dir", home_path / "blobs")
         return cls(home=home_path, **values)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When a contribution passes (defaults in settings, per-model overrides allowed)."""
+
+    min_fixed: int  # claimed cases (or, with no claim, suite cases) it must fix
+    regression_p: float  # a suite with broken > fixed at McNemar p below this fails it
+    heldout_margin: float  # held-out pass rate may fall at most this far below the base's
+    # pass rate a suite may lose: the lower 95 % bound of cand − base must stay above −margin
+    margin: float = 0.10
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def policy_for(settings: Settings, model: str) -> Policy:
+    """The merge policy of `model`: the hub's policy_* settings, then [policy.MODEL]."""
+    values: dict[str, Any] = {
+        "min_fixed": settings.policy_min_fixed,
+        "regression_p": settings.policy_regression_p,
+        "heldout_margin": settings.policy_heldout_margin,
+        "margin": settings.policy_margin,
+    }
+    overrides = settings.policy.get(model, {})
+    if not isinstance(overrides, dict):
+        raise InvalidInput(f"[policy.{model}] in config.toml must be a table")
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise InvalidInput(
+            f"[policy.{model}]: unknown key(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(values))}"
+        )
+    values.update(overrides)
+    try:
+        policy = Policy(
+            min_fixed=int(values["min_fixed"]),
+            regression_p=float(values["regression_p"]),
+            heldout_margin=float(values["heldout_margin"]),
+            margin=float(values["margin"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"merge policy of {model}: {e}") from e
+    if (
+        policy.min_fixed < 0
+        or not 0 < policy.regression_p < 1
+        or policy.heldout_margin < 0
+        or not 0 < policy.margin < 1
+    ):
+        raise InvalidInput(
+            f"merge policy of {model}: min_fixed ≥ 0, 0 < regression_p < 1, "
+            f"heldout_margin ≥ 0 and 0 < margin < 1 are allowed; got {policy.as_dict()}"
+        )
+    return policy
 
 
 def _coerce(name: str, type_name: Any, value: Any) -> Any:

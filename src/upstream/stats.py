@@ -11,6 +11,9 @@ taken separately.
 - `paired_difference`: the change in pass rate with a standard error that can be
   clustered by source report (variants of one report pass or fail together).
 - `minimum_detectable_effect`: how large a change the suite is able to see at all.
+- `agresti_min`, `harm_bound`: the lower 95 % bound of the change that the merge policy's
+  non-inferiority rule reads (the candidate may lose at most a margin of pass rate).
+- `resolvable_breaks`: how many broken cases a suite of n cases lets through at a margin.
 """
 
 from __future__ import annotations
@@ -166,6 +169,97 @@ def minimum_detectable_effect(
     return min(1.0, max(mde, k_min / n))
 
 
+def agresti_min(fixed: int, broken: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Agresti–Min adjusted Wald interval for a paired difference (cand − base).
+
+    Why: the Wald interval diff ± z·SE has SE 0 when no case changed, so "0 broken of 12"
+    would prove a candidate harmless however small the suite, and with one or two changes it
+    is far too narrow. Adding half a case to each of the four cells of the 2×2 table (both
+    pass, fixed, broken, both fail) keeps the interval wide where the evidence is thin and
+    covers close to 95 % even for small n (Agresti & Min, Statistics in Medicine 2005):
+
+        n* = n + 2,  p_f = (fixed + ½)/n*,  p_b = (broken + ½)/n*,  d* = p_f − p_b
+        Var = ((p_f + p_b) − d*²) / n*
+
+    The cases are taken as independent; clipped to [-1, 1].
+    """
+    if n < 0 or fixed < 0 or broken < 0 or fixed + broken > n:
+        raise InvalidInput(
+            f"fixed={fixed}, broken={broken}, n={n}: need counts ≥ 0 and fixed + broken ≤ n"
+        )
+    n_adj = n + 2
+    p_fixed = (fixed + 0.5) / n_adj
+    p_broken = (broken + 0.5) / n_adj
+    diff = p_fixed - p_broken
+    half = z * math.sqrt(((p_fixed + p_broken) - diff * diff) / n_adj)
+    return (max(-1.0, diff - half), min(1.0, diff + half))
+
+
+def harm_bound(
+    base: Sequence[bool],
+    cand: Sequence[bool],
+    clusters: Sequence[str] | None = None,
+    z: float = Z95,
+) -> float:
+    """The lower 95 % bound of cand − base that the non-inferiority rule reads.
+
+    The more conservative (lower) of the clustered Wald interval (`paired_difference`: it
+    widens when a report's variants break together) and the Agresti–Min interval (it stays
+    wide when few or no cases changed, where the Wald SE collapses).
+    """
+    paired = paired_difference(base, cand, clusters, z)
+    fixed = sum(1 for b, c in zip(base, cand, strict=True) if c and not b)
+    broken = sum(1 for b, c in zip(base, cand, strict=True) if b and not c)
+    return min(paired.low, agresti_min(fixed, broken, len(base), z)[0])
+
+
+def resolvable_breaks(n: int, margin: float, regression_p: float | None = None) -> int:
+    """The most broken cases (none fixed) of n independent cases that still pass the rule.
+
+    The rule: `harm_bound` ≥ −margin (and, given `regression_p`, no McNemar p below it).
+    -1 when the suite is too small for the margin: even a candidate that changes nothing
+    has a bound below −margin. With margin 0.10: 24 cases → 0, 48 cases → 1 (one broken
+    case: bound −7.5 %; two: −10.7 %).
+    """
+    if n < 0:
+        raise InvalidInput(f"n={n}: the number of cases cannot be negative")
+    if not 0.0 < margin < 1.0:
+        raise InvalidInput(f"margin={margin}: must be strictly between 0 and 1")
+
+    def passes(k: int) -> bool:
+        bound = harm_bound([True] * k + [False] * (n - k), [False] * n)
+        if bound < -margin - 1e-12:
+            return False
+        return regression_p is None or k == 0 or mcnemar_exact(0, k) >= regression_p
+
+    # The bound falls as k grows (and the McNemar p with it), so the largest passing k is
+    # found by bisection: passes(lo) holds, passes(hi + 1) does not.
+    if not passes(0):
+        return -1
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass(frozen=True)
+class Harm:
+    """What the non-inferiority rule reads, on a pairing that counts lost knowledge.
+
+    See `compare`: a case whose answer the base stated (even in the wrong form) and the
+    candidate no longer states is broken here, though the strict checks may call it
+    unchanged.
+    """
+
+    low: float  # lower 95 % bound of cand − base (`harm_bound`)
+    broken: int  # strictly broken, or the base knew the answer and the candidate lost it
+    fixed: int  # the base neither passed nor knew; the candidate passes
+
+
 @dataclass(frozen=True)
 class Comparison:
     fixed: list[str]  # case ids that failed under base and pass under cand
@@ -176,6 +270,7 @@ class Comparison:
     paired: PairedDiff
     p_value: float  # exact McNemar
     mde: float  # minimum detectable effect at α = 0.05, power 0.8
+    harm: Harm  # what the non-inferiority rule reads
 
     def as_dict(self) -> dict[str, Any]:
         """The comparison as JSON-ready plain data."""
@@ -186,8 +281,18 @@ def compare(
     base: dict[str, bool],
     cand: dict[str, bool],
     clusters: dict[str, str] | None = None,
+    base_knew: dict[str, bool] | None = None,
+    cand_knew: dict[str, bool] | None = None,
 ) -> Comparison:
-    """Compare two subjects' outcomes (case id → passed) on the cases both measured."""
+    """Compare two subjects' outcomes (case id → passed) on the cases both measured.
+
+    `base_knew`, `cand_knew` (case id → the output states the expected answer, see
+    `checks.lenient`) make the pairing of `harm`: the base passes a case it passed or
+    knew; the candidate passes what it passed, and, where the base only knew the answer,
+    also what it still states. So an answer lost is a broken case, an unchanged candidate
+    changes nothing, and a wrong-form answer never counts as a fix. Fixed, broken and
+    McNemar's p stay strict.
+    """
     ids = sorted(base.keys() & cand.keys())
     n = len(ids)
     b = [base[i] for i in ids]
@@ -198,6 +303,10 @@ def compare(
     # the NUL prefix keeps its key from colliding with a real cluster name.
     keys = [clusters.get(i, "\0" + i) for i in ids] if clusters is not None else None
     base_rate = sum(b) / n if n else 0.0
+    bk, ck = base_knew or {}, cand_knew or {}
+    knew_only = [not base[i] and bk.get(i, False) for i in ids]  # known, in the wrong form
+    harm_base = [x or k for x, k in zip(b, knew_only, strict=True)]
+    harm_cand = [x or (k and ck.get(i, False)) for i, x, k in zip(ids, c, knew_only, strict=True)]
     discordance = (len(fixed) + len(broken)) / n if n else None
     return Comparison(
         fixed=fixed,
@@ -208,4 +317,9 @@ def compare(
         paired=paired_difference(b, c, keys),
         p_value=mcnemar_exact(len(fixed), len(broken)),
         mde=minimum_detectable_effect(n, base_rate, discordance),
+        harm=Harm(
+            low=harm_bound(harm_base, harm_cand, keys),
+            broken=sum(1 for x, y in zip(harm_base, harm_cand, strict=True) if x and not y),
+            fixed=sum(1 for x, y in zip(harm_base, harm_cand, strict=True) if y and not x),
+        ),
     )

@@ -272,11 +272,21 @@ def print_detail(d: dict[str, Any]) -> None:
         for reason in checks["reasons"]:
             console.print(f"  {reason}", markup=False, highlight=False)
         table = Table(
-            "suite", "split", "cases", "base", "candidate", "fixed", "broken", "Δ [95% CI]", "p"
+            "suite",
+            "split",
+            "cases",
+            "base",
+            "candidate",
+            "fixed",
+            "broken",
+            "knowledge lost",
+            "Δ [95% CI]",
+            "p",
         )
         for r in checks["suites"]:
             for split, x in r["splits"].items():
                 pd = x["paired"]
+                lost = x.get("knowledge")  # reports checked before issue 11 have none
                 table.add_row(
                     r["suite"],
                     split,
@@ -285,13 +295,19 @@ def print_detail(d: dict[str, Any]) -> None:
                     f"{x['cand_rate']:.0%}",
                     str(x["fixed_count"]),
                     str(x["broken_count"]),
+                    f"{lost['lost_count']} of {lost['knew']}" if lost else "-",
                     f"{pd['diff']:+.0%} [{pd['low']:+.0%}, {pd['high']:+.0%}]",
                     f"{x['p_value']:.3g}",
                 )
         console.print(table)
         for r in checks["suites"]:
-            for key in ("fixed", "broken"):
-                shown = [r["cases"][i] for i in r["splits"]["all"][key] if i in r["cases"]]
+            all_ = r["splits"]["all"]
+            named = {"fixed": all_["fixed"], "broken": all_["broken"]}
+            if "knowledge" in all_:
+                gone = all_["knowledge"]["lost"]  # a broken case is named once
+                named["knowledge lost"] = [i for i in gone if i not in all_["broken"]]
+            for key, ids in named.items():
+                shown = [r["cases"][i] for i in ids if i in r["cases"]]
                 for case in shown[:10]:
                     console.print(
                         f"  {key} in {r['suite']}: {case['prompt'][:90]!r}",

@@ -239,7 +239,7 @@ def compare(
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Compare a candidate with a base: fixed and broken cases, paired difference, McNemar."""
+    """Compare a candidate with a base: fixed, broken, knowledge lost, paired difference."""
     from upstream.comparisons import compare as run_compare
     from upstream.comparisons import detectable_note
 
@@ -281,10 +281,28 @@ def compare(
             f"{d['p_value']:.3g}",
         )
     console.print(table)
+    knowledge = Table(
+        "split", "with an answer", "base knew", "kept", "lost", "learned", "neither", "harm bound"
+    )
+    for name, d in result["splits"].items():
+        k, harm = d["knowledge"], d["harm"]
+        knowledge.add_row(
+            name,
+            str(k["n"]),
+            str(k["knew"]),
+            str(k["kept"]),
+            str(k["lost_count"]),
+            str(k["learned"]),
+            str(k["neither"]),
+            f"{harm['low']:+.1%} (margin −{harm['margin']:.0%})",
+        )
+    console.print(knowledge)
     all_ = result["splits"]["all"]
     for key in ("fixed", "broken"):
         if all_[key]:
             console.print(f"{key}: " + ", ".join(i[:12] for i in all_[key]))
+    if all_["knowledge"]["lost"]:
+        console.print("knowledge lost: " + ", ".join(i[:12] for i in all_["knowledge"]["lost"]))
     console.print(detectable_note(all_))
 
 
