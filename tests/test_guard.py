@@ -60,7 +60,9 @@ def test_guard_suite_is_made_once_all_public_and_tagged(tiny_hub: Hub) -> None:
 
 def test_every_guard_case_parses_and_is_tagged() -> None:
     cases = guard_cases()
-    assert 20 <= len(cases) <= 24
+    assert (
+        len(cases) == 48
+    )  # enough for a 10 % non-inferiority margin to let 1 broken through, not 2
     assert len({c.messages[0]["content"] for c in cases}) == len(cases)
     for c in cases:
         parse_check(c.expected)

@@ -1,7 +1,7 @@
 """The general-behaviour guard: a suite every imported model gets, so a fix cannot break it.
 
-A model pull request is judged on the reports it claims to fix, and on this guard: a
-couple of dozen ordinary instructions (lists, explanations, short stories, how-tos and
+A model pull request is judged on the reports it claims to fix, and on this guard:
+four dozen ordinary instructions (lists, explanations, short stories, how-tos and
 a few facts asked as full questions) whose checks look at the form of the answer, not
 its finer content. They catch a candidate that has become terse (fine-tuned to answer
 everything in one word), repetitive (caught in a loop) or broken (empty, or no longer
@@ -13,7 +13,8 @@ chosen on SmolLM2-135M-Instruct, the bundled model, with greedy decoding and
 `GUARD_MAX_NEW_TOKENS`: it passes all of them (a guard case the base fails says
 nothing about a candidate), while a one-word answer fails every one. Instructions on
 which it loops by itself at 128 tokens (a poem about the sea, a robot who learns to
-paint, how to make tea or boil an egg, a list of musical instruments) were left out.
+paint, how to make tea or boil an egg, a list of musical instruments, five vegetables,
+sports with a ball, who wrote Romeo and Juliet) were left out.
 
 The suite holds nothing out (every case is public: there is nothing here to fit to that
 a contributor should not see), and its cases never change: a later set of guard cases
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 # New tokens generated per guard case. At 96 the bundled model writes 60-85 words when it
 # has more to say, enough for a loop of up to ~35 words to show itself; at 128 it starts
 # looping by itself on more instructions, which would make the guard flaky for candidates
-# that are as good as the base. 24 cases take ~10 s on 2 CPU cores.
+# that are as good as the base. 48 cases take ~12 s on 2 CPU cores.
 GUARD_MAX_NEW_TOKENS = 96
 GUARD_PREFIX = "guard-"
 SUITE_KIND = "guard"
@@ -87,6 +88,33 @@ CASES: tuple[GuardCase, ...] = (
     GuardCase("fact", "What is the largest ocean on Earth?", 5, ("Pacific",)),
     GuardCase("fact", "Who was Albert Einstein?", 10, ("physicist",)),
     GuardCase("fact", "What is the boiling point of water?", 5, ("100",)),
+    # Version 2 (issue 11): 24 more, so that the non-inferiority rule can tell one broken
+    # case from two (see `upstream.stats`): with 24 cases, one broken case already fails a
+    # margin of 10 %; with 48, one passes and two fail.
+    GuardCase("list", "List three things you might find in a kitchen.", 8),
+    GuardCase("list", "Name three kinds of weather, as a list.", 5),
+    GuardCase("list", "List four things people do to relax.", 8),
+    GuardCase("explanation", "Explain what a volcano is.", 30),
+    GuardCase("explanation", "Explain how a plant grows from a seed.", 30),
+    GuardCase("explanation", "Explain why we have seasons.", 30),
+    GuardCase("explanation", "Explain what gravity does.", 30),
+    GuardCase("explanation", "Explain why recycling is important.", 30),
+    GuardCase("explanation", "Explain how the heart works.", 30),
+    GuardCase("story", "Write a short story about a cat who finds a new home.", 30),
+    GuardCase("story", "Write a short story about a rainy day at school.", 30),
+    GuardCase("story", "Write a short story about a child who learns to ride a bike.", 30),
+    GuardCase("story", "Write a short story about a family trip to the mountains.", 30),
+    GuardCase("story", "Write a short story about a baker who makes a giant cake.", 30),
+    GuardCase("howto", "How do I make a sandwich?", 30),
+    GuardCase("howto", "How can I study better for exams?", 30),
+    GuardCase("howto", "How do I start running as a beginner?", 30),
+    GuardCase("howto", "How do I keep my room tidy?", 30),
+    GuardCase("howto", "How can I sleep better at night?", 30),
+    GuardCase("fact", "What is the capital of Japan, and what is it known for?", 10, ("Tokyo",)),
+    GuardCase("fact", "What do plants need to grow?", 10, ("water",)),
+    GuardCase("fact", "What is the chemical symbol for gold?", 5, ("Au",)),
+    GuardCase("fact", "What is the tallest mountain in the world?", 5, ("Everest",)),
+    GuardCase("fact", "Tell me about the Moon.", 20, ("Earth",)),
 )
 
 
