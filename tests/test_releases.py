@@ -18,7 +18,9 @@ from upstream.registry import import_model, materialize, resolve
 @pytest.fixture
 def hub(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
     # a lenient policy: random tiny adapters fix nothing, and the release should still pass
-    h = Hub.open(tmp_path / "home", policy_min_fixed=0, policy_regression_p=1e-9)
+    h = Hub.open(
+        tmp_path / "home", policy_min_fixed=0, policy_regression_p=1e-9, policy_margin=0.99
+    )
     import_model(h, str(tiny_model_dir), "tiny")
     yield h
     h.close()
@@ -175,3 +177,57 @@ def test_retrain_trains_one_adapter_on_every_dataset(hub: Hub, maintainer: str) 
     assert result["state"] == "released" and result["method"] == "retrain"
     assert set(result["inputs"]["datasets"]) == {str(i) for i in ids}
     assert result["params"]["merge"]["changed"] > 0  # the retrained adapter was merged
+
+
+def test_search_builds_every_candidate_and_ships_only_the_chosen(
+    hub: Hub, maintainer: str, two: tuple[list[int], list[Path]]
+) -> None:
+    ids, _ = two
+    with hub.session() as s:
+        before = resolve(s, "tiny").hash
+    with pytest.raises(Forbidden, match="only a maintainer"):
+        releases.search_release(hub, "tiny", ids, "bo", dry_run=True, methods=["linear"])
+    with pytest.raises(InvalidInput, match="no candidate left"):
+        releases.search_release(hub, "tiny", ids, maintainer, methods=["retrain"])
+
+    dry = releases.search_release(
+        hub, "tiny", ids, maintainer, dry_run=True, methods=["linear", "ties"]
+    )
+    labels = [c["candidate"] for c in dry["candidates"]]
+    assert labels == ["linear", "linear weights 0.75,0.75", "ties density 0.8", "ties density 0.5"]
+    assert all(c["state"] == "candidate" and c["tag"] == "" for c in dry["candidates"])
+    assert dry["release"] is None and dry["chosen"] is not None
+    assert len({c["revision"] for c in dry["candidates"]}) == 4  # four different merges
+    with hub.session() as s:
+        assert resolve(s, "tiny").hash == before  # a dry run moves nothing
+        assert all(prs.get_contribution(s, i).state == "approved" for i in ids)
+
+    failed = next((c for c in dry["candidates"] if not c["passed"]), None)
+    if failed is not None:
+        with pytest.raises(Conflict, match="only a passing candidate can ship"):
+            releases.ship_release(hub, failed["id"], maintainer)
+    with pytest.raises(Forbidden):
+        releases.ship_release(hub, dry["chosen"], "bo")
+    shipped = releases.ship_release(hub, dry["chosen"], maintainer)
+    assert shipped["state"] == "released" and shipped["tag"] == "v2"
+    with hub.session() as s:
+        assert resolve(s, "tiny").hash == shipped["revision"] != before
+        assert all(prs.get_contribution(s, i).state == "merged" for i in ids)
+    with pytest.raises(Conflict, match="is released"):
+        releases.ship_release(hub, dry["chosen"], maintainer)
+
+
+def test_search_ships_the_passing_candidate_with_the_best_retention(
+    hub: Hub, maintainer: str, two: tuple[list[int], list[Path]]
+) -> None:
+    ids, _ = two
+    result = releases.search_release(hub, "tiny", ids, maintainer, methods=["linear"])
+    passing = [c for c in result["candidates"] if c["passed"]]
+    assert passing, [c["reasons"] for c in result["candidates"]]
+    best = max(passing, key=releases._search_key)
+    assert result["chosen"] == best["id"]
+    assert result["release"]["id"] == best["id"] and result["release"]["state"] == "released"
+    others = [c for c in result["candidates"] if c["id"] != best["id"]]
+    with hub.session() as s:
+        assert all(releases.get_release(s, c["id"]).state == "candidate" for c in others)
+        assert resolve(s, "tiny").hash == result["release"]["revision"]

@@ -96,14 +96,27 @@ def run_demo(
         for reason in detail["checks"]["reasons"]:
             console.print(f"  {reason}", highlight=False)
 
-        step(5, f"{me} approves it and cuts a release")
+        step(5, f"{me} approves it; the release search builds the candidates and ships the best")
         if detail["state"] == "passed":
             contributions.approve(hub, pr, me, "thanks!")
         else:  # the guard is strict; the demo goes on, and says so
             contributions.approve(hub, pr, me, override="demo: approved despite the checks")
-        planned = releases.plan_release(hub, releases.ReleaseIn(MODEL, [pr]), me)
-        with progress("releasing") as update:
-            release = hub.jobs.run_now(releases.queue_release(hub, planned["id"]), update)
+        with progress("searching for the best release") as update:
+            search = releases.search_release(hub, MODEL, [pr], me, progress=update)
+        for c in search["candidates"]:
+            f = c["figures"]
+            kept = ", ".join("–" if v is None else f"{v:.0%}" for v in f["retention"].values())
+            mark = "→" if c["id"] == search["chosen"] else " "
+            console.print(
+                f" {mark} {c['candidate']:<24} {'passed' if c['passed'] else 'failed':<7}"
+                f" {f['fixed']} fixed, {f['broken']} broken, {f['knowledge_lost']} knowledge"
+                f" lost, {f['guard_broken']} guard broken; retention {kept}",
+                highlight=False,
+            )
+        release = search["release"] or next(
+            (c for c in search["candidates"] if c["id"] == search["chosen"]),
+            search["candidates"][0],
+        )
         console.print(
             f"release {release['tag'] or '(candidate)'}: {MODEL}@{release['revision'][:12]}, "
             f"{release['state']}"

@@ -156,23 +156,166 @@ def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
         return {"id": release.id, "model": model.name, "base": base.hash, "params": params}
 
 
-def queue_release(hub: Hub, release_id: int, max_attempts: int = 1) -> int:
+@dataclass(frozen=True)
+class Candidate:
+    """One way to build a release from the same contributions (a point of the search)."""
+
+    method: str
+    weights: tuple[float, ...] | None = None
+    density: float | None = None
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.method]
+        if self.weights:
+            parts.append("weights " + ",".join(f"{w:g}" for w in self.weights))
+        if self.density is not None:
+            parts.append(f"density {self.density:g}")
+        return " ".join(parts)
+
+
+def search_space(n: int, all_datasets: bool) -> list[Candidate]:
+    """The candidates `release --search` builds for `n` contributions, in the order tried.
+
+    The plain sum of the deltas (linear, weight 1 each) keeps each fix as it was checked
+    alone; a softer sum (0.75 each) trades some of each fix for less drift. With several
+    contributions, ties at densities 0.8 and 0.5 drop each delta's smallest entries and
+    the minority sign where they disagree, dare_ties at 0.5 drops entries at random and
+    rescales, and retrain learns every dataset in one adapter (datasets only). With one
+    contribution there is no interference to resolve: ties and dare would only thin the
+    delta, and retraining would repeat the CI's own training.
+    """
+    out = [Candidate("linear"), Candidate("linear", (0.75,) * n)]
+    if n > 1:
+        out += [
+            Candidate("ties", density=0.8),
+            Candidate("ties", density=0.5),
+            Candidate("dare_ties", density=0.5, seed=0),
+        ]
+        if all_datasets:
+            out.append(Candidate("retrain"))
+    return out
+
+
+def search_release(
+    hub: Hub,
+    model: str,
+    contributions: list[int],
+    author: str,
+    dry_run: bool = False,
+    methods: list[str] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Build every candidate of the search, check each, and ship the best that passes.
+
+    The best is the passing candidate whose worst-kept contribution keeps the most of
+    what it fixed alone (retention), then the highest mean retention, then the fewest
+    cases broken. With `dry_run` nothing ships: every candidate stays a `candidate`, and
+    a maintainer can ship one with `ship_release` (or build it again by its method and
+    parameters, which reuses the merge and every cached output).
+    """
+    say = progress or (lambda done, total, message: None)
+    with hub.session() as s:
+        found = [get_contribution(s, i) for i in dict.fromkeys(contributions)]
+        all_datasets = bool(found) and all(c.kind == "dataset" for c in found)
+    space = search_space(len(found), all_datasets)
+    if methods:
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise InvalidInput(
+                f"--methods: unknown {', '.join(unknown)}; allowed: {', '.join(METHODS)}"
+            )
+        space = [c for c in space if c.method in methods]
+        if not space:
+            raise InvalidInput(
+                f"--methods {','.join(methods)}: no candidate left"
+                + ("" if all_datasets else " (retrain needs every contribution to be a dataset)")
+            )
+    built: list[dict[str, Any]] = []
+    for k, cand in enumerate(space):
+        data = ReleaseIn(
+            model,
+            list(contributions),
+            cand.method,
+            list(cand.weights) if cand.weights else None,
+            cand.density,
+            cand.seed,
+        )
+        planned = plan_release(hub, data, author)
+        job = queue_release(hub, planned["id"], ship=False)
+
+        def step(done: float, total: float, message: str, k: int = k) -> None:
+            say(k + (done / total if total else 0.0), len(space), f"{space[k].label}: {message}")
+
+        summary = hub.jobs.run_now(job, step)
+        built.append({"candidate": cand.label, **summary, "figures": release_figures(summary)})
+    passing = [b for b in built if b["passed"]]
+    best = max(passing, key=_search_key, default=None)
+    shipped = None
+    if best is not None and not dry_run:
+        shipped = ship_release(hub, best["id"], author)
+    return {
+        "model": model,
+        "contributions": list(contributions),
+        "dry_run": dry_run,
+        "candidates": built,
+        "chosen": best["id"] if best else None,
+        "release": shipped,
+    }
+
+
+def _search_key(summary: dict[str, Any]) -> tuple[float, float, int]:
+    kept = [
+        1.0 if r["retention"] is None else r["retention"] for r in summary["retention"].values()
+    ]
+    figures = summary["figures"]
+    return (min(kept, default=1.0), sum(kept) / max(len(kept), 1), -figures["broken"])
+
+
+def release_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures a search prints per candidate: cases fixed and broken, knowledge lost,
+    guard cases broken, and each contribution's retention."""
+    fixed = broken = lost = guard_broken = 0
+    for r in summary.get("suites", []):
+        d = r["splits"]["all"]
+        fixed += d["fixed_count"]
+        broken += d["broken_count"]
+        lost += d.get("knowledge", {}).get("lost_count", 0)
+        if r["kind"] == "guard":
+            guard_broken += d["broken_count"]
+    return {
+        "fixed": fixed,
+        "broken": broken,
+        "knowledge_lost": lost,
+        "guard_broken": guard_broken,
+        "retention": {k: v["retention"] for k, v in summary["retention"].items()},
+    }
+
+
+def queue_release(hub: Hub, release_id: int, max_attempts: int = 1, ship: bool = True) -> int:
     with hub.session() as s, s.begin():
         release = get_release(s, release_id)
-        release.job_id = hub.jobs.enqueue(JOB, {"release": release_id}, max_attempts)
+        args = {"release": release_id, "ship": ship}
+        release.job_id = hub.jobs.enqueue(JOB, args, max_attempts)
         return release.job_id
 
 
 def run_release_job(ctx: JobContext) -> dict[str, Any]:
     """Job handler for `releases.build`."""
-    return build_release(ctx.hub, int(ctx.args["release"]), ctx.progress)
+    ship = bool(ctx.args.get("ship", True))
+    return build_release(ctx.hub, int(ctx.args["release"]), ctx.progress, ship)
 
 
-def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -> dict[str, Any]:
+def build_release(
+    hub: Hub, release_id: int, progress: Progress | None = None, ship: bool = True
+) -> dict[str, Any]:
     """Merge, import, check, and tag (or keep as a candidate) one planned release.
 
-    Safe to run again after a crash: the merge gives the same revision (same hash), which
-    the import recognises, and the checks reuse every cached output.
+    With `ship` false a release that passes stays a candidate too (a search builds every
+    candidate first and ships the best with `ship_release`). Safe to run again after a
+    crash: the merge gives the same revision (same hash), which the import recognises,
+    and the checks reuse every cached output.
     """
     say = progress or (lambda done, total, message: None)
     with hub.session() as s, s.begin():
@@ -181,14 +324,14 @@ def build_release(hub: Hub, release_id: int, progress: Progress | None = None) -
             raise Conflict(f"release {release_id} is {release.state}; it was built already")
         release.state = "merging"
     try:
-        return _build(hub, release_id, say)
+        return _build(hub, release_id, say, ship)
     except BaseException:
         with hub.session() as s, s.begin():
             get_release(s, release_id).state = "failed"
         raise
 
 
-def _build(hub: Hub, release_id: int, say: Progress) -> dict[str, Any]:
+def _build(hub: Hub, release_id: int, say: Progress, ship: bool) -> dict[str, Any]:
     from upstream.registry import import_dir
 
     with hub.session() as s:
@@ -230,7 +373,7 @@ def _build(hub: Hub, release_id: int, say: Progress) -> dict[str, Any]:
                 f"ℹ contribution #{cid} retains {r['retained']} of the {r['fixed_alone']} cases "
                 f"it fixed alone ({r['retention']:.0%})"
             )
-    return _finish(hub, release_id, passed, reasons, results, retention, passing)
+    return _finish(hub, release_id, passed, reasons, results, retention, passing, ship)
 
 
 def _merge(
@@ -325,10 +468,8 @@ def _finish(
     results: list[dict[str, Any]],
     retention: dict[int, dict[str, Any]],
     passing: dict[str, bool],
+    ship: bool = True,
 ) -> dict[str, Any]:
-    from upstream.credits import record_release_credits
-    from upstream.registry import set_tag
-
     fixed_reports: list[int] = []
     with hub.session() as s, s.begin():
         release = get_release(s, release_id)
@@ -343,24 +484,62 @@ def _finish(
             "retention": {str(k): v for k, v in retention.items()},
         }
         release.finished_at = utcnow()
-        if passed:
-            release.state, release.tag = "released", _next_tag(s, release.model_id)
-            set_tag(s, revision, release.tag)
-            set_tag(s, revision, "latest")
-            fixed_cases = {i for r in results for i in r["splits"]["all"]["fixed"]}
-            fixed_reports = _mark_fixed(s, revision, passing, fixed_cases, release_id)
-            for cid in release.contributions:
-                c = get_contribution(s, cid)
-                set_state(s, c, "merged", ACTOR, f"release {release.tag} ({revision.hash[:12]})")
-            s.flush()
-            record_release_credits(
-                s, release, fixed_reports, list(release.contributions), retention
-            )
-        else:
-            release.state = "candidate"
+        release.state = "candidate"
+        if passed and ship:
+            fixed_reports = _ship(s, release, passing)
         s.flush()
         revision.card = _card(s, release, fixed_reports, retention)
         return release_summary(release)
+
+
+def ship_release(hub: Hub, release_id: int, author: str) -> dict[str, Any]:
+    """Release a candidate that passed its checks (one a search built and did not ship)."""
+    from upstream.registry import resolve
+    from upstream.triage import is_maintainer
+
+    if not is_maintainer(hub, author):
+        raise Forbidden(f"only a maintainer may cut a release ({author} is not)")
+    with hub.session() as s, s.begin():
+        release = get_release(s, release_id)
+        checks = release.checks or {}
+        if release.state != "candidate" or not checks.get("passed"):
+            why = release.state if release.state != "candidate" else "a candidate that failed"
+            raise Conflict(f"release {release_id} is {why}; only a passing candidate can ship")
+        problems = [r.lstrip("✗ ") for r in _changed_since_plan(s, release)]
+        if resolve(s, release.model.name).id != release.base_revision_id:
+            problems.append("the model's latest revision is no longer this release's base")
+        if problems:
+            raise Conflict(f"cannot ship release {release_id}: " + "; ".join(problems))
+        passing = _candidate_passes(hub, checks["suites"])
+        fixed_reports = _ship(s, release, passing)
+        s.flush()
+        assert release.revision is not None
+        retention = {int(k): v for k, v in checks.get("retention", {}).items()}
+        release.revision.card = _card(s, release, fixed_reports, retention)
+        return release_summary(release)
+
+
+def _ship(session: Any, release: Release, passing: dict[str, bool]) -> list[int]:
+    """Tag a checked release vN and latest, mark what it fixed, merge and credit; the
+    reports marked fixed."""
+    from upstream.credits import record_release_credits
+    from upstream.registry import set_tag
+
+    revision = release.revision
+    assert revision is not None and release.checks is not None
+    results = release.checks["suites"]
+    retention = {int(k): v for k, v in release.checks.get("retention", {}).items()}
+    release.state, release.tag = "released", _next_tag(session, release.model_id)
+    set_tag(session, revision, release.tag)
+    set_tag(session, revision, "latest")
+    fixed_cases = {i for r in results for i in r["splits"]["all"]["fixed"]}
+    fixed_reports = _mark_fixed(session, revision, passing, fixed_cases, release.id)
+    for cid in release.contributions:
+        c = get_contribution(session, cid)
+        set_state(session, c, "merged", ACTOR, f"release {release.tag} ({revision.hash[:12]})")
+    session.flush()
+    record_release_credits(session, release, fixed_reports, list(release.contributions), retention)
+    return fixed_reports
 
 
 def _changed_since_plan(session: Any, release: Release) -> list[str]:
@@ -534,6 +713,7 @@ def release_summary(release: Release) -> dict[str, Any]:
         "passed": checks.get("passed"),
         "reasons": checks.get("reasons", []),
         "retention": checks.get("retention", {}),
+        "suites": checks.get("suites", []),
         "versions": release.versions,
         "inputs": release.inputs,
     }

@@ -21,11 +21,15 @@ from upstream.cli.common import (
     open_hub,
     progress_bar,
 )
+from upstream.errors import InvalidInput
 
 
 def release(
     model: str = typer.Argument(..., help="The model's NAME."),
-    from_: str = typer.Option(..., "--from", help="Approved contribution ids, e.g. 3,5."),
+    from_: str = typer.Option("", "--from", help="Approved contribution ids, e.g. 3,5."),
+    ship: int = typer.Option(
+        None, "--ship", help="Ship a passing candidate release by its id (from a --dry-run)."
+    ),
     method: str = typer.Option(
         "linear", "--method", help="linear, ties, dare_ties, or retrain (one adapter on all data)."
     ),
@@ -34,12 +38,39 @@ def release(
         None, "--density", help="ties/dare_ties: share of each delta kept."
     ),
     seed: int = typer.Option(None, "--seed", help="dare_ties: the random seed (recorded)."),
+    search: bool = typer.Option(
+        False,
+        "--search",
+        help="Build every candidate (linear, ties, dare_ties at a few densities and weights, "
+        "retrain), check each, and ship the passing one with the best retention.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="With --search: only build, check and show the candidates."
+    ),
+    methods: str = typer.Option(
+        "", "--methods", help="With --search: only these methods, e.g. linear,ties."
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help="Queue it for the hub's worker."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Merge approved contributions into a new revision, check it, tag it, credit people."""
     hub = open_hub()
+    if ship is not None:
+        _print_release(domain.ship_release(hub, ship, current_user(as_user)), json_out)
+        return
+    if not from_:
+        raise InvalidInput("--from: name the approved contributions to release, e.g. --from 3,5")
+    if dry_run and not search:
+        raise InvalidInput("--dry-run applies to --search only")
+    if search:
+        if method != "linear" or weights or density is not None or seed is not None:
+            raise InvalidInput(
+                "--search tries its own methods and parameters: leave out --method, "
+                "--weights, --density and --seed (or use --methods to narrow it)"
+            )
+        _search(hub, model, from_, methods, dry_run, as_user, json_out)
+        return
     data = domain.ReleaseIn(model, number_list(from_, int, "--from"), method, None, density, seed)
     if weights:
         data.weights = number_list(weights, float, "--weights")
@@ -51,6 +82,10 @@ def release(
         return
     with progress_bar("releasing") as update:
         result = hub.jobs.run_now(job_id, update)
+    _print_release(result, json_out)
+
+
+def _print_release(result: dict[str, Any], json_out: bool) -> None:
     if json_out:
         emit_json(result)
         return
@@ -60,6 +95,71 @@ def release(
         f"{head}: {result['model']}@{(result['revision'] or '')[:12]} ({result['method']})"
     )
     for reason in result["reasons"]:
+        console.print(f"  {reason}", markup=False, highlight=False)
+
+
+def _search(
+    hub: Any, model: str, from_: str, methods: str, dry_run: bool, as_user: str, json_out: bool
+) -> None:
+    wanted = [m.strip() for m in methods.split(",") if m.strip()] or None
+    with progress_bar("searching") as update:
+        result = domain.search_release(
+            hub,
+            model,
+            number_list(from_, int, "--from"),
+            current_user(as_user),
+            dry_run,
+            wanted,
+            update,
+        )
+    if json_out:
+        emit_json(result)
+        return
+    table = Table(
+        "release",
+        "candidate",
+        "checks",
+        "fixed",
+        "broken",
+        "knowledge lost",
+        "guard broken",
+        "retention (per contribution)",
+    )
+    for c in result["candidates"]:
+        f = c["figures"]
+        kept = ", ".join(
+            f"#{k} {'–' if v is None else f'{v:.0%}'}" for k, v in f["retention"].items()
+        )
+        mark = " ←" if c["id"] == result["chosen"] else ""
+        table.add_row(
+            f"{c['id']}{mark}",
+            c["candidate"],
+            "[green]passed[/]" if c["passed"] else "[red]failed[/]",
+            str(f["fixed"]),
+            str(f["broken"]),
+            str(f["knowledge_lost"]),
+            str(f["guard_broken"]),
+            kept,
+        )
+    console.print(table)
+    chosen = next((c for c in result["candidates"] if c["id"] == result["chosen"]), None)
+    if chosen is None:
+        console.print("[yellow]no candidate passed its checks; nothing released[/]")
+        for c in result["candidates"]:
+            failed = [r for r in c["reasons"] if r.startswith("✗")]
+            console.print(f"  {c['candidate']}: {'; '.join(failed)}", markup=False)
+        return
+    if result["release"] is None:
+        console.print(
+            f"dry run: release {chosen['id']} ({chosen['candidate']}) would ship; "
+            f"ship it with `upstream release {model} --ship {chosen['id']}`"
+        )
+        return
+    r = result["release"]
+    console.print(
+        f"[green]released {r['tag']}[/]: {r['model']}@{r['revision'][:12]} ({chosen['candidate']})"
+    )
+    for reason in r["reasons"]:
         console.print(f"  {reason}", markup=False, highlight=False)
 
 
