@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,9 @@ def test_a_dataset_is_trained_then_checked(tiny_hub: Hub) -> None:
     cid = prs.open_contribution(tiny_hub, data, "bo")["id"]
     detail = check(tiny_hub, cid)
     training = detail["training"]
-    assert training["examples"] == 4 and training["recipe"]["rank"] == 2
+    # the 4 contributed examples and the base's own answers to as many ordinary prompts
+    assert training["examples"] == 8 and training["replayed"] == 4
+    assert training["recipe"]["rank"] == 2
     assert set(detail["adapter"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert detail["checks"]["suites"][0]["kind"] == "guard"
     # the trained adapter is usable by id, as `--adapter pr:N`
@@ -242,67 +245,242 @@ def test_a_dataset_is_trained_then_checked(tiny_hub: Hub) -> None:
 # ---------------------------------------------------------------- verdict
 
 
+POLICY = Policy(min_fixed=1, regression_p=0.05, heldout_margin=0.05, margin=0.10)
+
+
 def suite(
     name: str,
     kind: str,
     fixed: int,
     broken: int,
     n: int,
-    p: float,
     held: tuple[int, float, float] | None = None,  # (cases, base rate, candidate rate)
+    lost: int = 0,
 ) -> dict:
-    def split(f: int, b: int, n: int, base: float, cand: float, p: float) -> dict:
-        ids = [f"f{i}" for i in range(f)], [f"b{i}" for i in range(b)]
-        return {
-            "n": n,
-            "fixed": ids[0],
-            "broken": ids[1],
-            "fixed_count": f,
-            "broken_count": b,
-            "base_rate": base,
-            "cand_rate": cand,
-            "p_value": p,
-            "paired": {"diff": cand - base, "low": 0, "high": 0},
-        }
+    """A compared suite as `compare_on` gives it: `fixed` and `broken` of `n` cases, and
+    `lost` more whose answer the base stated in the wrong form and the candidate lost."""
+    from upstream.comparisons import compare_split
 
-    splits = {"all": split(fixed, broken, n, 0.5, 0.5 + (fixed - broken) / n, p)}
+    def split(base: list[str], cand: list[str], ids: list[str], knew: list[str]) -> dict:
+        return compare_split(
+            {i: i in base for i in ids},
+            {i: i in cand for i in ids},
+            {},
+            {i: i in knew for i in ids},
+            {i: i in cand for i in ids},
+            POLICY,
+        )
+
+    f, b, k = (
+        [f"f{i}" for i in range(fixed)],
+        [f"b{i}" for i in range(broken)],
+        [f"l{i}" for i in range(lost)],
+    )
+    same = [f"s{i}" for i in range(n - fixed - broken - lost)]
+    passing = same[: len(same) // 2]  # half of the unchanged cases pass under both
+    ids = f + b + k + same
+    splits = {"all": split(b + passing, f + passing, ids, b + k + passing)}
     if held:
-        splits["heldout"] = split(0, 0, held[0], held[1], held[2], 1.0)
-    cases = {f"b{i}": {"prompt": f"broken prompt {i}", "report": None} for i in range(broken)}
+        h = [f"h{i}" for i in range(held[0])]
+        splits["heldout"] = split(
+            h[: round(held[1] * held[0])], h[: round(held[2] * held[0])], h, []
+        )
+    cases = {i: {"prompt": f"prompt {i}", "report": None} for i in b + k}
     return {"suite": name, "kind": kind, "splits": splits, "cases": cases, "heldout_ids": []}
 
 
 def test_judge_lists_every_rule() -> None:
-    policy = Policy(min_fixed=1, regression_p=0.05, heldout_margin=0.05)
     ok, reasons = judge(
-        policy,
+        POLICY,
         [
-            suite("claims-pr-1", "claims", 3, 0, 4, 0.25),
-            suite("guard-m", "guard", 0, 1, 20, 1.0),
-            suite("caps", "community", 2, 0, 10, 0.5, (4, 0.5, 0.5)),
+            suite("claims-pr-1", "claims", 3, 0, 4),
+            suite("guard-m", "guard", 0, 1, 48),
+            suite("caps", "community", 2, 0, 10, (4, 0.5, 0.5)),
         ],
     )
-    assert ok
+    assert ok, reasons
     assert reasons[0] == "✓ fixes 3 of 4 claimed cases (at least 1 needed)"
     assert len(reasons) == 5 and all(r.startswith("✓") for r in reasons)
+    assert reasons[2] == (
+        "✓ guard-m: 0 fixed, 1 broken, knowledge lost on 1; pass rate 50% → 48% (McNemar p 1)"
+        "; change ≥ -7.5% (95 % bound), within the -10% margin; with 48 cases this suite lets "
+        "through at most 1 broken"
+    )
+    # 10 cases cannot resolve a 10 % margin: nothing broken passes, anything broken fails
+    assert "nothing broken; with 10 cases this suite cannot resolve a 10% margin" in reasons[3]
 
-    ok, reasons = judge(policy, [suite("guard-m", "guard", 0, 9, 20, 0.004)])
+    ok, reasons = judge(POLICY, [suite("guard-m", "guard", 0, 9, 20)])
     assert not ok
     assert reasons[0].startswith("✗ claims no report; fixes 0 cases")
-    assert "significant regression" in reasons[1] and "broken prompt 0" in reasons[1]
+    assert "significant regression" in reasons[1] and "prompt b0" in reasons[1]
 
-    ok, reasons = judge(policy, [suite("caps", "community", 2, 0, 10, 0.5, (10, 0.6, 0.5))])
+    ok, reasons = judge(POLICY, [suite("caps", "community", 2, 0, 10, (10, 0.6, 0.5))])
     assert not ok and reasons[-1].startswith("✗ caps held-out: pass rate 60% → 50%")
-    ok, _ = judge(Policy(1, 0.05, 0.1), [suite("c", "community", 2, 0, 10, 0.5, (10, 0.6, 0.5))])
+    ok, _ = judge(Policy(1, 0.05, 0.1), [suite("c", "community", 2, 0, 10, (10, 0.6, 0.5))])
     assert ok  # within a 10-point margin
+
+
+def test_a_suite_may_lose_at_most_the_margin() -> None:
+    # 4 broken of 24 guard cases: McNemar p 0.125 is no significant regression, but the
+    # pass rate may have fallen by up to 32 points
+    ok, reasons = judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 4, 24)])
+    assert not ok
+    line = reasons[2]
+    assert line.startswith("✗ g: 0 fixed, 4 broken, knowledge lost on 4; pass rate 58% → 42%")
+    assert "(McNemar p 0.125); change ≥ -31.9% (95 % bound), below the -10% margin" in line
+    assert "with 24 cases this suite lets through at most 0 broken" in line
+    assert "significant regression" not in line and "prompt b3" in line
+    # 48 cases: one broken passes, two fail
+    assert judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 1, 48)])[0]
+    assert not judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 2, 48)])[0]
+    # a wider margin lets the 4 of 24 through
+    wide = Policy(1, 0.05, 0.05, margin=0.35)
+    assert judge(wide, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 4, 24)])[0]
+
+
+def test_lost_knowledge_counts_as_broken() -> None:
+    claims = suite("claims", "claims", 1, 0, 1)
+    # no case broken by the strict checks, but two answers the base knew are gone
+    ok, reasons = judge(POLICY, [claims, suite("g", "guard", 0, 0, 48, lost=2)])
+    assert not ok
+    assert reasons[2].startswith(
+        "✗ g: 0 fixed, 0 broken, knowledge lost on 2 (counted as broken: 2 in all); pass rate"
+    )
+    assert "below the -10% margin" in reasons[2] and "prompt l1" in reasons[2]
+    # the plain figures stay strict: no McNemar regression, no broken ids
+    d = suite("g", "guard", 0, 0, 48, lost=2)["splits"]["all"]
+    assert (d["broken_count"], d["p_value"], d["harm"]["broken"]) == (0, 1.0, 2)
+    assert judge(POLICY, [claims, suite("g", "guard", 0, 0, 48, lost=1)])[0]
 
 
 def test_reasons_never_name_a_heldout_case() -> None:
     policy = Policy(min_fixed=0, regression_p=0.05, heldout_margin=0.05)
-    regressed = suite("caps", "community", 0, 9, 20, 0.004)
-    regressed["heldout_ids"] = ["b0"]  # "broken prompt 0" is held out
+    regressed = suite("caps", "community", 0, 6, 20, lost=2)  # McNemar p 0.03
+    regressed["heldout_ids"] = ["b0", "l0"]  # "prompt b0" and "prompt l0" are held out
     _, reasons = judge(policy, [regressed])
-    assert "broken prompt 1" in reasons[1] and "broken prompt 0" not in reasons[1]
+    assert "prompt b1" in reasons[1] and "prompt l1" in reasons[1]
+    assert "prompt b0" not in reasons[1] and "prompt l0" not in reasons[1]
+    # held out in another suite of the report is held out here too
+    claims = suite("claims-pr-1", "claims", 0, 3, 30)
+    _, reasons = judge(policy, [claims, regressed])
+    assert "prompt b0" not in reasons[1] and "prompt b1" in reasons[1]
+
+
+def seed_outputs(hub: Hub, ref: str, answers: dict[str, str], max_new_tokens: int) -> None:
+    """Canned outputs: `answers` (prompt → text) stored as `ref`'s cached outputs, so an
+    evaluation scores them without generating."""
+    from upstream.db.schema import EvalOutput
+    from upstream.evals import settings_of, subject_of
+    from upstream.suites import input_hash
+
+    _, settings_hash = settings_of(max_new_tokens)
+    with hub.session() as s, s.begin():
+        _, subject_hash = subject_of(resolve(s, ref))
+        for prompt, text in answers.items():
+            s.add(
+                EvalOutput(
+                    subject_hash=subject_hash,
+                    input_hash=input_hash([{"role": "user", "content": prompt}]),
+                    settings_hash=settings_hash,
+                    output=text,
+                )
+            )
+
+
+def prompt_in(split: str, stem: str) -> str:
+    """The first "STEM #i" whose case lands in `split` of a suite holding out 50 %."""
+    from upstream.suites import input_hash, split_key, split_of
+
+    for i in itertools.count():
+        prompt = f"{stem} #{i}"
+        key = split_key(None, input_hash([{"role": "user", "content": prompt}]))
+        if split_of(key, 50) == split:
+            return prompt
+    raise AssertionError("unreachable")
+
+
+def test_compare_counts_knowledge_kept_and_lost_and_the_ci_counts_it_as_broken(
+    tiny_hub: Hub, tmp_path: Path
+) -> None:
+    from tests.tiny_models import build_model
+    from upstream.ci import compare_on
+    from upstream.comparisons import compare
+    from upstream.suites import CaseIn, add_cases, get_version, version_cases
+
+    import_model(tiny_hub, str(build_model(tmp_path / "other", "llama", seed=7)), "other")
+    eight = {"type": "exact", "value": "8"}
+    rows = [  # (name, split, check, the base's answer, the candidate's answer)
+        ("kept", "public", eight, "A spider has eight legs (8) because...", "8"),
+        ("lost", "public", eight, "It has 8 legs, like every spider.", "6"),
+        ("lost-held", "heldout", eight, "It has 8 legs, like every spider.", "6"),
+        ("broken", "public", eight, "8", "6"),
+        ("learned", "public", {"type": "exact", "value": "Paris"}, "I do not know.", "Paris"),
+        ("neither", "public", {"type": "number", "value": 4}, "many", "lots"),
+        ("no-answer", "public", {"type": "max_words", "value": 3}, "ok", "ok"),
+    ]
+    prompts = {name: prompt_in(split, f"question {name}") for name, split, *_ in rows}
+    tokens = tiny_hub.settings.check_max_new_tokens  # what compare_on generates
+    seed_outputs(tiny_hub, "tiny", {prompts[r[0]]: r[3] for r in rows}, tokens)
+    seed_outputs(tiny_hub, "other", {prompts[r[0]]: r[4] for r in rows}, tokens)
+    add_cases(
+        tiny_hub,
+        "facts",
+        [CaseIn([{"role": "user", "content": prompts[r[0]]}], r[2], ["t"]) for r in rows],
+        "tiny",
+        heldout_percent=50,
+    )
+    with tiny_hub.session() as s:
+        by_prompt = {
+            c.messages[0]["content"]: c.id for c in version_cases(s, get_version(s, "facts"))
+        }
+    case = {name: by_prompt[prompt] for name, prompt in prompts.items()}
+
+    result = compare(
+        tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens, can_see_heldout=True
+    )
+    assert result["base"]["generated"] == result["candidate"]["generated"] == 0
+    d = result["splits"]["all"]
+    assert d["knowledge"] == {
+        "n": 6,  # max_words states no answer
+        "knew": 4,
+        "kept": 1,
+        "lost": sorted([case["lost"], case["lost-held"], case["broken"]]),
+        "lost_count": 3,
+        "learned": 1,
+        "neither": 1,
+    }
+    # fixed, broken and McNemar stay strict; the harm pairing counts the lost knowledge
+    assert d["fixed"] == sorted([case["kept"], case["learned"]])
+    assert d["broken"] == [case["broken"]]
+    assert (d["harm"]["broken"], d["harm"]["fixed"]) == (3, 1)
+    assert d["harm"]["margin"] == 0.10 and d["harm"]["resolvable"] == -1
+    assert result["splits"]["heldout"]["knowledge"]["lost"] == [case["lost-held"]]
+
+    hidden = compare(tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens)["splits"]
+    assert hidden["all"]["knowledge"]["lost"] == sorted([case["lost"], case["broken"]])
+    assert hidden["all"]["knowledge"]["lost_count"] == 3
+    assert hidden["heldout"]["knowledge"] == {
+        **d["knowledge"],
+        **{"n": 1, "knew": 1, "kept": 0, "lost": [], "lost_count": 1, "learned": 0, "neither": 0},
+    }
+
+    checked = compare_on(tiny_hub, "tiny", "tiny", [], "facts", "community", lambda *a: None)
+    assert checked["splits"]["all"]["knowledge"]["lost_count"] == 0  # the same subject
+    checked = compare_on(tiny_hub, "tiny", "other", [], "facts", "community", lambda *a: None)
+    assert checked["heldout_ids"] == [case["lost-held"]]
+    ok, reasons = judge(policy_for(tiny_hub.settings, "tiny"), [checked])
+    assert not ok
+    line = reasons[1]
+    assert line.startswith(
+        "✗ facts: 2 fixed, 1 broken, knowledge lost on 3 (counted as broken: 3 in all)"
+    )
+    assert "below the -10% margin" in line
+    assert f"“{prompts['broken']}”" in line and f"“{prompts['lost']}”" in line
+    assert prompts["lost-held"] not in line  # reasons are public
+    view = checks_view({"suites": [checked]}, can_see_heldout=False)
+    assert case["lost-held"] not in json.dumps(view) and prompts["lost-held"] not in json.dumps(
+        view
+    )
 
 
 def test_heldout_cases_are_counts_only_for_others() -> None:
@@ -311,11 +489,24 @@ def test_heldout_cases_are_counts_only_for_others() -> None:
             {
                 "suite": "caps",
                 "splits": {
-                    "all": {"fixed": ["h1", "p1"], "broken": []},
-                    "heldout": {"fixed": ["h1"], "broken": []},
+                    "all": {
+                        "fixed": ["h1", "p1"],
+                        "broken": [],
+                        "knowledge": {"lost": ["h2", "p2"], "lost_count": 2},
+                    },
+                    "heldout": {
+                        "fixed": ["h1"],
+                        "broken": [],
+                        "knowledge": {"lost": ["h2"], "lost_count": 1},
+                    },
                 },
-                "cases": {"h1": {"prompt": "secret"}, "p1": {"prompt": "public"}},
-                "heldout_ids": ["h1"],
+                "cases": {
+                    "h1": {"prompt": "secret"},
+                    "p1": {"prompt": "public"},
+                    "h2": {"prompt": "secret too"},
+                    "p2": {"prompt": "public too"},
+                },
+                "heldout_ids": ["h1", "h2"],
             },
             {  # a claimed report's case that the suite above holds out
                 "suite": "claims-pr-1",
@@ -327,6 +518,8 @@ def test_heldout_cases_are_counts_only_for_others() -> None:
     }
     view = checks_view(report, can_see_heldout=False)
     assert "secret" not in json.dumps(view) and "h1" not in json.dumps(view)
+    assert "h2" not in json.dumps(view)
+    assert view["suites"][0]["splits"]["all"]["knowledge"] == {"lost": ["p2"], "lost_count": 2}
     assert view["suites"][0]["heldout_hidden"] is True
     assert checks_view(report, can_see_heldout=True) == report
 
@@ -335,10 +528,11 @@ def test_policy_from_settings_and_overrides(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(
-        "policy_heldout_margin = 0.1\n[policy.m]\nmin_fixed = 3\n[policy.bad]\nfixed = 1\n"
+        "policy_heldout_margin = 0.1\n[policy.m]\nmin_fixed = 3\nmargin = 0.2\n"
+        "[policy.bad]\nfixed = 1\n"
     )
     hub = Hub.open(home)
-    assert policy_for(hub.settings, "m") == Policy(3, 0.05, 0.1)
+    assert policy_for(hub.settings, "m") == Policy(3, 0.05, 0.1, margin=0.2)
     assert policy_for(hub.settings, "other") == Policy(1, 0.05, 0.1)
     with pytest.raises(InvalidInput, match="unknown key"):
         policy_for(hub.settings, "bad")

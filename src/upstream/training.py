@@ -76,6 +76,12 @@ class Recipe:
     batch_size: int = 8  # 4 steps an epoch for 25 examples; batches of short ones pad little
     max_length: int = 512  # tokens per example; longer ones are refused, never truncated
     seed: int = 0  # LoRA init, shuffling, dropout: same seed, same adapter
+    # Replay: the base's own greedy answers to this many ordinary prompts per contributed
+    # example (data/replay_prompts.jsonl, never the guard's cases) are trained on too, so
+    # the adapter learns the contributed behaviour *where it is asked for* and keeps the
+    # base's answers elsewhere. 0 turns it off. Measured in docs/training.md.
+    replay: float = 1.0
+    replay_max_new_tokens: int = 64  # a replayed answer cut here is learned without its end
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -115,6 +121,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "batch_size": (1, 256, False, False),
     "max_length": (8, 32768, False, False),
     "seed": (0, 2**32 - 1, False, False),
+    "replay": (0.0, 4.0, False, False),
+    "replay_max_new_tokens": (8, 512, False, False),
 }
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 
@@ -163,6 +171,9 @@ class Conversation:
 
     messages: list[dict[str, str]]
     line: int = 0  # where it was in the JSONL file (1-based; 0 when not from a file)
+    # False for a reply cut at a token limit (a replayed answer of the base): its content
+    # is learned but not the end-of-turn token, so the model is not taught to stop there.
+    complete: bool = True
 
 
 def parse_dataset(
@@ -260,6 +271,7 @@ class TrainResult:
     first_loss: float = math.nan
     last_loss: float = math.nan
     trainable_parameters: int = 0
+    replayed: int = 0  # of `examples`, the base's own answers replayed
 
 
 @dataclass
@@ -268,7 +280,9 @@ class _Example:
     labels: list[int]  # IGNORE where the token carries no loss
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> _Example:
+def tokenize_conversation(
+    tokenizer: Any, messages: list[dict[str, str]], complete: bool = True
+) -> _Example:
     """Token ids of a conversation and labels on its assistant replies only.
 
     The whole conversation is tokenized at once; the token ids of each rendered prefix
@@ -312,8 +326,14 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> _Ex
                 f"the model's chat template does not render the content of message {k + 1}"
             )
         # Train on the content and the end-of-turn token after it, not on the template's
-        # whitespace after that: generation stops at the end-of-turn token.
-        end = _end_of_turn(reply, reply.find(content), specials)
+        # whitespace after that: generation stops at the end-of-turn token. A reply that
+        # was cut short (`complete` false) is learned without it.
+        start_of_content = reply.find(content)
+        end = (
+            _end_of_turn(reply, start_of_content, specials)
+            if complete or k != last
+            else start_of_content + len(content)
+        )
         start = _token_prefix(ids, encode(prompt), k + 1)
         stop = _token_prefix(ids, encode(with_reply[: len(prompt) + end]), k + 1)
         labels[start:stop] = ids[start:stop]
@@ -414,7 +434,7 @@ def encode_dataset(
     for n, conv in enumerate(conversations, start=1):
         name = f"example {n}" + (f" (line {conv.line})" if conv.line else "")
         try:
-            ex = tokenize_conversation(tokenizer, conv.messages)
+            ex = tokenize_conversation(tokenizer, conv.messages, conv.complete)
         except ValueError as e:
             errors.append(f"{name}: {e}")
             continue
@@ -446,7 +466,16 @@ def train_adapter(
     if not conversations:
         raise InvalidInput("dataset: no examples to train on")
     tokenizer = _load_tokenizer(model_dir)
-    examples = encode_dataset(tokenizer, conversations, recipe.max_length)  # before the weights
+    encode_dataset(tokenizer, conversations, recipe.max_length)  # refuse bad data before work
+    replayed = replay_conversations(
+        model_dir,
+        round(recipe.replay * len(conversations)),
+        recipe.replay_max_new_tokens,
+        recipe.seed,
+    )
+    if progress and replayed:
+        progress(0.0, 1.0, f"replayed the base's answers to {len(replayed)} ordinary prompts")
+    examples = encode_dataset(tokenizer, [*conversations, *replayed], recipe.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never trained
     model = _load_model(model_dir)
 
@@ -538,4 +567,45 @@ def train_adapter(
         first_loss=losses[0] if losses else math.nan,
         last_loss=losses[-1] if losses else math.nan,
         trainable_parameters=trainable,
+        replayed=len(replayed),
     )
+
+
+REPLAY_PROMPTS = Path(__file__).parent / "data" / "replay_prompts.jsonl"
+
+
+def replay_prompts() -> list[str]:
+    """The pool of ordinary prompts whose base answers are replayed (none is a guard case)."""
+    lines = REPLAY_PROMPTS.read_text("utf-8").splitlines()
+    return [json.loads(line)["prompt"] for line in lines if line.strip()]
+
+
+def replay_conversations(
+    model_dir: Path, n: int, max_new_tokens: int, seed: int = 0
+) -> list[Conversation]:
+    """The base's own greedy answers to `n` prompts of the pool (at most all), drawn by `seed`.
+
+    Greedy, so the same base and seed always replay the same answers; an answer cut at
+    `max_new_tokens` is marked incomplete and is learned without its end-of-turn token.
+    """
+    import random
+
+    pool = replay_prompts()
+    prompts = random.Random(seed).sample(pool, min(max(0, n), len(pool)))
+    if not prompts:
+        return []
+    from upstream.engines.base import GenRequest
+    from upstream.engines.hf import HFEngine, load_from_dir
+
+    engine = HFEngine(load_from_dir(model_dir), batch_size=16)
+    results = engine.generate(
+        [GenRequest.from_prompt(p, max_new_tokens=max_new_tokens) for p in prompts]
+    )
+    return [
+        Conversation(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r.text.strip()}],
+            complete=r.completion_tokens < max_new_tokens,
+        )
+        for p, r in zip(prompts, results, strict=True)
+        if r.text.strip()
+    ]
