@@ -136,7 +136,7 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
     }
 
     t = time.perf_counter()
-    base_ref, new_ref = f"{MODEL}@v1", f"{MODEL}@{subject['revision']}"
+    base_ref, new_ref = f"{MODEL}@{subject['base']}", f"{MODEL}@{subject['revision']}"
     for fam in families:
         name = f"unseen-{fam.replace('_', '-')}"
         cases = suites.read_cases(family_files(fam)["unseen"], hub.settings.max_prompt_chars)

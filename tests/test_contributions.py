@@ -306,8 +306,11 @@ def test_judge_lists_every_rule() -> None:
         "; change ≥ -7.5% (95 % bound), within the -10% margin; with 48 cases this suite lets "
         "through at most 1 broken"
     )
-    # 10 cases cannot resolve a 10 % margin: nothing broken passes, anything broken fails
-    assert "nothing broken; with 10 cases this suite cannot resolve a 10% margin" in reasons[3]
+    # 10 cases cannot resolve a 10 % margin: judged by the observed change
+    assert reasons[3].endswith(
+        "with 10 cases this suite cannot resolve a 10% margin, so it is judged by its "
+        "observed change +20.0% (95 % bound -10.0%), nothing broken"
+    )
 
     ok, reasons = judge(POLICY, [suite("guard-m", "guard", 0, 9, 20)])
     assert not ok
@@ -327,9 +330,14 @@ def test_a_suite_may_lose_at_most_the_margin() -> None:
     assert not ok
     line = reasons[2]
     assert line.startswith("✗ g: 0 fixed, 4 broken, knowledge lost on 4; pass rate 58% → 42%")
-    assert "(McNemar p 0.125); change ≥ -31.9% (95 % bound), below the -10% margin" in line
-    assert "with 24 cases this suite lets through at most 0 broken" in line
+    # 24 cases cannot tell one broken case from none at 10 %: the observed change decides
+    assert (
+        "(McNemar p 0.125); with 24 cases this suite cannot resolve a 10% margin, so it is "
+        "judged by its observed change -16.7% (95 % bound -31.9%), below the -10% margin"
+    ) in line
     assert "significant regression" not in line and "prompt b3" in line
+    # two broken of 24 (-8.3 %) are within the margin there; a suite of 48 resolves it
+    assert judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 2, 24)])[0]
     # 48 cases: one broken passes, two fail
     assert judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 1, 48)])[0]
     assert not judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 2, 48)])[0]
@@ -361,7 +369,7 @@ def test_reasons_never_name_a_heldout_case() -> None:
     assert "prompt b1" in reasons[1] and "prompt l1" in reasons[1]
     assert "prompt b0" not in reasons[1] and "prompt l0" not in reasons[1]
     # held out in another suite of the report is held out here too
-    claims = suite("claims-pr-1", "claims", 0, 3, 30)
+    claims = suite("claims-pr-1", "claims", 0, 4, 30)
     _, reasons = judge(policy, [claims, regressed])
     assert "prompt b0" not in reasons[1] and "prompt b1" in reasons[1]
 

@@ -36,7 +36,8 @@ MEMORISE = [
     )
 ]
 # A learning rate a tiny random model moves at in a few steps (the default suits real ones).
-FAST = Recipe(learning_rate=1e-2, epochs=8, batch_size=2, rank=4)
+# no replay: these tests are about the training loop on exactly the examples given
+FAST = Recipe(learning_rate=1e-2, epochs=8, batch_size=2, rank=4, replay=0)
 
 
 def line(*messages: dict[str, Any]) -> str:
@@ -195,6 +196,13 @@ def test_only_assistant_replies_and_their_end_token_carry_labels(tokenizer: Any)
     )
 
 
+def test_a_cut_reply_is_learned_without_its_end_token(tokenizer: Any) -> None:
+    ex = tokenize_conversation(tokenizer, [user(), assistant("Paris is the")], complete=False)
+    assert trained_spans(tokenizer, ex.input_ids, ex.labels) == ["Paris is the"]
+    whole = tokenize_conversation(tokenizer, [user(), assistant("Paris is the")])
+    assert trained_spans(tokenizer, whole.input_ids, whole.labels) == ["Paris is the<|im_end|>"]
+
+
 def test_messages_after_the_last_reply_are_left_out(tokenizer: Any) -> None:
     ex = tokenize_conversation(tokenizer, [user(), assistant("Yes."), user("Why?")])
     assert "Why?" not in tokenizer.decode(ex.input_ids)
@@ -314,3 +322,42 @@ def test_target_modules_the_model_lacks_are_refused(tiny_model_dir: Path, tmp_pa
     recipe = recipe_from({"target_modules": ["c_attn"]})
     with pytest.raises(InvalidInput, match="target_modules do not fit"):
         train_adapter(tiny_model_dir, MEMORISE, recipe, tmp_path / "out")
+
+
+# ---- replay -------------------------------------------------------------------------
+
+
+def test_the_replay_pool_holds_no_guard_case() -> None:
+    from upstream.guard import CASES
+    from upstream.training import replay_prompts
+
+    pool = replay_prompts()
+    assert len(pool) == len(set(pool)) >= 64
+    assert not set(pool) & {c.prompt for c in CASES}  # the guard stays an honest test
+
+
+def test_replay_draws_the_bases_own_answers_and_marks_cut_ones(tiny_model_dir: Path) -> None:
+    from upstream.training import replay_conversations, replay_prompts
+
+    first = replay_conversations(tiny_model_dir, 5, 8, seed=0)
+    again = replay_conversations(tiny_model_dir, 5, 8, seed=0)
+    other = replay_conversations(tiny_model_dir, 5, 8, seed=1)
+    assert [c.messages for c in first] == [c.messages for c in again]  # greedy, seeded
+    assert [c.messages[0] for c in first] != [c.messages[0] for c in other]
+    pool = set(replay_prompts())
+    assert len(first) == 5 and all(c.messages[0]["content"] in pool for c in first)
+    # a random tiny model rarely stops within 8 tokens: those answers are marked cut
+    assert any(not c.complete for c in first)
+    assert replay_conversations(tiny_model_dir, 0, 8) == []
+
+
+def test_training_mixes_replayed_answers_into_the_data(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    recipe = Recipe(learning_rate=1e-2, epochs=1, batch_size=4, rank=2, replay=1.0)
+    calls: list[str] = []
+    result = train_adapter(
+        tiny_model_dir, MEMORISE, recipe, tmp_path / "out", lambda d, t, m: calls.append(m)
+    )
+    assert (result.examples, result.replayed) == (8, 4)
+    assert calls[0] == "replayed the base's answers to 4 ordinary prompts"

@@ -165,11 +165,16 @@ def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[
     broken, fixed, p = d["broken_count"], d["fixed_count"], d["p_value"]
     harm, lost = d["harm"], d["knowledge"]["lost_count"]
     regressed = broken > fixed and p < policy.regression_p
-    # A candidate that breaks nothing (lost knowledge included) has lost nothing here: a
-    # suite too small to resolve the margin would otherwise refuse an unchanged candidate.
-    inferior = harm["broken"] > 0 and harm["low"] < -policy.margin - 1e-12
     n = d["n"]
     k = resolvable_breaks(n, policy.margin, policy.regression_p)  # -1: not even none
+    # A suite too small to tell one broken case from none at this margin (k < 1: claims
+    # and suites built from a few reports) cannot give evidence of non-inferiority; it is
+    # judged by its observed net change instead (so 4 broken of 24 still fail). A
+    # candidate that breaks nothing (lost knowledge included) has lost nothing anywhere.
+    observed = (harm["fixed"] - harm["broken"]) / n if n else 0.0
+    small = k < 1
+    measure = observed if small else harm["low"]
+    inferior = harm["broken"] > 0 and measure < -policy.margin - 1e-12
     line = (
         f"{'✗' if regressed or inferior else '✓'} {r['suite']}: {fixed} fixed, {broken} "
         f"broken, knowledge lost on {lost}"
@@ -178,20 +183,22 @@ def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[
     )
     if regressed:
         line += f": a significant regression (p < {policy.regression_p})"
-    line += f"; change ≥ {harm['low']:+.1%} (95 % bound), "
+    cases = f"{n} case{'' if n == 1 else 's'}"
+    if small:
+        line += (
+            f"; with {cases} this suite cannot resolve a {policy.margin:.0%} margin, so it is "
+            f"judged by its observed change {observed:+.1%} (95 % bound {harm['low']:+.1%}), "
+        )
+    else:
+        line += f"; change ≥ {harm['low']:+.1%} (95 % bound), "
     if inferior:
         line += f"below the -{policy.margin:.0%} margin"
     elif harm["broken"] == 0:
         line += "nothing broken"
     else:
         line += f"within the -{policy.margin:.0%} margin"
-    cases = f"{n} case{'' if n == 1 else 's'}"
-    line += (
-        f"; with {cases} this suite lets through at most {k} broken"
-        if k >= 0
-        else f"; with {cases} this suite cannot resolve a {policy.margin:.0%} margin, "
-        "so it lets through no broken case"
-    )
+    if not small:
+        line += f"; with {cases} this suite lets through at most {k} broken"
     if regressed or inferior:
         shown = [*d["broken"], *(i for i in d["knowledge"]["lost"] if i not in d["broken"])]
         names = [r["cases"][i]["prompt"] for i in shown if i in r["cases"] and i not in hidden]

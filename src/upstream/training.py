@@ -81,7 +81,7 @@ class Recipe:
     # the adapter learns the contributed behaviour *where it is asked for* and keeps the
     # base's answers elsewhere. 0 turns it off. Measured in docs/training.md.
     replay: float = 1.0
-    replay_max_new_tokens: int = 64  # a replayed answer cut here is learned without its end
+    replay_max_new_tokens: int = 24  # an answer cut here is learned without its end (cheap)
 
     def __post_init__(self) -> None:
         for f in fields(self):
