@@ -60,9 +60,8 @@ def test_guard_suite_is_made_once_all_public_and_tagged(tiny_hub: Hub) -> None:
 
 def test_every_guard_case_parses_and_is_tagged() -> None:
     cases = guard_cases()
-    assert (
-        len(cases) == 48
-    )  # enough for a 10 % non-inferiority margin to let 1 broken through, not 2
+    # a 10 % non-inferiority margin lets 2 broken cases through, not 3
+    assert len(cases) == 60
     assert len({c.messages[0]["content"] for c in cases}) == len(cases)
     for c in cases:
         parse_check(c.expected)
@@ -129,3 +128,29 @@ def test_a_list_needs_three_items_on_their_own_lines() -> None:
     assert not check.score("1. 1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12.").passed
     assert check.score("* Apples\n* Bananas\n* Oranges").passed
     assert check.score("1) Apples\n\n2) Bananas\n\n3) Oranges").passed
+
+
+def test_a_new_guard_set_replaces_the_old_one_in_a_new_version(tiny_hub: Hub) -> None:
+    from upstream.guard import guard_cases
+    from upstream.suites import add_cases, get_version, version_cases
+
+    old = guard_cases()[:5]  # the import made version 1 with every guard case
+    fragile = CaseIn(
+        [{"role": "user", "content": "Tell me about the Moon."}],
+        {"type": "min_words", "value": 5},
+        ["guard", "fact"],
+        source="guard",
+    )
+    add_cases(tiny_hub, "guard-tiny", [*old, fragile], "tiny", 0, kind="guard")
+    ensure_guard_suite(tiny_hub, "tiny")
+    with tiny_hub.session() as s:
+        newest = get_version(s, "guard-tiny")
+        prompts = {c.messages[0]["content"] for c in version_cases(s, newest)}
+        first = {
+            c.messages[0]["content"] for c in version_cases(s, get_version(s, "guard-tiny", 2))
+        }
+    assert newest.number == 3 and prompts == {c.prompt for c in CASES}
+    assert "Tell me about the Moon." in first  # the old version is kept as it was
+    ensure_guard_suite(tiny_hub, "tiny")  # idempotent: no fourth version
+    with tiny_hub.session() as s:
+        assert get_version(s, "guard-tiny").number == 3

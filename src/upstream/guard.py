@@ -1,7 +1,7 @@
 """The general-behaviour guard: a suite every imported model gets, so a fix cannot break it.
 
 A model pull request is judged on the reports it claims to fix, and on this guard:
-four dozen ordinary instructions (lists, explanations, short stories, how-tos and
+sixty ordinary instructions (lists, explanations, short stories, how-tos and
 a few facts asked as full questions) whose checks look at the form of the answer, not
 its finer content. They catch a candidate that has become terse (fine-tuned to answer
 everything in one word), repetitive (caught in a loop) or broken (empty, or no longer
@@ -16,9 +16,20 @@ which it loops by itself at 128 tokens (a poem about the sea, a robot who learns
 paint, how to make tea or boil an egg, a list of musical instruments, five vegetables,
 sports with a ball, who wrote Romeo and Juliet) were left out.
 
+**Noise floor.** A guard case must not flip when nothing harmful changed. Three "null"
+adapters, trained with the default recipe on nothing but the base's own answers (seeds
+0-2), broke 1-3 of the 48 cases of version 2 each: "What is the boiling point of
+water?" wandered off before saying 100, "Tell me about the Moon." never named the
+Earth, a list of weather kinds looped just past the repetition limit, the ocean
+animals' list lost its line breaks. Version 3 keeps only cases that the base and all
+three null adapters pass: 60 of 67 candidates (a fourth null adapter, seed 3, not used
+to choose, is measured in docs/training.md). Sixty cases also let the non-inferiority
+rule resolve its margin: at 10 %, two broken cases pass and three fail.
+
 The suite holds nothing out (every case is public: there is nothing here to fit to that
-a contributor should not see), and its cases never change: a later set of guard cases
-adds a version, and old results keep naming the version they were measured on.
+a contributor should not see), and its versions never change: a new set of guard cases
+is a new version holding exactly that set, and old results keep naming the version they
+were measured on.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ if TYPE_CHECKING:
 # New tokens generated per guard case. At 96 the bundled model writes 60-85 words when it
 # has more to say, enough for a loop of up to ~35 words to show itself; at 128 it starts
 # looping by itself on more instructions, which would make the guard flaky for candidates
-# that are as good as the base. 48 cases take ~12 s on 2 CPU cores.
+# that are as good as the base. 60 cases take ~20 s on 2 CPU cores.
 GUARD_MAX_NEW_TOKENS = 96
 GUARD_PREFIX = "guard-"
 SUITE_KIND = "guard"
@@ -68,53 +79,62 @@ CASES: tuple[GuardCase, ...] = (
     GuardCase("list", "Name five colours, as a numbered list.", 5),
     GuardCase("list", "List three things you can do on a rainy day.", 8),
     GuardCase("list", "List three tips for staying healthy.", 15),
-    GuardCase("list", "List five animals that live in the ocean.", 15),
+    GuardCase("list", "List three things you might find in a kitchen.", 8),
+    GuardCase("list", "List four things people do to relax.", 8),
+    GuardCase("list", "List three reasons to read books.", 15),
+    GuardCase("list", "List three things you can do at a library.", 8),
+    GuardCase("list", "List three ways to be kind to others.", 8),
     GuardCase("explanation", "Explain what photosynthesis is.", 30),
     GuardCase("explanation", "Explain why people need sleep.", 30),
     GuardCase("explanation", "What is the difference between weather and climate?", 30),
     GuardCase("explanation", "Explain how rain forms.", 30),
     GuardCase("explanation", "Explain why exercise is good for you.", 30),
-    GuardCase("story", "Write a short story about a boy and his dog.", 30),
-    GuardCase("story", "Write a short story about a girl who plants a garden.", 30),
-    GuardCase("story", "Write a short story about a lost balloon.", 30),
-    GuardCase("story", "Write a short story about two friends on a camping trip.", 30),
-    GuardCase("howto", "How do I plant a tree?", 30),
-    GuardCase("howto", "How can I learn a new language?", 30),
-    GuardCase("howto", "How do I write a good email?", 30),
-    GuardCase("howto", "How do I wash my hands properly?", 30),
-    GuardCase("howto", "How do I take care of a houseplant?", 30),
-    GuardCase("fact", "What is the capital of France, and why is it famous?", 10, ("Paris",)),
-    GuardCase("fact", "What is water made of?", 10, ("hydrogen", "oxygen")),
-    GuardCase("fact", "What is the largest ocean on Earth?", 5, ("Pacific",)),
-    GuardCase("fact", "Who was Albert Einstein?", 10, ("physicist",)),
-    GuardCase("fact", "What is the boiling point of water?", 5, ("100",)),
-    # Version 2 (issue 11): 24 more, so that the non-inferiority rule can tell one broken
-    # case from two (see `upstream.stats`): with 24 cases, one broken case already fails a
-    # margin of 10 %; with 48, one passes and two fail.
-    GuardCase("list", "List three things you might find in a kitchen.", 8),
-    GuardCase("list", "Name three kinds of weather, as a list.", 5),
-    GuardCase("list", "List four things people do to relax.", 8),
     GuardCase("explanation", "Explain what a volcano is.", 30),
     GuardCase("explanation", "Explain how a plant grows from a seed.", 30),
     GuardCase("explanation", "Explain why we have seasons.", 30),
     GuardCase("explanation", "Explain what gravity does.", 30),
     GuardCase("explanation", "Explain why recycling is important.", 30),
     GuardCase("explanation", "Explain how the heart works.", 30),
+    GuardCase("explanation", "Explain what a computer does.", 30),
+    GuardCase("explanation", "Explain why the ocean is salty.", 30),
+    GuardCase("explanation", "Explain what a calendar is used for.", 30),
+    GuardCase("explanation", "Explain why people wear coats in winter.", 30),
+    GuardCase("story", "Write a short story about a boy and his dog.", 30),
+    GuardCase("story", "Write a short story about a girl who plants a garden.", 30),
+    GuardCase("story", "Write a short story about a lost balloon.", 30),
+    GuardCase("story", "Write a short story about two friends on a camping trip.", 30),
     GuardCase("story", "Write a short story about a cat who finds a new home.", 30),
     GuardCase("story", "Write a short story about a rainy day at school.", 30),
     GuardCase("story", "Write a short story about a child who learns to ride a bike.", 30),
     GuardCase("story", "Write a short story about a family trip to the mountains.", 30),
     GuardCase("story", "Write a short story about a baker who makes a giant cake.", 30),
+    GuardCase("story", "Write a short story about a bird that cannot sing.", 30),
+    GuardCase("story", "Write a short story about a boy who finds a key.", 30),
+    GuardCase("story", "Write a short story about a turtle who wants to win a race.", 30),
+    GuardCase("howto", "How do I plant a tree?", 30),
+    GuardCase("howto", "How can I learn a new language?", 30),
+    GuardCase("howto", "How do I write a good email?", 30),
+    GuardCase("howto", "How do I wash my hands properly?", 30),
+    GuardCase("howto", "How do I take care of a houseplant?", 30),
     GuardCase("howto", "How do I make a sandwich?", 30),
     GuardCase("howto", "How can I study better for exams?", 30),
     GuardCase("howto", "How do I start running as a beginner?", 30),
     GuardCase("howto", "How do I keep my room tidy?", 30),
     GuardCase("howto", "How can I sleep better at night?", 30),
+    GuardCase("howto", "How do I make new friends?", 30),
+    GuardCase("howto", "How do I save money?", 30),
+    GuardCase("howto", "How do I prepare for a job interview?", 30),
+    GuardCase("fact", "What is the capital of France, and why is it famous?", 10, ("Paris",)),
+    GuardCase("fact", "What is water made of?", 10, ("hydrogen", "oxygen")),
+    GuardCase("fact", "What is the largest ocean on Earth?", 5, ("Pacific",)),
+    GuardCase("fact", "Who was Albert Einstein?", 10, ("physicist",)),
     GuardCase("fact", "What is the capital of Japan, and what is it known for?", 10, ("Tokyo",)),
     GuardCase("fact", "What do plants need to grow?", 10, ("water",)),
     GuardCase("fact", "What is the chemical symbol for gold?", 5, ("Au",)),
     GuardCase("fact", "What is the tallest mountain in the world?", 5, ("Everest",)),
-    GuardCase("fact", "Tell me about the Moon.", 20, ("Earth",)),
+    GuardCase("fact", "What is the capital of Italy, and what is it known for?", 10, ("Rome",)),
+    GuardCase("fact", "What is the capital of Germany, and what is it known for?", 10, ("Berlin",)),
+    GuardCase("fact", "What is the Sun?", 10, ("star",)),
 )
 
 
@@ -157,7 +177,8 @@ def guard_suite_name(model: str) -> str:
 def ensure_guard_suite(hub: Hub, model: str) -> str:
     """Create the guard suite of `model` (a model name) if it lacks one; returns its name.
 
-    Idempotent: when the suite already holds every guard case, nothing is written.
+    Idempotent: when the suite's newest version is exactly the guard cases, nothing is
+    written; otherwise a new version holds exactly them.
     """
     model = model.partition("@")[0]
     name = guard_suite_name(model)
@@ -176,5 +197,6 @@ def ensure_guard_suite(hub: Hub, model: str) -> str:
         heldout_percent=0,
         note="general-behaviour guard cases",
         kind=SUITE_KIND,
+        exact=True,  # a new guard set replaces the old one (fragile cases leave)
     )
     return name

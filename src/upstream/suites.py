@@ -131,13 +131,18 @@ def add_cases(
     heldout_percent: int | None = None,
     note: str = "",
     kind: str = "community",
+    exact: bool = False,
 ) -> dict[str, Any]:
-    """Add cases to a suite (created if needed); makes a new version when any is new."""
+    """Add cases to a suite (created if needed); makes a new version when any is new.
+
+    With `exact` the new version holds exactly `cases` (a hub-owned suite such as the
+    guard, replacing its set), made only when that differs from the newest version.
+    """
     # Two writers adding to one suite at once both pick the next version number; the
     # unique (suite, number) refuses the second, which then retries on the new state.
     for attempt in range(3):
         try:
-            return _add_cases_once(hub, name, cases, model, heldout_percent, note, kind)
+            return _add_cases_once(hub, name, cases, model, heldout_percent, note, kind, exact)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -152,6 +157,7 @@ def _add_cases_once(
     heldout_percent: int | None = None,
     note: str = "",
     kind: str = "community",
+    exact: bool = False,
 ) -> dict[str, Any]:
     """One attempt of `add_cases`."""
     if not NAME_RE.match(name):
@@ -182,17 +188,18 @@ def _add_cases_once(
                 "of a suite cannot change, or old results would mislead"
             )
         current = list(suite.versions[-1].case_ids) if suite.versions else []
-        seen = set(current)
+        seen = set() if exact else set(current)
         added = []
         for c in cases:
             case = make_case(s, c)
             if case.id not in seen:
                 seen.add(case.id)
                 added.append(case.id)
-        if not added:
+        ids = added if exact else current + added
+        if ids == current:
             number = suite.versions[-1].number if suite.versions else 0
             return {"suite": name, "version": number, "added": 0, "cases": len(current)}
-        ids = current + added
+        added = [i for i in ids if i not in set(current)]
         number = (suite.versions[-1].number if suite.versions else 0) + 1
         manifest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
         s.add(
