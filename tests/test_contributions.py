@@ -232,8 +232,8 @@ def test_a_dataset_is_trained_then_checked(tiny_hub: Hub) -> None:
     cid = prs.open_contribution(tiny_hub, data, "bo")["id"]
     detail = check(tiny_hub, cid)
     training = detail["training"]
-    # the 4 contributed examples and the base's own answers to as many ordinary prompts
-    assert training["examples"] == 8 and training["replayed"] == 4
+    # the 4 contributed examples and the base's own answers to twice as many ordinary prompts
+    assert training["examples"] == 12 and training["replayed"] == 8
     assert training["recipe"]["rank"] == 2
     assert set(detail["adapter"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert detail["checks"]["suites"][0]["kind"] == "guard"

@@ -249,7 +249,7 @@ def search_release(
             say(k + (done / total if total else 0.0), len(space), f"{space[k].label}: {message}")
 
         summary = hub.jobs.run_now(job, step)
-        built.append({"candidate": cand.label, **summary, "figures": release_figures(summary)})
+        built.append({"candidate": cand.label, **summary})
     passing = [b for b in built if b["passed"]]
     best = max(passing, key=_search_key, default=None)
     shipped = None
@@ -273,11 +273,11 @@ def _search_key(summary: dict[str, Any]) -> tuple[float, float, int]:
     return (min(kept, default=1.0), sum(kept) / max(len(kept), 1), -figures["broken"])
 
 
-def release_figures(summary: dict[str, Any]) -> dict[str, Any]:
-    """The figures a search prints per candidate: cases fixed and broken, knowledge lost,
-    guard cases broken, and each contribution's retention."""
+def release_figures(checks: dict[str, Any]) -> dict[str, Any]:
+    """A release report's figures, counts only: cases fixed and broken, knowledge lost,
+    guard cases broken (over every suite checked), and each contribution's retention."""
     fixed = broken = lost = guard_broken = 0
-    for r in summary.get("suites", []):
+    for r in checks.get("suites", []):
         d = r["splits"]["all"]
         fixed += d["fixed_count"]
         broken += d["broken_count"]
@@ -289,7 +289,7 @@ def release_figures(summary: dict[str, Any]) -> dict[str, Any]:
         "broken": broken,
         "knowledge_lost": lost,
         "guard_broken": guard_broken,
-        "retention": {k: v["retention"] for k, v in summary["retention"].items()},
+        "retention": {k: v["retention"] for k, v in checks.get("retention", {}).items()},
     }
 
 
@@ -713,7 +713,8 @@ def release_summary(release: Release) -> dict[str, Any]:
         "passed": checks.get("passed"),
         "reasons": checks.get("reasons", []),
         "retention": checks.get("retention", {}),
-        "suites": checks.get("suites", []),
+        # counts only: the stored report names held-out cases, and summaries are public
+        "figures": release_figures(checks),
         "versions": release.versions,
         "inputs": release.inputs,
     }

@@ -12,6 +12,14 @@ a few dozen short conversations that fix one behaviour of a small model.
   ~16 optimizer steps: too few for a warm-up or a decay schedule to matter, enough for
   the loss to fall from 4.0 to 0.19 on 25 one-word answers with SmolLM2-135M, in
   about 30 s on two CPU cores (tests/test_training.py trains exactly that).
+- **Replay of the base's own answers.** Contributed examples teach one behaviour (say,
+  one-word answers) and, alone, teach the model to stop early everywhere. So the base's
+  own greedy answers to ordinary prompts (a bundled pool of 90 that holds no guard case),
+  twice as many as the contributed examples and cut at 24 new tokens, are mixed in: the
+  adapter learns the new behaviour where its instruction is, and the base's elsewhere.
+  A cut answer carries no end-of-turn label, so the model is not taught to stop there.
+  Measured on three families of ignored instructions in docs/training.md (guard cases
+  broken alone: 9-17 of 48 without replay, 2-6 with it).
 - **Loss on the assistant's tokens only.** The model should learn the replies, not
   to predict the user's questions. Each conversation is rendered with the model's own
   chat template, turn by turn: the text the template renders for the prompt before
@@ -80,7 +88,7 @@ class Recipe:
     # example (data/replay_prompts.jsonl, never the guard's cases) are trained on too, so
     # the adapter learns the contributed behaviour *where it is asked for* and keeps the
     # base's answers elsewhere. 0 turns it off. Measured in docs/training.md.
-    replay: float = 1.0
+    replay: float = 2.0
     replay_max_new_tokens: int = 24  # an answer cut here is learned without its end (cheap)
 
     def __post_init__(self) -> None:
