@@ -70,7 +70,9 @@ def test_a_one_word_dataset_fixes_heldout_cases(smol_hub: Hub, one_word: list[in
         "Answer one-word questions in one word",
     )
     training = pr["training"]
-    assert training["examples"] == 25 and training["last_loss"] < training["first_loss"]
+    # the 25 contributed answers and the base's own answers to 50 ordinary prompts
+    assert (training["examples"], training["replayed"]) == (75, 50)
+    assert training["last_loss"] < training["first_loss"]
     suites = {r["suite"]: r for r in pr["checks"]["suites"]}
     claims = suites[f"claims-pr-{pr['id']}"]["splits"]["all"]
     assert claims["fixed_count"] >= 7, pr["checks"]["reasons"]
