@@ -122,10 +122,14 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
         {"id": c["id"], "candidate": c["candidate"], "passed": c["passed"], **c["figures"]}
         for c in search["candidates"]
     ]
-    chosen = next((c for c in search["candidates"] if c["id"] == search["chosen"]), None)
+    chosen = next(
+        (c for c in search["candidates"] if c["id"] is not None and c["id"] == search["chosen"]),
+        None,
+    )
     shipped = search["release"]
     # judged on the unseen prompts: the shipped release, or the best-kept candidate
-    subject = shipped or chosen or max(search["candidates"], key=releases._search_key)
+    built = [c for c in search["candidates"] if c["id"] is not None]
+    subject = shipped or chosen or max(built, key=releases._search_key)
     out["release"] = {
         "id": subject["id"],
         "candidate": next(c["candidate"] for c in search["candidates"] if c["id"] == subject["id"]),

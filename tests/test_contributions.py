@@ -307,9 +307,10 @@ def test_judge_lists_every_rule() -> None:
         "through at most 1 broken"
     )
     # 10 cases cannot resolve a 10 % margin: judged by the observed change
+    assert "observed change +20.0% (95 % bound -10.0%), nothing broken" in reasons[3]
     assert reasons[3].endswith(
         "with 10 cases this suite cannot resolve a 10% margin, so it is judged by its "
-        "observed change +20.0% (95 % bound -10.0%), nothing broken"
+        "observed change and lets through at most 1 broken"
     )
 
     ok, reasons = judge(POLICY, [suite("guard-m", "guard", 0, 9, 20)])
@@ -330,14 +331,15 @@ def test_a_suite_may_lose_at_most_the_margin() -> None:
     assert not ok
     line = reasons[2]
     assert line.startswith("✗ g: 0 fixed, 4 broken, knowledge lost on 4; pass rate 58% → 42%")
-    # 24 cases cannot tell one broken case from none at 10 %: the observed change decides
+    # 24 cases cannot tell one broken case from none at 10 %: the observed change decides,
+    # and such a suite never lets more than one net broken case through
     assert (
-        "(McNemar p 0.125); with 24 cases this suite cannot resolve a 10% margin, so it is "
-        "judged by its observed change -16.7% (95 % bound -31.9%), below the -10% margin"
+        "(McNemar p 0.125); observed change -16.7% (95 % bound -31.9%), beyond what the -10% "
+        "margin allows; with 24 cases this suite cannot resolve a 10% margin"
     ) in line
     assert "significant regression" not in line and "prompt b3" in line
-    # two broken of 24 (-8.3 %) are within the margin there; a suite of 48 resolves it
-    assert judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 2, 24)])[0]
+    assert judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 1, 24)])[0]
+    assert not judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 2, 24)])[0]
     # 48 cases: one broken passes, two fail
     assert judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 1, 48)])[0]
     assert not judge(POLICY, [suite("claims", "claims", 1, 0, 1), suite("g", "guard", 0, 2, 48)])[0]
@@ -354,7 +356,7 @@ def test_lost_knowledge_counts_as_broken() -> None:
     assert reasons[2].startswith(
         "✗ g: 0 fixed, 0 broken, knowledge lost on 2 (counted as broken: 2 in all); pass rate"
     )
-    assert "below the -10% margin" in reasons[2] and "prompt l1" in reasons[2]
+    assert "beyond what the -10% margin allows" in reasons[2] and "prompt l1" in reasons[2]
     # the plain figures stay strict: no McNemar regression, no broken ids
     d = suite("g", "guard", 0, 0, 48, lost=2)["splits"]["all"]
     assert (d["broken_count"], d["p_value"], d["harm"]["broken"]) == (0, 1.0, 2)
@@ -461,7 +463,9 @@ def test_compare_counts_knowledge_kept_and_lost_and_the_ci_counts_it_as_broken(
     assert d["fixed"] == sorted([case["kept"], case["learned"]])
     assert d["broken"] == [case["broken"]]
     assert (d["harm"]["broken"], d["harm"]["fixed"]) == (3, 1)
-    assert d["harm"]["margin"] == 0.10 and d["harm"]["resolvable"] == -1
+    # 5 cases cannot resolve 10 %: the observed change decides, and no net broken passes
+    assert d["harm"]["margin"] == 0.10
+    assert (d["harm"]["resolvable"], d["harm"]["by_bound"]) == (0, False)
     assert result["splits"]["heldout"]["knowledge"]["lost"] == [case["lost-held"]]
 
     hidden = compare(tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens)["splits"]
@@ -482,7 +486,7 @@ def test_compare_counts_knowledge_kept_and_lost_and_the_ci_counts_it_as_broken(
     assert line.startswith(
         "✗ facts: 2 fixed, 1 broken, knowledge lost on 3 (counted as broken: 3 in all)"
     )
-    assert "below the -10% margin" in line
+    assert "beyond what the -10% margin allows" in line
     assert f"“{prompts['broken']}”" in line and f"“{prompts['lost']}”" in line
     assert prompts["lost-held"] not in line  # reasons are public
     view = checks_view({"suites": [checked]}, can_see_heldout=False)

@@ -154,3 +154,13 @@ def test_a_new_guard_set_replaces_the_old_one_in_a_new_version(tiny_hub: Hub) ->
     ensure_guard_suite(tiny_hub, "tiny")  # idempotent: no fourth version
     with tiny_hub.session() as s:
         assert get_version(s, "guard-tiny").number == 3
+
+
+def test_a_fact_is_a_whole_word_not_a_substring() -> None:
+    gold = _spec("What is the chemical symbol for gold?")
+    sound = "The chemical symbol for gold is Au, from the Latin word aurum for shining dawn."
+    assert parse_check(gold).score(sound).passed
+    because = "Gold has a symbol because chemists give every element a short name of its own."
+    assert not parse_check(gold).score(because).passed
+    sun = _spec("What is the Sun?")
+    assert not parse_check(sun).score("The Sun is where the day starts for all of us here.").passed

@@ -236,3 +236,29 @@ def test_compare_counts_what_the_base_knew_in_the_harm_pairing() -> None:
     same = compare(base, base, base_knew=knew, cand_knew=knew)
     assert (same.harm.broken, same.harm.fixed) == (0, 0)
     assert compare(cand, cand, cand_knew={"c4": True}).harm.fixed == 0
+
+
+def test_the_allowance_never_grows_as_a_suite_shrinks_or_the_margin_tightens() -> None:
+    from upstream.stats import allowance, harm_passes
+
+    assert allowance(60, 0.10, 0.05) == stats_allowance(2, True)
+    assert allowance(48, 0.10, 0.05) == stats_allowance(1, True)
+    assert allowance(24, 0.10, 0.05) == stats_allowance(1, False)  # observed change, ≤ 1
+    assert allowance(8, 0.10, 0.05) == stats_allowance(0, False)  # 1 of 8 is 12.5 %
+    margins = [0.03, 0.05, 0.08, 0.10, 0.15, 0.20]
+    for m in margins:
+        allowed = [allowance(n, m, 0.05).breaks for n in range(5, 101)]
+        assert allowed == sorted(allowed), m  # more cases never allow fewer breaks
+    for n in range(5, 101):
+        allowed = [allowance(n, m, 0.05).breaks for m in margins]
+        assert allowed == sorted(allowed), n  # a wider margin never allows fewer
+    small = allowance(14, 0.10, 0.05)
+    assert harm_passes(-0.3, fixed=1, broken=2, n=14, rule=small, margin=0.10)  # net 1
+    assert not harm_passes(-0.3, fixed=0, broken=2, n=14, rule=small, margin=0.10)
+    assert harm_passes(-0.9, fixed=0, broken=0, n=3, rule=allowance(3, 0.1), margin=0.10)
+
+
+def stats_allowance(breaks: int, by_bound: bool):  # type: ignore[no-untyped-def]
+    from upstream.stats import Allowance
+
+    return Allowance(breaks, by_bound)

@@ -42,7 +42,7 @@ from upstream.db.schema import Case, ContributionPush, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
 from upstream.evals import Progress
 from upstream.settings import Policy, policy_for
-from upstream.stats import resolvable_breaks
+from upstream.stats import allowance, harm_passes
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -166,15 +166,9 @@ def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[
     harm, lost = d["harm"], d["knowledge"]["lost_count"]
     regressed = broken > fixed and p < policy.regression_p
     n = d["n"]
-    k = resolvable_breaks(n, policy.margin, policy.regression_p)  # -1: not even none
-    # A suite too small to tell one broken case from none at this margin (k < 1: claims
-    # and suites built from a few reports) cannot give evidence of non-inferiority; it is
-    # judged by its observed net change instead (so 4 broken of 24 still fail). A
-    # candidate that breaks nothing (lost knowledge included) has lost nothing anywhere.
+    rule = allowance(n, policy.margin, policy.regression_p)
+    inferior = not harm_passes(harm["low"], harm["fixed"], harm["broken"], n, rule, policy.margin)
     observed = (harm["fixed"] - harm["broken"]) / n if n else 0.0
-    small = k < 1
-    measure = observed if small else harm["low"]
-    inferior = harm["broken"] > 0 and measure < -policy.margin - 1e-12
     line = (
         f"{'✗' if regressed or inferior else '✓'} {r['suite']}: {fixed} fixed, {broken} "
         f"broken, knowledge lost on {lost}"
@@ -183,22 +177,17 @@ def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[
     )
     if regressed:
         line += f": a significant regression (p < {policy.regression_p})"
-    cases = f"{n} case{'' if n == 1 else 's'}"
-    if small:
-        line += (
-            f"; with {cases} this suite cannot resolve a {policy.margin:.0%} margin, so it is "
-            f"judged by its observed change {observed:+.1%} (95 % bound {harm['low']:+.1%}), "
-        )
-    else:
+    if rule.by_bound:
         line += f"; change ≥ {harm['low']:+.1%} (95 % bound), "
+    else:
+        line += f"; observed change {observed:+.1%} (95 % bound {harm['low']:+.1%}), "
     if inferior:
-        line += f"below the -{policy.margin:.0%} margin"
+        line += f"beyond what the -{policy.margin:.0%} margin allows"
     elif harm["broken"] == 0:
         line += "nothing broken"
     else:
         line += f"within the -{policy.margin:.0%} margin"
-    if not small:
-        line += f"; with {cases} this suite lets through at most {k} broken"
+    line += "; " + rule.describe(n, policy.margin)
     if regressed or inferior:
         shown = [*d["broken"], *(i for i in d["knowledge"]["lost"] if i not in d["broken"])]
         names = [r["cases"][i]["prompt"] for i in shown if i in r["cases"] and i not in hidden]

@@ -114,7 +114,9 @@ def compare_split(
     d["underpowered"] = abs(result.paired.diff) < result.mde
     d["knowledge"] = knowledge(ids, cand_passed, base_knew, cand_knew)
     d["harm"]["margin"] = policy.margin
-    d["harm"]["resolvable"] = stats.resolvable_breaks(result.n, policy.margin, policy.regression_p)
+    rule = stats.allowance(result.n, policy.margin, policy.regression_p)
+    d["harm"]["resolvable"] = rule.breaks
+    d["harm"]["by_bound"] = rule.by_bound
     return d
 
 
@@ -199,15 +201,12 @@ def detectable_note(d: dict[str, Any]) -> str:
         )
     note += ". McNemar's p counts a report's variants as independent cases."
     harm = d.get("harm")
-    if harm and "resolvable" in harm:
-        k, margin = harm["resolvable"], harm["margin"]
-        note += (
-            f" At the merge policy's margin of {margin:.0%} it lets through at most {k} "
-            "broken case(s)."
-            if k >= 0
-            else f" It is too small to resolve the merge policy's margin of {margin:.0%}: "
-            "the CI lets no broken case through."
-        )
+    if harm and "by_bound" in harm:
+        from upstream.stats import Allowance
+
+        rule = Allowance(harm["resolvable"], harm["by_bound"])
+        margin = harm["margin"]
+        note += f" At the merge policy's margin of {margin:.0%}, {rule.describe(d['n'], margin)}."
     return note
 
 

@@ -106,7 +106,7 @@ def run_demo(
         for c in search["candidates"]:
             f = c["figures"]
             kept = ", ".join("–" if v is None else f"{v:.0%}" for v in f["retention"].values())
-            mark = "→" if c["id"] == search["chosen"] else " "
+            mark = "→" if c["id"] is not None and c["id"] == search["chosen"] else " "
             console.print(
                 f" {mark} {c['candidate']:<24} {'passed' if c['passed'] else 'failed':<7}"
                 f" {f['fixed']} fixed, {f['broken']} broken, {f['knowledge_lost']} knowledge"
@@ -118,8 +118,8 @@ def run_demo(
             search["candidates"][0],
         )
         console.print(
-            f"release {release['tag'] or '(candidate)'}: {MODEL}@{release['revision'][:12]}, "
-            f"{release['state']}"
+            f"release {release['tag'] or '(candidate)'}: "
+            f"{MODEL}@{(release['revision'] or 'none')[:12]}, {release['state']}"
         )
         for reason in release["reasons"]:
             console.print(f"  {reason}", highlight=False)

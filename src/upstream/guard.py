@@ -146,8 +146,10 @@ def guard_check(case: GuardCase) -> dict[str, Any]:
     ]
     if case.kind == "list":
         checks.append({"type": "regex", "pattern": THREE_ITEMS})
-    if case.facts:
-        checks.append({"type": "contains", "values": list(case.facts), "mode": "all"})
+    for fact in case.facts:
+        # a whole word (or its plural): a substring would find "Au" in "because", "star"
+        # in "start"
+        checks.append({"type": "regex", "pattern": rf"\b{re.escape(fact)}s?\b"})
     return {"type": "all_of", "checks": checks}
 
 

@@ -42,7 +42,7 @@ from upstream.db.schema import (
     Tag,
     utcnow,
 )
-from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, UpstreamError
 from upstream.evals import Progress
 
 if TYPE_CHECKING:
@@ -242,26 +242,50 @@ def search_release(
             cand.density,
             cand.seed,
         )
-        planned = plan_release(hub, data, author)
-        job = queue_release(hub, planned["id"], ship=False)
 
         def step(done: float, total: float, message: str, k: int = k) -> None:
             say(k + (done / total if total else 0.0), len(space), f"{space[k].label}: {message}")
 
-        summary = hub.jobs.run_now(job, step)
+        try:
+            planned = plan_release(hub, data, author)
+            summary = hub.jobs.run_now(queue_release(hub, planned["id"], ship=False), step)
+        except UpstreamError as e:
+            if k == 0 and not built:  # refused before anything was built: say so at once
+                raise
+            # one candidate that cannot be built (a retrain refused, a contribution
+            # re-pushed meanwhile) does not lose the others' figures
+            summary = _unbuilt(str(e))
         built.append({"candidate": cand.label, **summary})
     passing = [b for b in built if b["passed"]]
     best = max(passing, key=_search_key, default=None)
-    shipped = None
+    shipped, ship_error = None, None
     if best is not None and not dry_run:
-        shipped = ship_release(hub, best["id"], author)
+        try:
+            shipped = ship_release(hub, best["id"], author, model)
+        except Conflict as e:  # changed since it was built: the figures still stand
+            ship_error = str(e)
     return {
+        "ship_error": ship_error,
         "model": model,
         "contributions": list(contributions),
         "dry_run": dry_run,
         "candidates": built,
         "chosen": best["id"] if best else None,
         "release": shipped,
+    }
+
+
+def _unbuilt(reason: str) -> dict[str, Any]:
+    """A search candidate that could not be built, shaped like a release summary."""
+    return {
+        "id": None,
+        "state": "not built",
+        "tag": "",
+        "revision": None,
+        "passed": False,
+        "reasons": [f"✗ {reason}"],
+        "retention": {},
+        "figures": release_figures({}),
     }
 
 
@@ -492,8 +516,11 @@ def _finish(
         return release_summary(release)
 
 
-def ship_release(hub: Hub, release_id: int, author: str) -> dict[str, Any]:
-    """Release a candidate that passed its checks (one a search built and did not ship)."""
+def ship_release(
+    hub: Hub, release_id: int, author: str, model: str | None = None
+) -> dict[str, Any]:
+    """Release a candidate that passed its checks (one a search built and did not ship);
+    `model`, when given, must be the release's model."""
     from upstream.registry import resolve
     from upstream.triage import is_maintainer
 
@@ -501,7 +528,13 @@ def ship_release(hub: Hub, release_id: int, author: str) -> dict[str, Any]:
         raise Forbidden(f"only a maintainer may cut a release ({author} is not)")
     with hub.session() as s, s.begin():
         release = get_release(s, release_id)
+        if model is not None and release.model.name != model.partition("@")[0]:
+            raise InvalidInput(
+                f"release {release_id} is a release of {release.model.name}, not {model}"
+            )
         checks = release.checks or {}
+        if release.revision is None:
+            raise Conflict(f"release {release_id} has no revision yet ({release.state})")
         if release.state != "candidate" or not checks.get("passed"):
             why = release.state if release.state != "candidate" else "a candidate that failed"
             raise Conflict(f"release {release_id} is {why}; only a passing candidate can ship")
@@ -513,7 +546,6 @@ def ship_release(hub: Hub, release_id: int, author: str) -> dict[str, Any]:
         passing = _candidate_passes(hub, checks["suites"])
         fixed_reports = _ship(s, release, passing)
         s.flush()
-        assert release.revision is not None
         retention = {int(k): v for k, v in checks.get("retention", {}).items()}
         release.revision.card = _card(s, release, fixed_reports, retention)
         return release_summary(release)
@@ -547,9 +579,10 @@ def _changed_since_plan(session: Any, release: Release) -> list[str]:
     out = []
     for cid in release.contributions:
         c = get_contribution(session, cid)
-        pushed = release.method != "retrain" and c.pushes[-1].adapter != release.inputs[
-            "adapters"
-        ].get(str(cid))
+        if release.method == "retrain":  # trained from the datasets, not the adapters
+            pushed = c.pushes[-1].files != release.inputs["datasets"].get(str(cid))
+        else:
+            pushed = c.pushes[-1].adapter != release.inputs["adapters"].get(str(cid))
         if c.state != "approved" or pushed:
             what = "has a new push" if pushed else f"is {c.state}"
             out.append(f"✗ contribution #{cid} {what} since the release was planned")

@@ -13,7 +13,8 @@ taken separately.
 - `minimum_detectable_effect`: how large a change the suite is able to see at all.
 - `agresti_min`, `harm_bound`: the lower 95 % bound of the change that the merge policy's
   non-inferiority rule reads (the candidate may lose at most a margin of pass rate).
-- `resolvable_breaks`: how many broken cases a suite of n cases lets through at a margin.
+- `resolvable_breaks`: how many broken cases a suite of n cases lets through at a margin;
+  `allowance` and `harm_passes`: the rule the CI applies, small suites included.
 """
 
 from __future__ import annotations
@@ -244,6 +245,53 @@ def resolvable_breaks(n: int, margin: float, regression_p: float | None = None) 
         else:
             hi = mid - 1
     return lo
+
+
+SMALL_SUITE_BREAKS = 1  # net broken cases a suite too small to resolve the margin allows
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """How a suite of n cases is judged at a margin, and how many broken cases it allows."""
+
+    breaks: int  # the most broken cases (none fixed) that pass
+    by_bound: bool  # judged by the 95 % bound (else by the observed net change)
+
+    def describe(self, n: int, margin: float) -> str:
+        cases = f"{n} case{'' if n == 1 else 's'}"
+        if self.by_bound:
+            return f"with {cases} this suite lets through at most {self.breaks} broken"
+        return (
+            f"with {cases} this suite cannot resolve a {margin:.0%} margin, so it is judged "
+            f"by its observed change and lets through at most {self.breaks} broken"
+        )
+
+
+def allowance(n: int, margin: float, regression_p: float | None = None) -> Allowance:
+    """The non-inferiority rule for a suite of n cases at `margin`.
+
+    A suite that can tell one broken case from none (`resolvable_breaks` ≥ 1) is judged by
+    the lower bound of the paired change. A smaller one cannot give evidence either way;
+    it is judged by its observed net change (≥ −margin) and never allows more than
+    `SMALL_SUITE_BREAKS` net broken cases, so the allowance never grows as a suite gets
+    smaller or the margin stricter.
+    """
+    k = resolvable_breaks(n, margin, regression_p)
+    if k >= 1:
+        return Allowance(k, True)
+    return Allowance(min(SMALL_SUITE_BREAKS, math.floor(margin * n + 1e-9)), False)
+
+
+def harm_passes(
+    harm_low: float, fixed: int, broken: int, n: int, rule: Allowance, margin: float
+) -> bool:
+    """Whether a suite's harm (lost knowledge counted as broken) is within the margin."""
+    if broken == 0:
+        return True  # nothing lost here, whatever the suite's size
+    if rule.by_bound:
+        return harm_low >= -margin - 1e-12
+    net = broken - fixed
+    return net <= rule.breaks and (fixed - broken) / n >= -margin - 1e-12
 
 
 @dataclass(frozen=True)

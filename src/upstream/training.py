@@ -14,9 +14,10 @@ a few dozen short conversations that fix one behaviour of a small model.
   about 30 s on two CPU cores (tests/test_training.py trains exactly that).
 - **Replay of the base's own answers.** Contributed examples teach one behaviour (say,
   one-word answers) and, alone, teach the model to stop early everywhere. So the base's
-  own greedy answers to ordinary prompts (a bundled pool of 90 that holds no guard case),
-  twice as many as the contributed examples and cut at 24 new tokens, are mixed in: the
-  adapter learns the new behaviour where its instruction is, and the base's elsewhere.
+  own greedy answers to ordinary prompts (a bundled pool of 87 that holds no guard case),
+  twice as many as the contributed examples (at most the whole pool) and cut at 24 new
+  tokens, are mixed in: the adapter learns the new behaviour where its instruction is,
+  and the base's elsewhere.
   A cut answer carries no end-of-turn label, so the model is not taught to stop there.
   Measured on three families of ignored instructions in docs/training.md (guard cases
   broken alone: 9-17 of 48 without replay, 2-6 with it).
@@ -483,7 +484,17 @@ def train_adapter(
     )
     if progress and replayed:
         progress(0.0, 1.0, f"replayed the base's answers to {len(replayed)} ordinary prompts")
-    examples = encode_dataset(tokenizer, [*conversations, *replayed], recipe.max_length)
+    examples = encode_dataset(tokenizer, conversations, recipe.max_length)
+    # The replayed answers are the hub's, not the contributor's: one the template cannot
+    # take (a control token in the base's own answer) is left out, not blamed on a line.
+    kept = []
+    for conv in replayed:
+        try:
+            kept += encode_dataset(tokenizer, [conv], recipe.max_length)
+        except InvalidInput:
+            continue
+    replayed_count = len(kept)
+    examples += kept
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never trained
     model = _load_model(model_dir)
 
@@ -575,7 +586,7 @@ def train_adapter(
         first_loss=losses[0] if losses else math.nan,
         last_loss=losses[-1] if losses else math.nan,
         trainable_parameters=trainable,
-        replayed=len(replayed),
+        replayed=replayed_count,
     )
 
 

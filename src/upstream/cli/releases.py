@@ -41,8 +41,10 @@ def release(
     search: bool = typer.Option(
         False,
         "--search",
-        help="Build every candidate (linear, ties, dare_ties at a few densities and weights, "
-        "retrain), check each, and ship the passing one with the best retention.",
+        help="Build every candidate (linear at weights 1 and 0.75; with several "
+        "contributions also ties at densities 0.8 and 0.5, dare_ties at 0.5, and retrain "
+        "when all are datasets), check each, and ship the passing one with the best "
+        "retention.",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="With --search: only build, check and show the candidates."
@@ -54,15 +56,21 @@ def release(
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Merge approved contributions into a new revision, check it, tag it, credit people."""
+    """Merge approved contributions into a new revision, check it, and (if it passes) tag it
+    and credit people; --search tries several merges and ships the best."""
     hub = open_hub()
     if ship is not None:
-        _print_release(domain.ship_release(hub, ship, current_user(as_user)), json_out)
+        if from_ or search or dry_run or methods or no_wait:
+            raise InvalidInput(
+                "--ship ships a candidate that was built already: leave out --from, "
+                "--search, --dry-run, --methods and --no-wait"
+            )
+        _print_release(domain.ship_release(hub, ship, current_user(as_user), model), json_out)
         return
     if not from_:
         raise InvalidInput("--from: name the approved contributions to release, e.g. --from 3,5")
-    if dry_run and not search:
-        raise InvalidInput("--dry-run applies to --search only")
+    if (dry_run or methods) and not search:
+        raise InvalidInput("--dry-run and --methods apply to --search only")
     if search:
         if method != "linear" or weights or density is not None or seed is not None:
             raise InvalidInput(
@@ -130,9 +138,9 @@ def _search(
         kept = ", ".join(
             f"#{k} {'–' if v is None else f'{v:.0%}'}" for k, v in f["retention"].items()
         )
-        mark = " ←" if c["id"] == result["chosen"] else ""
+        mark = " ←" if c["id"] is not None and c["id"] == result["chosen"] else ""
         table.add_row(
-            f"{c['id']}{mark}",
+            f"{c['id'] or '–'}{mark}",
             c["candidate"],
             "[green]passed[/]" if c["passed"] else "[red]failed[/]",
             str(f["fixed"]),
@@ -148,6 +156,9 @@ def _search(
         for c in result["candidates"]:
             failed = [r for r in c["reasons"] if r.startswith("✗")]
             console.print(f"  {c['candidate']}: {'; '.join(failed)}", markup=False)
+        return
+    if result["ship_error"]:
+        console.print(f"[yellow]not shipped[/]: {escape(result['ship_error'])}")
         return
     if result["release"] is None:
         console.print(
