@@ -60,8 +60,13 @@ def test_guard_suite_is_made_once_all_public_and_tagged(tiny_hub: Hub) -> None:
 
 def test_every_guard_case_parses_and_is_tagged() -> None:
     cases = guard_cases()
-    # a 10 % non-inferiority margin lets 2 broken cases through, not 3
-    assert len(cases) == 60
+    # the default 10 % non-inferiority margin lets 2 broken cases through, not 3: the
+    # noise floor measured with null adapters (docs/training.md)
+    from upstream.settings import Settings
+    from upstream.stats import allowance
+
+    margin, p = Settings.policy_margin, Settings.policy_regression_p
+    assert len(cases) == 60 and allowance(len(cases), margin, p).breaks == 2
     assert len({c.messages[0]["content"] for c in cases}) == len(cases)
     for c in cases:
         parse_check(c.expected)

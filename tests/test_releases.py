@@ -202,12 +202,10 @@ def test_search_builds_every_candidate_and_ships_only_the_chosen(
         assert resolve(s, "tiny").hash == before  # a dry run moves nothing
         assert all(prs.get_contribution(s, i).state == "approved" for i in ids)
 
-    failed = next((c for c in dry["candidates"] if not c["passed"]), None)
-    if failed is not None:
-        with pytest.raises(Conflict, match="only a passing candidate can ship"):
-            releases.ship_release(hub, failed["id"], maintainer)
     with pytest.raises(Forbidden):
         releases.ship_release(hub, dry["chosen"], "bo")
+    with pytest.raises(InvalidInput, match="is a release of tiny, not other"):
+        releases.ship_release(hub, dry["chosen"], maintainer, "other")
     shipped = releases.ship_release(hub, dry["chosen"], maintainer)
     assert shipped["state"] == "released" and shipped["tag"] == "v2"
     with hub.session() as s:
@@ -215,6 +213,11 @@ def test_search_builds_every_candidate_and_ships_only_the_chosen(
         assert all(prs.get_contribution(s, i).state == "merged" for i in ids)
     with pytest.raises(Conflict, match="is released"):
         releases.ship_release(hub, dry["chosen"], maintainer)
+    # a sibling candidate that passed can no longer ship: its contributions are merged
+    # and the model's latest revision is not its base any more
+    sibling = next(c for c in dry["candidates"] if c["id"] != dry["chosen"] and c["passed"])
+    with pytest.raises(Conflict, match="is merged since the release was planned"):
+        releases.ship_release(hub, sibling["id"], maintainer)
 
 
 def test_search_ships_the_passing_candidate_with_the_best_retention(
@@ -231,3 +234,34 @@ def test_search_ships_the_passing_candidate_with_the_best_retention(
     with hub.session() as s:
         assert all(releases.get_release(s, c["id"]).state == "candidate" for c in others)
         assert resolve(s, "tiny").hash == result["release"]["revision"]
+
+
+def test_the_search_space_and_its_order() -> None:
+    labels = [c.label for c in releases.search_space(1, all_datasets=True)]
+    assert labels == ["linear", "linear weights 0.75"]  # nothing to resolve between deltas
+    two = [c.label for c in releases.search_space(2, all_datasets=False)]
+    assert two == [
+        "linear",
+        "linear weights 0.75,0.75",
+        "ties density 0.8",
+        "ties density 0.5",
+        "dare_ties density 0.5",
+    ]
+    assert [c.label for c in releases.search_space(2, all_datasets=True)] == [*two, "retrain"]
+
+
+def test_the_best_candidate_keeps_its_worst_fix_best() -> None:
+    def summary(retention: list[float | None], broken: int) -> dict:
+        return {
+            "retention": {str(i): {"retention": r} for i, r in enumerate(retention)},
+            "figures": {"broken": broken},
+        }
+
+    even, lopsided = summary([0.8, 0.8], 5), summary([0.5, 1.0], 0)
+    assert max([lopsided, even], key=releases._search_key) is even  # worst kept 80 % > 50 %
+    mean_wins = summary([0.8, 1.0], 9)
+    assert max([even, mean_wins], key=releases._search_key) is mean_wins
+    fewer_broken = summary([0.8, 0.8], 1)
+    assert max([even, fewer_broken], key=releases._search_key) is fewer_broken
+    nothing_fixed = summary([None, None], 0)  # no fix alone to lose: counts as kept
+    assert releases._search_key(nothing_fixed)[:2] == (1.0, 1.0)

@@ -14,7 +14,9 @@ release. The job (`releases.build`) then
    its own, the share the merged revision still passes;
 3. if the policy holds: tags the revision `vN` and `latest`, marks the reports whose
    cases now all pass as fixed in it, marks the contributions merged, and writes the
-   credits ledger; otherwise keeps it as a `candidate`, with the reasons;
+   credits ledger (`_ship`); otherwise keeps it as a `candidate`, with the reasons. A
+   release built with `ship=False` (each candidate of `search_release`) stays a
+   candidate even when it passes, until `ship_release` ships it;
 4. writes the model card (README.md) into the revision's record.
 """
 

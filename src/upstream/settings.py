@@ -81,8 +81,9 @@ class Settings:
     # no held-out pass rate below the base's by more than this (absolute),
     policy_heldout_margin: float = 0.05
     # and no suite whose pass rate may have fallen by more than this (absolute): the lower
-    # 95 % bound of the paired change must stay above -margin. 0.10 is what a 48-case
-    # guard suite can resolve at all: one broken case passes, two fail (`upstream.stats`).
+    # 95 % bound of the paired change must stay above -margin (a suite too small to
+    # resolve it: the observed change, one net broken case at most; `stats.allowance`).
+    # At 0.10 the 60-case guard lets 2 broken cases through, its measured noise floor.
     policy_margin: float = 0.10
     # Per-model overrides of the four policy_* values: {"model": {"min_fixed": 2, ...}},
     # written in config.toml as [policy.MODEL] tables.

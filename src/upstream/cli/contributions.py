@@ -259,8 +259,12 @@ def print_detail(d: dict[str, Any]) -> None:
         console.print(f"adapter: rank {a.get('rank')}, {a.get('layers')} layers")
     t = d.get("training")
     if t:
+        replayed = t.get("replayed", 0)  # trainings before replay have none
+        examples = f"{t['examples'] - replayed} examples" + (
+            f" + {replayed} of the base's own answers replayed" if replayed else ""
+        )
         console.print(
-            f"training: {t['examples']} examples, {t['epochs']} epochs, {t['steps']} steps in "
+            f"training: {examples}, {t['epochs']} epochs, {t['steps']} steps in "
             f"{t['seconds']:.0f} s; loss {t['first_loss']:.3f} → {t['last_loss']:.3f}"
         )
     checks = d.get("checks")
