@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,37 @@ def test_the_best_candidate_keeps_its_worst_fix_best() -> None:
     assert max([even, fewer_broken], key=releases._search_key) is fewer_broken
     nothing_fixed = summary([None, None], 0)  # no fix alone to lose: counts as kept
     assert releases._search_key(nothing_fixed)[:2] == (1.0, 1.0)
+
+
+def test_release_search_and_ship_from_the_command_line(
+    hub: Hub, two: tuple[list[int], list[Path]]
+) -> None:
+    from tests.test_cli import upstream
+
+    home = hub.settings.home  # the subprocess reads the fixture's lenient policy from here
+    (home / "config.toml").write_text(
+        "policy_min_fixed = 0\npolicy_regression_p = 1e-9\npolicy_margin = 0.99\n"
+    )
+    ids = ",".join(map(str, two[0]))
+    wrong = upstream(home, "release", "tiny", "--from", ids, "--dry-run")
+    assert (
+        wrong.returncode == 2 and "--dry-run and --methods apply to --search only" in wrong.stderr
+    )
+    dry = upstream(
+        home, "release", "tiny", "--from", ids, "--search", "--dry-run", "--methods", "linear",
+        "--json",
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    result = json.loads(dry.stdout)
+    assert [c["candidate"] for c in result["candidates"]] == ["linear", "linear weights 0.75,0.75"]
+    assert result["release"] is None and result["chosen"] in [c["id"] for c in result["candidates"]]
+    assert all(
+        set(c["figures"]) >= {"fixed", "broken", "guard_broken"} for c in result["candidates"]
+    )
+    both = upstream(home, "release", "tiny", "--ship", str(result["chosen"]), "--from", ids)
+    assert both.returncode == 2 and "--ship ships a candidate" in both.stderr
+    shipped = upstream(home, "release", "tiny", "--ship", str(result["chosen"]), "--json")
+    assert shipped.returncode == 0, shipped.stderr
+    assert json.loads(shipped.stdout)["tag"] == "v2"
+    human = upstream(home, "models", "show", "tiny", "--json")
+    assert json.loads(human.stdout)["tags"] == ["latest", "v2"]
