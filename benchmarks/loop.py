@@ -119,8 +119,7 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
     search = releases.search_release(hub, MODEL, list(prs.values()), me, False, methods)
     stage("release search", t)
     out["search"] = [
-        {"id": c["id"], "candidate": c["candidate"], "passed": c["passed"], **c["figures"]}
-        for c in search["candidates"]
+        {k: c[k] for k in ("id", "candidate", "passed", "figures")} for c in search["candidates"]
     ]
     chosen = next(
         (c for c in search["candidates"] if c["id"] is not None and c["id"] == search["chosen"]),
@@ -167,6 +166,8 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
 
 
 def print_report(out: dict[str, Any], console: Console) -> None:
+    from upstream.cli.releases import candidates_table
+
     table = Table(
         "family",
         "CI alone",
@@ -192,26 +193,7 @@ def print_report(out: dict[str, Any], console: Console) -> None:
             f"{f['retained']}" + (f" ({f['retention']:.0%})" if f["retention"] is not None else ""),
         )
     console.print(table)
-    search = Table(
-        "release",
-        "candidate",
-        "checks",
-        "fixed",
-        "broken",
-        "knowledge lost",
-        "guard broken",
-        title="release search",
-    )
-    for c in out["search"]:
-        search.add_row(
-            str(c["id"]),
-            c["candidate"],
-            "passed" if c["passed"] else "failed",
-            str(c["fixed"]),
-            str(c["broken"]),
-            str(c["knowledge_lost"]),
-            str(c["guard_broken"]),
-        )
+    search = candidates_table(out["search"], out["release"]["id"])
     console.print(search)
     r = out["release"]
     console.print(

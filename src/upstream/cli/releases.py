@@ -123,32 +123,7 @@ def _search(
     if json_out:
         emit_json(result)
         return
-    table = Table(
-        "release",
-        "candidate",
-        "checks",
-        "fixed",
-        "broken",
-        "knowledge lost",
-        "guard broken",
-        "retention (per contribution)",
-    )
-    for c in result["candidates"]:
-        f = c["figures"]
-        kept = ", ".join(
-            f"#{k} {'–' if v is None else f'{v:.0%}'}" for k, v in f["retention"].items()
-        )
-        mark = " ←" if c["id"] is not None and c["id"] == result["chosen"] else ""
-        table.add_row(
-            f"{c['id'] or '–'}{mark}",
-            c["candidate"],
-            "[green]passed[/]" if c["passed"] else "[red]failed[/]",
-            str(f["fixed"]),
-            str(f["broken"]),
-            str(f["knowledge_lost"]),
-            str(f["guard_broken"]),
-            kept,
-        )
+    table = candidates_table(result["candidates"], result["chosen"])
     console.print(table)
     chosen = next((c for c in result["candidates"] if c["id"] == result["chosen"]), None)
     if chosen is None:
@@ -172,6 +147,38 @@ def _search(
     )
     for reason in r["reasons"]:
         console.print(f"  {reason}", markup=False, highlight=False)
+
+
+def candidates_table(candidates: list[dict[str, Any]], chosen: int | None) -> Table:
+    """The release search's candidates, one row each, the chosen one marked."""
+    table = Table(
+        "release",
+        "candidate",
+        "checks",
+        "fixed",
+        "broken",
+        "knowledge lost",
+        "guard broken",
+        "retention (per contribution)",
+        title="release search",
+    )
+    for c in candidates:
+        f = c["figures"]
+        kept = ", ".join(
+            f"#{k} {'–' if v is None else f'{v:.0%}'}" for k, v in f["retention"].items()
+        )
+        mark = " ←" if c["id"] is not None and c["id"] == chosen else ""
+        table.add_row(
+            f"{c['id'] or '–'}{mark}",
+            escape(c["candidate"]),
+            "[green]passed[/]" if c["passed"] else "[red]failed[/]",
+            str(f["fixed"]),
+            str(f["broken"]),
+            str(f["knowledge_lost"]),
+            str(f["guard_broken"]),
+            kept,
+        )
+    return table
 
 
 def credits(
