@@ -225,7 +225,7 @@ def main() -> None:
     families = [f for f in args.families.split(",") if f]
     methods = [m for m in args.methods.split(",") if m] or None
     out = run_loop(home, families, methods)
-    print_report(out, Console())
+    print_report(out, Console(width=120))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 
