@@ -227,6 +227,15 @@ def eval_(
     console.print(table)
 
 
+def _harm_cell(harm: dict[str, Any], n: int) -> str:
+    """The figure the CI judges a split by: its 95 % bound, or (a suite too small to
+    resolve the margin) its observed net change; lost knowledge counted as broken."""
+    if harm.get("by_bound", True):
+        return f"≥ {harm['low']:+.1%} (margin −{harm['margin']:.0%})"
+    observed = (harm["fixed"] - harm["broken"]) / n if n else 0.0
+    return f"{observed:+.1%} observed (margin −{harm['margin']:.0%})"
+
+
 def compare(
     base: str = typer.Argument(..., help="The base: NAME@REV."),
     candidate: str = typer.Argument(..., help="The candidate: NAME@REV."),
@@ -282,7 +291,7 @@ def compare(
         )
     console.print(table)
     knowledge = Table(
-        "split", "with an answer", "base knew", "kept", "lost", "learned", "neither", "harm bound"
+        "split", "with an answer", "base knew", "kept", "lost", "learned", "neither", "harm"
     )
     for name, d in result["splits"].items():
         k, harm = d["knowledge"], d["harm"]
@@ -294,7 +303,7 @@ def compare(
             str(k["lost_count"]),
             str(k["learned"]),
             str(k["neither"]),
-            f"{harm['low']:+.1%} (margin −{harm['margin']:.0%})",
+            _harm_cell(harm, d["n"]),
         )
     console.print(knowledge)
     all_ = result["splits"]["all"]
