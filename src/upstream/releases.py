@@ -38,6 +38,7 @@ from upstream.db.schema import (
     Case,
     Contribution,
     EvalResult,
+    Model,
     Release,
     Revision,
     RevisionParent,
@@ -529,7 +530,10 @@ def ship_release(
     if not is_maintainer(hub, author):
         raise Forbidden(f"only a maintainer may cut a release ({author} is not)")
     with hub.session() as s, s.begin():
-        release = get_release(s, release_id)
+        # locked: two ships at once (of one candidate, or of two siblings of one model)
+        # must not both pass the checks below and both tag
+        release = get_release(s, release_id, lock=True)
+        s.get(Model, release.model_id, with_for_update=True)
         if model is not None and release.model.name != model.partition("@")[0]:
             raise InvalidInput(
                 f"release {release_id} is a release of {release.model.name}, not {model}"
@@ -726,8 +730,10 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------- reading
 
 
-def get_release(session: Any, release_id: int) -> Release:
-    release = session.get(Release, release_id)
+def get_release(session: Any, release_id: int, lock: bool = False) -> Release:
+    """The release, or NotFound; `lock` holds its row until the transaction ends
+    (SELECT … FOR UPDATE on PostgreSQL; SQLite's one writer serialises anyway)."""
+    release = session.get(Release, release_id, with_for_update=lock)
     if release is None:
         raise NotFound(f"no release {release_id}")
     return release
