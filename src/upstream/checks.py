@@ -168,15 +168,24 @@ NUMBER_RE = re.compile(
 )
 
 
+def _numbers(text: str) -> list[float]:
+    """The numbers written in digits in `text`, in order ("1,000" is 1000)."""
+    return [float(n.replace(",", "")) for n in NUMBER_RE.findall(text)]
+
+
+def _close(got: float, want: float, tolerance: float) -> bool:
+    return math.isclose(got, want, abs_tol=tolerance) or got == want
+
+
 class Number(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         want = float(self.spec["value"])
         tol = float(self.spec.get("tolerance", 0.0))
-        numbers = [float(n.replace(",", "")) for n in NUMBER_RE.findall(output)]
+        numbers = _numbers(output)
         if not numbers:
             return _verdict(False, "no number in the output")
         got = numbers[0] if self.spec.get("first", True) else numbers[-1]
-        ok = math.isclose(got, want, abs_tol=tol) or got == want
+        ok = _close(got, want, tol)
         return _verdict(ok, f"number {got:g} {'within' if ok else 'outside'} {tol:g} of {want:g}")
 
 
@@ -335,9 +344,9 @@ class StatesNumber(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         want = float(self.spec["value"])
         tol = float(self.spec.get("tolerance", 0.0))
-        numbers = [float(n.replace(",", "")) for n in NUMBER_RE.findall(output)]
+        numbers = _numbers(output)
         numbers += [float(NUMBER_WORDS[w.lower()]) for w in NUMBER_WORD_RE.findall(output)]
-        hit = next((x for x in numbers if math.isclose(x, want, abs_tol=tol) or x == want), None)
+        hit = next((x for x in numbers if _close(x, want, tol)), None)
         return _verdict(
             hit is not None,
             f"states {hit:g}"

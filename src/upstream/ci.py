@@ -42,7 +42,7 @@ from upstream.db.schema import Case, ContributionPush, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
 from upstream.evals import Progress
 from upstream.settings import Policy, policy_for
-from upstream.stats import allowance, harm_passes
+from upstream.stats import allowance, harm_passes, net_change
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -168,7 +168,7 @@ def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[
     n = d["n"]
     rule = allowance(n, policy.margin, policy.regression_p)
     inferior = not harm_passes(harm["low"], harm["fixed"], harm["broken"], n, rule, policy.margin)
-    observed = (harm["fixed"] - harm["broken"]) / n if n else 0.0
+    observed = net_change(harm["fixed"], harm["broken"], n)
     line = (
         f"{'✗' if regressed or inferior else '✓'} {r['suite']}: {fixed} fixed, {broken} "
         f"broken, knowledge lost on {lost}"

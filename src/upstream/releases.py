@@ -515,7 +515,7 @@ def _finish(
         if passed and ship:
             fixed_reports = _ship(s, release, passing)
         s.flush()
-        revision.card = _card(s, release, fixed_reports, retention)
+        revision.card = _card(s, release, fixed_reports)
         return release_summary(release)
 
 
@@ -552,8 +552,7 @@ def ship_release(
         passing = _candidate_passes(hub, checks["suites"])
         fixed_reports = _ship(s, release, passing)
         s.flush()
-        retention = {int(k): v for k, v in checks.get("retention", {}).items()}
-        release.revision.card = _card(s, release, fixed_reports, retention)
+        release.revision.card = _card(s, release, fixed_reports)
         return release_summary(release)
 
 
@@ -566,7 +565,6 @@ def _ship(session: Any, release: Release, passing: dict[str, bool]) -> list[int]
     revision = release.revision
     assert revision is not None and release.checks is not None
     results = release.checks["suites"]
-    retention = {int(k): v for k, v in release.checks.get("retention", {}).items()}
     release.state, release.tag = "released", _next_tag(session, release.model_id)
     set_tag(session, revision, release.tag)
     set_tag(session, revision, "latest")
@@ -576,7 +574,9 @@ def _ship(session: Any, release: Release, passing: dict[str, bool]) -> list[int]
         c = get_contribution(session, cid)
         set_state(session, c, "merged", ACTOR, f"release {release.tag} ({revision.hash[:12]})")
     session.flush()
-    record_release_credits(session, release, fixed_reports, list(release.contributions), retention)
+    record_release_credits(
+        session, release, fixed_reports, list(release.contributions), _stored_retention(release)
+    )
     return fixed_reports
 
 
@@ -637,11 +637,18 @@ def _next_tag(session: Any, model_id: int) -> str:
     return f"v{max(numbers, default=1) + 1}"
 
 
-def _card(session: Any, release: Release, fixed: list[int], retention: dict[int, Any]) -> str:
+def _stored_retention(release: Release) -> dict[int, dict[str, Any]]:
+    """Each contribution's retention as the release report stores it (JSON: string keys)."""
+    stored = (release.checks or {}).get("retention", {})
+    return {int(k): v for k, v in stored.items()}
+
+
+def _card(session: Any, release: Release, fixed: list[int]) -> str:
     from upstream.credits import credits_table
     from upstream.modelcard import render_card
     from upstream.reports import get_report, prompt_text
 
+    retention = _stored_retention(release)
     revision, base = release.revision, release.base_revision
     assert revision is not None and release.checks is not None
     results = []

@@ -282,6 +282,11 @@ def allowance(n: int, margin: float, regression_p: float | None = None) -> Allow
     return Allowance(min(SMALL_SUITE_BREAKS, math.floor(margin * n + 1e-9)), False)
 
 
+def net_change(fixed: int, broken: int, n: int) -> float:
+    """The observed change in pass rate, (fixed − broken)/n, that small suites are judged by."""
+    return (fixed - broken) / n if n else 0.0
+
+
 def harm_passes(
     harm_low: float, fixed: int, broken: int, n: int, rule: Allowance, margin: float
 ) -> bool:
@@ -290,8 +295,7 @@ def harm_passes(
         return True  # nothing lost here, whatever the suite's size
     if rule.by_bound:
         return harm_low >= -margin - 1e-12
-    net = broken - fixed
-    return net <= rule.breaks and (fixed - broken) / n >= -margin - 1e-12
+    return broken - fixed <= rule.breaks and net_change(fixed, broken, n) >= -margin - 1e-12
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,8 @@ def _add_cases_once(
         if ids == current:
             number = suite.versions[-1].number if suite.versions else 0
             return {"suite": name, "version": number, "added": 0, "cases": len(current)}
-        added = [i for i in ids if i not in set(current)]
+        before = set(current)
+        added = [i for i in ids if i not in before]
         number = (suite.versions[-1].number if suite.versions else 0) + 1
         manifest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
         s.add(

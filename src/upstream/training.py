@@ -475,7 +475,8 @@ def train_adapter(
     if not conversations:
         raise InvalidInput("dataset: no examples to train on")
     tokenizer = _load_tokenizer(model_dir)
-    encode_dataset(tokenizer, conversations, recipe.max_length)  # refuse bad data before work
+    # the contributor's examples first: bad data is refused before any generation or weights
+    examples = encode_dataset(tokenizer, conversations, recipe.max_length)
     replayed = replay_conversations(
         model_dir,
         round(recipe.replay * len(conversations)),
@@ -484,7 +485,6 @@ def train_adapter(
     )
     if progress and replayed:
         progress(0.0, 1.0, f"replayed the base's answers to {len(replayed)} ordinary prompts")
-    examples = encode_dataset(tokenizer, conversations, recipe.max_length)
     # The replayed answers are the hub's, not the contributor's: one the template cannot
     # take (a control token in the base's own answer) is left out, not blamed on a line.
     kept = []

@@ -125,7 +125,10 @@ def _search(
         return
     table = candidates_table(result["candidates"], result["chosen"])
     console.print(table)
-    chosen = next((c for c in result["candidates"] if c["id"] == result["chosen"]), None)
+    chosen = next(
+        (c for c in result["candidates"] if c["id"] is not None and c["id"] == result["chosen"]),
+        None,
+    )
     if chosen is None:
         console.print("[yellow]no candidate passed its checks; nothing released[/]")
         for c in result["candidates"]:

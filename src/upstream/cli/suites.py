@@ -232,7 +232,9 @@ def _harm_cell(harm: dict[str, Any], n: int) -> str:
     resolve the margin) its observed net change; lost knowledge counted as broken."""
     if harm.get("by_bound", True):
         return f"≥ {harm['low']:+.1%} (margin −{harm['margin']:.0%})"
-    observed = (harm["fixed"] - harm["broken"]) / n if n else 0.0
+    from upstream.stats import net_change
+
+    observed = net_change(harm["fixed"], harm["broken"], n)
     return f"{observed:+.1%} observed (margin −{harm['margin']:.0%})"
 
 
