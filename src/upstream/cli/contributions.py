@@ -226,7 +226,10 @@ def _check_and_show(
     job_id = domain.queue_checks(hub, contribution_id, actor, max_attempts=1 if not queue else 3)
     if queue:
         if json_out:
-            emit_json({"contribution": contribution_id, "job": job_id, "state": "queued"})
+            push = _detail(hub, contribution_id, as_user)["push"]  # the push being checked
+            emit_json(
+                {"contribution": contribution_id, "push": push, "job": job_id, "state": "queued"}
+            )
         else:
             console.print(f"checks queued as job {job_id} (run `upstream up` or `upstream worker`)")
         return

@@ -134,10 +134,14 @@ def tag(
 def untag(
     model: str = typer.Argument(..., help="Model name."),
     name: str = typer.Argument(..., help="The tag to remove (not latest)."),
+    json_out: bool = JsonOption,
 ) -> None:
     """Remove a tag from a model."""
-    registry.untag(open_hub(), model, name)
-    console.print(f"removed tag {name} of {model}")
+    registry.untag(open_hub(), model, name)  # raises unless the tag existed and is removed
+    if json_out:
+        emit_json({"model": model, "tag": name, "removed": True})
+    else:
+        console.print(f"removed tag {name} of {model}")
 
 
 @app.command("export")
