@@ -38,7 +38,7 @@ from upstream.contributions import (
     store_adapter,
     stored_dataset,
 )
-from upstream.db.schema import Case, ContributionPush, Model, Report, Suite
+from upstream.db.schema import Case, ContributionPush, Job, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
 from upstream.evals import Progress
 from upstream.settings import Policy, policy_for
@@ -55,6 +55,20 @@ ACTOR = "ci"
 def run_checks_job(ctx: JobContext) -> dict[str, Any]:
     """Job handler for `contributions.check`."""
     return run_checks(ctx.hub, int(ctx.args["contribution"]), int(ctx.args["push"]), ctx.progress)
+
+
+def abandon_checks(hub: Hub, job: Job) -> None:
+    """A check whose worker stopped for good: the contribution goes back to open."""
+    why = "checks stopped: their worker stopped and the job gave up"
+    _back_to_open(hub, int(job.args["contribution"]), int(job.args["push"]), why)
+
+
+def _back_to_open(hub: Hub, contribution_id: int, push_number: int, why: str) -> None:
+    """A check that ended without a verdict: open again, to be checked again."""
+    with hub.session() as s, s.begin():
+        c = get_contribution(s, contribution_id)
+        if c.state == "checking" and c.pushes[-1].number == push_number:
+            set_state(s, c, "open", ACTOR, why)
 
 
 def run_checks(
@@ -95,10 +109,7 @@ def run_checks(
     except UpstreamError as e:  # bad content found while checking: a failed verdict
         passed, reasons, results = False, [f"✗ {e}"], []
     except BaseException:
-        with hub.session() as s, s.begin():  # crashed: back to open, to be checked again
-            c = get_contribution(s, contribution_id)
-            if c.state == "checking" and c.pushes[-1].number == push_number:
-                set_state(s, c, "open", ACTOR, "checks crashed")
+        _back_to_open(hub, contribution_id, push_number, "checks crashed")
         raise
     report = {
         "push": push_number,

@@ -158,6 +158,8 @@ def queue_checks(
     """
     from upstream.triage import is_maintainer
 
+    if actor is not None:
+        hub.jobs.reap()  # a check whose worker died leaves the contribution open again
     with hub.session() as s, s.begin():
         c = get_contribution(s, contribution_id)
         _check_open(c, "check")

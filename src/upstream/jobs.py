@@ -48,6 +48,13 @@ HANDLERS: dict[str, str] = {
     "releases.build": "upstream.releases:run_release_job",
 }
 
+# kind -> "module:function(hub, job)" that puts the job's domain rows right when the job
+# gives up because its worker stopped (a check left `checking`, a release left `merging`).
+ABANDONED: dict[str, str] = {
+    "contributions.check": "upstream.ci:abandon_checks",
+    "releases.build": "upstream.releases:abandon_release",
+}
+
 ProgressCallback = Callable[[float, float, str], None]
 WORKER_BEAT = 2.0  # seconds between a worker's heartbeats while it waits for jobs
 HAND_OVER_WAIT = 3.0  # a handed-over job no worker claimed by then is run by the CLI
@@ -150,17 +157,22 @@ class JobQueue:
                 q = q.where(Job.state == state)
             return list(s.scalars(q))
 
+    def _stale(self) -> Any:
+        """The WHERE clause of a runnable job: queued, or running with a stale heartbeat."""
+        cutoff = utcnow() - timedelta(seconds=self.hub.settings.job_stale_after)
+        return or_(
+            Job.state == "queued",
+            (Job.state == "running") & (Job.heartbeat_at < cutoff),
+        )
+
     def claim(self, worker: str, job_id: int | None = None) -> Job | None:
         """Take one runnable job (queued, or running with a stale heartbeat), or None.
 
         The claim is a compare-and-set UPDATE, so two workers never run the same job. A
         job queued for one worker is taken only by that worker, or by a claim of its id.
+        A runnable job out of attempts is given up instead (`give_up`).
         """
-        cutoff = utcnow() - timedelta(seconds=self.hub.settings.job_stale_after)
-        runnable = or_(
-            Job.state == "queued",
-            (Job.state == "running") & (Job.heartbeat_at < cutoff),
-        )
+        runnable = self._stale()
         with self.hub.session() as s:
             q = select(Job.id, Job.attempts, Job.max_attempts).where(runnable).order_by(Job.id)
             if job_id is not None:
@@ -169,18 +181,10 @@ class JobQueue:
                 q = q.where(or_(Job.for_worker == "", Job.for_worker == worker))
             candidates = list(s.execute(q.limit(20)))
         for cid, attempts, max_attempts in candidates:
+            if attempts >= max_attempts:
+                self.give_up(cid, attempts)
+                continue
             with self.hub.session() as s, s.begin():
-                if attempts >= max_attempts:
-                    s.execute(
-                        update(Job)
-                        .where(Job.id == cid, runnable)
-                        .values(
-                            state="failed",
-                            finished_at=utcnow(),
-                            error=f"gave up after {attempts} attempts (its worker stopped)",
-                        )
-                    )
-                    continue
                 now = utcnow()
                 taken = s.execute(  # type: ignore[attr-defined]
                     update(Job)
@@ -197,6 +201,42 @@ class JobQueue:
             if taken == 1:
                 return self.get(cid)
         return None
+
+    def give_up(self, job_id: int, attempts: int) -> None:
+        """Fail a job whose worker stopped and that has no attempt left, and put right what
+        its run left half done (the kind's ABANDONED handler)."""
+        with self.hub.session() as s, s.begin():
+            gone = s.execute(  # type: ignore[attr-defined]
+                update(Job)
+                .where(Job.id == job_id, self._stale(), Job.attempts == attempts)
+                .values(
+                    state="failed",
+                    finished_at=utcnow(),
+                    error=f"gave up after {attempts} attempts (its worker stopped)",
+                )
+            ).rowcount
+        if gone == 1 and attempts > 0:  # never started: nothing was left half done
+            job = self.get(job_id)
+            if job.kind in ABANDONED:
+                module_name, func_name = ABANDONED[job.kind].split(":")
+                getattr(importlib.import_module(module_name), func_name)(self.hub, job)
+
+    def reap(self) -> int:
+        """Give up every job whose worker stopped and that has no attempt left; returns how
+        many. Called before a step that a half-done run would block (a re-check, a release)."""
+        with self.hub.session() as s:
+            dead = list(
+                s.execute(
+                    select(Job.id, Job.attempts).where(
+                        Job.state == "running",
+                        self._stale(),
+                        Job.attempts >= Job.max_attempts,
+                    )
+                )
+            )
+        for job_id, attempts in dead:
+            self.give_up(job_id, attempts)
+        return len(dead)
 
     def run(self, job: Job, on_progress: ProgressCallback | None = None) -> Job:
         """Run a claimed job to its end, recording result or error; returns the final row."""

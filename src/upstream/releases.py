@@ -13,10 +13,12 @@ release. The job (`releases.build`) then
    model's merge policy; it adds **retention**: of the cases each contribution fixed on
    its own, the share the merged revision still passes;
 3. if the policy holds: tags the revision `vN` and `latest`, marks the reports whose
-   cases now all pass as fixed in it, marks the contributions merged, and writes the
-   credits ledger (`_ship`); otherwise keeps it as a `candidate`, with the reasons. A
-   release built with `ship=False` (each candidate of `search_release`) stays a
-   candidate even when it passes, until `ship_release` ships it;
+   cases now all pass as fixed in it, reopens (back to confirmed) the reports fixed
+   before whose cases fail again (a broken case the policy's margin let through), marks
+   the contributions merged, and writes the credits ledger (`_ship`); otherwise keeps
+   it as a `candidate`, with the reasons. A release built with `ship=False` (each
+   candidate of `search_release`) stays a candidate even when it passes, until
+   `ship_release` ships it;
 4. writes the model card (README.md) into the revision's record.
 """
 
@@ -38,6 +40,7 @@ from upstream.db.schema import (
     Case,
     Contribution,
     EvalResult,
+    Job,
     Model,
     Release,
     Revision,
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 
 JOB = "releases.build"
 METHODS = ("linear", "ties", "dare_ties", "retrain")
+BUILDING = ("queued", "merging", "checking")  # a release's states before its verdict
 
 
 @dataclass
@@ -79,6 +83,7 @@ def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
     ids = list(dict.fromkeys(data.contributions))
     if not ids:
         raise InvalidInput("--from: name at least one approved contribution")
+    hub.jobs.reap()  # a release whose worker died holds its contributions no longer
     problems: list[str] = []
     with hub.session() as s:
         model = get_model(s, data.model.partition("@")[0])
@@ -105,9 +110,7 @@ def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
                 for c in found
                 if c.kind != "dataset"
             ]
-        for other in s.scalars(
-            select(Release).where(Release.state.in_(("queued", "merging", "checking")))
-        ):
+        for other in s.scalars(select(Release).where(Release.state.in_(BUILDING))):
             problems += [
                 f"#{i} is in release {other.id} ({other.state})"
                 for i in ids
@@ -326,6 +329,15 @@ def queue_release(hub: Hub, release_id: int, max_attempts: int = 1, ship: bool =
         args = {"release": release_id, "ship": ship}
         release.job_id = hub.jobs.enqueue(JOB, args, max_attempts)
         return release.job_id
+
+
+def abandon_release(hub: Hub, job: Job) -> None:
+    """A build whose worker stopped for good: the release failed (its contributions are
+    free for another release; this one can be built again with `queue_release`)."""
+    with hub.session() as s, s.begin():
+        release = get_release(s, int(job.args["release"]))
+        if release.state in BUILDING:
+            release.state = "failed"
 
 
 def run_release_job(ctx: JobContext) -> dict[str, Any]:
@@ -570,6 +582,7 @@ def _ship(session: Any, release: Release, passing: dict[str, bool]) -> list[int]
     set_tag(session, revision, "latest")
     fixed_cases = {i for r in results for i in r["splits"]["all"]["fixed"]}
     fixed_reports = _mark_fixed(session, revision, passing, fixed_cases, release.id)
+    _reopen_regressed(session, revision, passing, release.tag)
     for cid in release.contributions:
         c = get_contribution(session, cid)
         set_state(session, c, "merged", ACTOR, f"release {release.tag} ({revision.hash[:12]})")
@@ -625,6 +638,30 @@ def _mark_fixed(
             report.fixed_in_revision_id = revision.id
             fixed.append(report_id)
     return fixed
+
+
+def _reopen_regressed(
+    session: Any, revision: Revision, passing: dict[str, bool], tag: str
+) -> list[int]:
+    """Reports fixed before that fail again in this release (a case of theirs was checked
+    and no longer passes, which the policy's margin can let through): back to confirmed,
+    so that they are open to be fixed again. Returns their ids."""
+    from upstream.reports import get_report
+    from upstream.triage import set_status
+
+    failing = [i for i, ok in passing.items() if not ok]
+    report_ids = session.scalars(
+        select(Case.report_id).where(Case.id.in_(failing), Case.report_id.is_not(None))
+    )
+    reopened = []
+    for report_id in sorted(set(report_ids)):
+        report = get_report(session, report_id)
+        if report.status != "fixed" or report.model_id != revision.model_id:
+            continue
+        set_status(session, report, "confirmed", ACTOR, f"fails again in release {tag}")
+        report.fixed_in_revision_id = None
+        reopened.append(report_id)
+    return reopened
 
 
 def _next_tag(session: Any, model_id: int) -> str:
