@@ -1,13 +1,23 @@
-"""The credits ledger, on rows built directly: no model is needed to score who helped."""
+"""The credits ledger, without a model: who helped is scored from the events of the code.
+
+Models, revisions, reports and contributions are rows built here; every event the
+ledger reads (a confirmation, a status move, a check's verdict, an approval, an
+override, a merge) is made by the domain function that makes it in use
+(`triage.confirm`, `triage.set_status`, `contributions.set_state`, `approve`), with the
+actor the release uses.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
+from upstream import contributions as prs
+from upstream import triage
 from upstream.credits import (
     CONTRIBUTOR_MAX_CASES,
     CONTRIBUTOR_PER_CASE,
@@ -18,267 +28,358 @@ from upstream.credits import (
 )
 from upstream.db.schema import (
     Contribution,
-    ContributionEvent,
+    ContributionPush,
     CreditEntry,
     Model,
     Release,
     Report,
-    ReportConfirmation,
-    ReportEvent,
     Revision,
 )
-from upstream.errors import InvalidInput, NotFound
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
 from upstream.hub import Hub
+from upstream.releases import ACTOR
+
+MAINTAINERS = ("maia", "rex")
 
 
 @pytest.fixture
-def s(hub: Hub) -> Iterator[Session]:
-    with hub.session() as session:
-        yield session
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    """Two maintainers; two confirmations by others confirm a report."""
+    h = Hub.open(tmp_path / "home", maintainers=",".join(MAINTAINERS), confirmations_needed=2)
+    yield h
+    h.close()
 
 
-def model(s: Session, name: str = "m") -> Model:
-    m = Model(name=name)
-    s.add(m)
-    s.flush()
-    s.add(
-        Revision(
-            model_id=m.id,
-            hash="a" * 64,
-            manifest={"files": {}},
-            architecture="LlamaForCausalLM",
-        )
-    )
-    s.flush()
-    return m
-
-
-def report(s: Session, m: Model, reporter: str, status: str = "confirmed") -> Report:
-    n = s.scalar(select(func.count()).select_from(Report)) or 0
-    r = Report(
-        model_id=m.id,
-        revision_id=m.revisions[0].id,
-        messages=[{"role": "user", "content": f"question {n}"}],
-        reporter=reporter,
-        status=status,
-        content_hash=f"{n:064d}",
-    )
-    s.add(r)
-    s.flush()
-    return r
-
-
-def confirmed_by(s: Session, r: Report, *users: str, maintainer: str | None = None) -> None:
-    for u in users:
-        s.add(ReportConfirmation(report_id=r.id, user=u))
-    if maintainer is not None:
+def model(hub: Hub, name: str = "m") -> int:
+    with hub.session() as s, s.begin():
+        m = Model(name=name)
+        s.add(m)
+        s.flush()
         s.add(
-            ReportEvent(
-                report_id=r.id,
-                actor=maintainer,
-                kind="status",
-                from_status="reproduced",
-                to_status="confirmed",
+            Revision(
+                model_id=m.id,
+                hash=name[0] * 64,
+                manifest={"files": {}},
+                architecture="LlamaForCausalLM",
             )
         )
-    s.flush()
+        return m.id
 
 
-def contribution(s: Session, m: Model, author: str, fixes: list[int], *reviews: str) -> int:
-    c = Contribution(
-        model_id=m.id,
-        revision_id=m.revisions[0].id,
-        author=author,
-        title="a fix",
-        kind="dataset",
-        fixes=fixes,
-        state="merged",
-    )
-    s.add(c)
-    s.flush()
-    for review in reviews:  # "actor:kind"
-        actor, kind = review.split(":")
-        s.add(ContributionEvent(contribution_id=c.id, actor=actor, kind=kind))
-    s.add(ContributionEvent(contribution_id=c.id, actor="ci", kind="checked", to_state="passed"))
-    s.flush()
-    return c.id
+def report(hub: Hub, model_id: int, reporter: str, *confirmers: str) -> int:
+    """A reproduced report, then confirmed by each of `confirmers` in turn."""
+    with hub.session() as s, s.begin():
+        n = s.scalar(select(func.count()).select_from(Report)) or 0
+        m = s.get(Model, model_id)
+        assert m is not None
+        r = Report(
+            model_id=model_id,
+            revision_id=m.revisions[0].id,
+            messages=[{"role": "user", "content": f"question {n}"}],
+            reporter=reporter,
+            status="reproduced",
+            content_hash=f"{n:064d}",
+        )
+        s.add(r)
+        s.flush()
+        rid = r.id
+    for user in confirmers:
+        triage.confirm(hub, rid, user)
+    return rid
 
 
-def release(s: Session, m: Model, contributions: list[int]) -> Release:
-    r = Release(
-        model_id=m.id,
-        base_revision_id=m.revisions[0].id,
-        method="linear",
-        contributions=contributions,
-        author="maia",
-        state="released",
-    )
-    s.add(r)
-    s.flush()
-    return r
+def move(hub: Hub, rid: int, to: str, note: str) -> None:
+    """A status move as a release makes it (fixed in it, or failing again in it)."""
+    with hub.session() as s, s.begin():
+        r = s.get(Report, rid)
+        assert r is not None
+        triage.set_status(s, r, to, ACTOR, note)
 
 
-def by_role(entries: list[CreditEntry]) -> dict[str, set[tuple[str, str]]]:
+def contribution(hub: Hub, model_id: int, author: str, fixes: list[int], verdict: str) -> int:
+    """An open contribution with one push, which the CI then judged `verdict`."""
+    with hub.session() as s, s.begin():
+        m = s.get(Model, model_id)
+        assert m is not None
+        c = Contribution(
+            model_id=model_id,
+            revision_id=m.revisions[0].id,
+            author=author,
+            title="a fix",
+            kind="dataset",
+            fixes=fixes,
+        )
+        s.add(c)
+        s.flush()
+        s.add(ContributionPush(contribution_id=c.id, number=1, files={}, verdict=verdict))
+        s.flush()
+        prs.set_state(s, c, verdict, "ci", "push 1")
+        return c.id
+
+
+def merge(hub: Hub, cid: int) -> None:
+    with hub.session() as s, s.begin():
+        prs.set_state(s, prs.get_contribution(s, cid), "merged", ACTOR, "release v2")
+
+
+def release(hub: Hub, model_id: int, contributions: Sequence[int] = ()) -> int:
+    with hub.session() as s, s.begin():
+        m = s.get(Model, model_id)
+        assert m is not None
+        r = Release(
+            model_id=model_id,
+            base_revision_id=m.revisions[0].id,
+            method="linear",
+            contributions=list(contributions),
+            author="maia",
+            state="released",
+        )
+        s.add(r)
+        s.flush()
+        return r.id
+
+
+def record(
+    hub: Hub,
+    release_id: int,
+    fixed: Sequence[int] = (),
+    merged: Sequence[int] = (),
+    retention: dict[int, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Record a release's credits as `_ship` does; its entries as plain dicts."""
+    with hub.session() as s, s.begin():
+        rel = s.get(Release, release_id)
+        assert rel is not None
+        entries = record_release_credits(s, rel, list(fixed), list(merged), retention or {})
+        return [_entry(e) for e in entries]
+
+
+def _entry(e: CreditEntry) -> dict[str, Any]:
+    keys = ("id", "user", "role", "subject", "points", "note", "model_id", "release_id")
+    return {k: getattr(e, k) for k in keys}
+
+
+def by_role(entries: list[dict[str, Any]]) -> dict[str, set[tuple[str, str]]]:
     out: dict[str, set[tuple[str, str]]] = {}
     for e in entries:
-        out.setdefault(e.role, set()).add((e.user, e.subject))
+        out.setdefault(e["role"], set()).add((e["user"], e["subject"]))
     return out
 
 
-def test_every_role_is_credited(s: Session) -> None:
-    m = model(s)
-    fixed = report(s, m, "ana", status="fixed")
-    confirmed_by(s, fixed, "bo", "cy", "ana", maintainer="maia")  # ana: her own, not counted
-    other = report(s, m, "dee")  # confirmed, not fixed: reporter credit only
-    report(s, m, "eve", status="new")  # unconfirmed: nothing
-    report(s, m, "fay", status="wontfix")
-    cid = contribution(
-        s, m, "gil", [fixed.id], "maia:overridden", "maia:approved", "rex:rejected", "gil:approved"
-    )
-    rel = release(s, m, [cid])
+def test_every_role_is_credited(hub: Hub) -> None:
+    m = model(hub)
+    fixed = report(hub, m, "ana", "bo")
+    with pytest.raises(InvalidInput, match="its reporter"):
+        triage.confirm(hub, fixed, "ana")  # nobody confirms their own report
+    triage.confirm(hub, fixed, "cy")  # the second of two others: confirmed
+    move(hub, fixed, "fixed", "passes in release 1")
+    other = report(hub, m, "dee", "maia")  # a maintainer confirms: reporter credit only
+    report(hub, m, "eve", "bo")  # one confirmation of two: unconfirmed, nothing
+    closed = report(hub, m, "fay")
+    triage.close(hub, closed, "maia", "not a bug")
+    cid = contribution(hub, m, "gil", [fixed], "failed")
+    with pytest.raises(Forbidden, match="only a maintainer may approve"):
+        prs.approve(hub, cid, "gil", override="mine")
+    prs.approve(hub, cid, "maia", override="the guard case is flaky")  # overridden, approved
+    merge(hub, cid)
+    rel = release(hub, m, [cid])
     retention = {cid: {"fixed_alone": 4, "retained": 3, "retention": 0.75}}
 
-    entries = record_release_credits(s, rel, [fixed.id], [cid], retention)
+    entries = record(hub, rel, [fixed], [cid], retention)
 
     roles = by_role(entries)
-    assert roles["reporter"] == {("ana", f"report:{fixed.id}"), ("dee", f"report:{other.id}")}
-    assert roles["fixed"] == {("ana", f"report:{fixed.id}")}
-    assert roles["confirmer"] == {(u, f"report:{fixed.id}") for u in ("bo", "cy", "maia")}
-    assert roles["contributor"] == {("gil", f"contribution:{cid}")}
-    assert roles["reviewer"] == {("maia", f"contribution:{cid}"), ("rex", f"contribution:{cid}")}
-    points = {(e.user, e.role): e.points for e in entries}
+    assert roles == {
+        "reporter": {("ana", f"report:{fixed}"), ("dee", f"report:{other}")},
+        "fixed": {("ana", f"report:{fixed}")},
+        "confirmer": {("bo", f"report:{fixed}"), ("cy", f"report:{fixed}")},
+        "contributor": {("gil", f"contribution:{cid}")},
+        "reviewer": {("maia", f"contribution:{cid}")},
+    }
+    points = {(e["user"], e["role"]): e["points"] for e in entries}
     assert points[("ana", "reporter")] == POINTS["reporter"]
     assert points[("ana", "fixed")] == POINTS["fixed"]
     assert points[("bo", "confirmer")] == POINTS["confirmer"]
     assert points[("gil", "contributor")] == POINTS["contributor"] + 3 * CONTRIBUTOR_PER_CASE
     assert points[("maia", "reviewer")] == POINTS["reviewer"]  # two events, one review
-    note = next(e.note for e in entries if e.role == "contributor")
-    assert "3 retained" in note and "75%" in note and str(fixed.id) in note
-    assert all(e.model_id == m.id and e.release_id == rel.id for e in entries)
+    review = next(e["note"] for e in entries if e["role"] == "reviewer")
+    assert review == "overridden, approved"
+    note = next(e["note"] for e in entries if e["role"] == "contributor")
+    assert (
+        note == f"fixes report(s) {fixed}; fixed 4 case(s) alone, 3 retained after the merge (75%)"
+    )
+    assert {(e["model_id"], e["release_id"]) for e in entries} == {(m, rel)}
 
 
-def test_contributor_points_are_capped_and_need_no_retention(s: Session) -> None:
-    m = model(s)
-    big = contribution(s, m, "gil", [])
-    unmeasured = contribution(s, m, "hal", [])
-    rel = release(s, m, [big, unmeasured])
+def test_maintainers_are_credited_for_confirming_and_reviewing_others_work(hub: Hub) -> None:
+    m = model(hub)
+    fixed = report(hub, m, "ana", "bo", "rex")  # rex's confirmation is a maintainer's move
+    move(hub, fixed, "fixed", "passes in release 1")
+    first = contribution(hub, m, "gil", [fixed], "passed")
+    second = contribution(hub, m, "rex", [], "passed")  # a maintainer's own
+    with pytest.raises(Forbidden, match="own contribution"):
+        prs.approve(hub, second, "rex")
+    prs.approve(hub, first, "rex")
+    prs.approve(hub, second, "maia")
+    merge(hub, first)
+    merge(hub, second)
+    rel = release(hub, m, [first, second])
+
+    roles = by_role(record(hub, rel, [fixed], [first, second]))
+
+    assert roles["confirmer"] == {("bo", f"report:{fixed}"), ("rex", f"report:{fixed}")}
+    assert roles["reviewer"] == {
+        ("rex", f"contribution:{first}"),
+        ("maia", f"contribution:{second}"),
+    }
+
+
+def test_only_merged_contributions_and_fixed_reports_earn_credit(hub: Hub) -> None:
+    m = model(hub)
+    cid = contribution(hub, m, "gil", [], "passed")
+    prs.reject(hub, cid, "rex", "it teaches the wrong answer")
+    with pytest.raises(Conflict, match="rejected; it cannot"):
+        prs.close(hub, cid, "gil")
+    rel = release(hub, m, [cid])
+    with pytest.raises(InvalidInput, match=f"contribution {cid} is rejected, not merged"):
+        record(hub, rel, [], [cid])
+    reopened = report(hub, m, "ana", "maia")  # confirmed, never fixed
+    with pytest.raises(InvalidInput, match=f"report {reopened} is confirmed, not fixed"):
+        record(hub, rel, [reopened])
+    # the refused calls wrote nothing; rex's rejection earns no reviewer credit
+    assert by_role(record(hub, rel)) == {"reporter": {("ana", f"report:{reopened}")}}
+
+
+def test_contributor_points_are_capped_and_need_no_retention(hub: Hub) -> None:
+    m = model(hub)
+    big = contribution(hub, m, "gil", [], "passed")
+    unmeasured = contribution(hub, m, "hal", [], "passed")
+    for cid in (big, unmeasured):
+        prs.approve(hub, cid, "maia")
+        merge(hub, cid)
+    rel = release(hub, m, [big, unmeasured])
     retention = {big: {"fixed_alone": 500, "retained": 500, "retention": 1.0}}
 
-    entries = record_release_credits(s, rel, [], [big, unmeasured], retention)
+    entries = record(hub, rel, [], [big, unmeasured], retention)
 
-    points = {e.user: e.points for e in entries if e.role == "contributor"}
-    assert points["gil"] == POINTS["contributor"] + CONTRIBUTOR_MAX_CASES * CONTRIBUTOR_PER_CASE
-    assert points["hal"] == POINTS["contributor"]
-
-
-def test_a_report_earns_its_reporter_credit_once(s: Session) -> None:
-    m = model(s)
-    early = report(s, m, "ana")
-    first = release(s, m, [])
-    record_release_credits(s, first, [], [], {})
-    late = report(s, m, "ana")
-    early.status = "fixed"
-    confirmed_by(s, early, "bo")
-    second = release(s, m, [])
-
-    entries = record_release_credits(s, second, [early.id], [], {})
-
-    roles = by_role(entries)
-    assert roles["reporter"] == {("ana", f"report:{late.id}")}  # early was credited in v1
-    assert roles["fixed"] == {("ana", f"report:{early.id}")}  # fixing it is new
-    assert roles["confirmer"] == {("bo", f"report:{early.id}")}
+    points = {e["user"]: e["points"] for e in entries if e["role"] == "contributor"}
+    assert points == {
+        "gil": POINTS["contributor"] + CONTRIBUTOR_MAX_CASES * CONTRIBUTOR_PER_CASE,
+        "hal": POINTS["contributor"],
+    }
 
 
-def test_a_report_fixed_again_is_not_paid_twice(s: Session) -> None:
-    m = model(s)
-    r = report(s, m, "ana", status="fixed")
-    confirmed_by(s, r, "bo")
-    record_release_credits(s, release(s, m, []), [r.id], [], {})
-    # a regression reopens it (fixed → confirmed): not a new confirmation
-    s.add(
-        ReportEvent(
-            report_id=r.id,
-            actor="release",
-            kind="status",
-            from_status="fixed",
-            to_status="confirmed",
-        )
+def test_a_report_earns_its_reporter_credit_once(hub: Hub) -> None:
+    m = model(hub)
+    early = report(hub, m, "ana", "maia")
+    record(hub, release(hub, m))
+    late = report(hub, m, "ana", "bo", "cy")
+    move(hub, early, "fixed", "passes in release 2")
+
+    entries = record(hub, release(hub, m), [early])
+
+    assert by_role(entries) == {
+        "reporter": {("ana", f"report:{late}")},  # early was credited in the first
+        "fixed": {("ana", f"report:{early}")},  # fixing it is new
+        "confirmer": {("maia", f"report:{early}")},
+    }
+
+
+def test_a_report_fixed_again_is_not_paid_twice(hub: Hub) -> None:
+    m = model(hub)
+    r = report(hub, m, "ana", "bo", "cy")
+    move(hub, r, "fixed", "passes in release 1")
+    first = record(hub, release(hub, m), [r])
+    assert {e["role"] for e in first} == {"reporter", "fixed", "confirmer"}
+    # a later release breaks its case (fixed → confirmed, by the release), another fixes it
+    move(hub, r, "confirmed", "fails again in release v3")
+    move(hub, r, "fixed", "passes in release 4")
+
+    again = record(hub, release(hub, m), [r])
+
+    assert again == []  # neither the reporter, nor the confirmers, nor the release's actor
+
+
+def test_recording_twice_adds_nothing(hub: Hub) -> None:
+    m = model(hub)
+    r = report(hub, m, "ana", "bo", "cy")
+    move(hub, r, "fixed", "passes in release 1")
+    cid = contribution(hub, m, "gil", [r], "passed")
+    prs.approve(hub, cid, "maia")
+    merge(hub, cid)
+    rel = release(hub, m, [cid])
+    retention = {cid: {"fixed_alone": 1, "retained": 1, "retention": 1.0}}
+
+    first = record(hub, rel, [r], [cid], retention)
+    second = record(hub, rel, [r], [cid], retention)
+
+    assert second == first
+    # reporter, fixed, two confirmers, contributor, reviewer
+    assert sorted(e["role"] for e in first) == sorted(
+        ["reporter", "fixed", "confirmer", "confirmer", "contributor", "reviewer"]
     )
-    again = record_release_credits(s, release(s, m, []), [r.id], [], {})
-    assert again == []
+    with hub.session() as s:
+        assert s.scalar(select(func.count()).select_from(CreditEntry)) == 6
+        assert [e["role"] for e in ledger(s, rel)] == [e["role"] for e in first]
 
 
-def test_recording_twice_adds_nothing(s: Session) -> None:
-    m = model(s)
-    r = report(s, m, "ana", status="fixed")
-    confirmed_by(s, r, "bo")
-    cid = contribution(s, m, "gil", [r.id], "maia:approved")
-    rel = release(s, m, [cid])
-    args = ([r.id], [cid], {cid: {"fixed_alone": 1, "retained": 1, "retention": 1.0}})
-
-    first = record_release_credits(s, rel, *args)
-    second = record_release_credits(s, rel, *args)
-
-    assert [e.id for e in second] == [e.id for e in first]
-    assert len(first) == 5  # reporter, fixed, confirmer, contributor, reviewer
-    count = s.scalar(select(func.count()).select_from(CreditEntry))
-    assert count == 5
-    assert [e["role"] for e in ledger(s, rel.id)] == [e.role for e in first]
-
-
-def test_inputs_of_another_model_or_unknown_are_refused(s: Session) -> None:
-    m, other = model(s), model(s, "other")
-    foreign = report(s, other, "ana")
-    rel = release(s, m, [])
+def test_inputs_of_another_model_or_unknown_are_refused(hub: Hub) -> None:
+    m, other = model(hub), model(hub, "other")
+    foreign = report(hub, other, "ana")
+    rel = release(hub, m)
     with pytest.raises(InvalidInput, match="another model"):
-        record_release_credits(s, rel, [foreign.id], [], {})
+        record(hub, rel, [foreign])
     with pytest.raises(NotFound, match="no report 999"):
-        record_release_credits(s, rel, [999], [], {})
+        record(hub, rel, [999])
     with pytest.raises(NotFound, match="no contribution 999"):
-        record_release_credits(s, rel, [], [999], {})
-    with pytest.raises(NotFound, match="no release 999"):
+        record(hub, rel, [], [999])
+    with hub.session() as s, pytest.raises(NotFound, match="no release 999"):
         ledger(s, 999)
+    with hub.session() as s:  # nothing was written by the refused calls
+        assert s.scalar(select(func.count()).select_from(CreditEntry)) == 0
 
 
-def test_credits_table_adds_up_per_user_and_filters_by_model(s: Session) -> None:
-    m, other = model(s), model(s, "other")
-    r1 = report(s, m, "ana", status="fixed")
-    confirmed_by(s, r1, "bo")
-    cid = contribution(s, m, "bo", [r1.id], "maia:approved")
-    record_release_credits(
-        s, release(s, m, [cid]), [r1.id], [cid], {cid: {"fixed_alone": 2, "retained": 2}}
-    )
-    report(s, m, "ana")
-    record_release_credits(s, release(s, m, []), [], [], {})
-    report(s, other, "zed")
-    record_release_credits(s, release(s, other, []), [], [], {})
+def test_credits_table_adds_up_per_user_and_filters_by_model(hub: Hub) -> None:
+    m, other = model(hub), model(hub, "other")
+    r1 = report(hub, m, "ana", "bo", "cy")
+    move(hub, r1, "fixed", "passes in release 1")
+    cid = contribution(hub, m, "bo", [r1], "passed")
+    prs.approve(hub, cid, "maia")
+    merge(hub, cid)
+    record(hub, release(hub, m, [cid]), [r1], [cid], {cid: {"fixed_alone": 2, "retained": 2}})
+    report(hub, m, "ana", "rex")
+    record(hub, release(hub, m))
+    report(hub, other, "zed", "maia")
+    record(hub, release(hub, other))
 
-    table = credits_table(s)
+    with hub.session() as s:
+        table = credits_table(s)
+        only_m = credits_table(s, "m")
+        only_other = credits_table(s, "other")
+        with pytest.raises(NotFound, match="unknown model"):
+            credits_table(s, "nope")
 
     rows = {row["user"]: row for row in table}
     assert rows["ana"]["points"] == 2 * POINTS["reporter"] + POINTS["fixed"]
     assert rows["ana"]["roles"] == {"reporter": 2, "fixed": 1}
     assert rows["ana"]["releases"] == 2
-    assert rows["bo"]["points"] == POINTS["confirmer"] + POINTS["contributor"] + 2
+    bo = POINTS["confirmer"] + POINTS["contributor"] + 2 * CONTRIBUTOR_PER_CASE
+    assert rows["bo"]["points"] == bo
     assert rows["bo"]["roles"] == {"confirmer": 1, "contributor": 1}
     assert rows["maia"]["roles"] == {"reviewer": 1}
     assert [row["points"] for row in table] == sorted(
         (row["points"] for row in table), reverse=True
     )
     assert rows["zed"]["roles"] == {"reporter": 1}
-
-    only_m = credits_table(s, "m")
-    assert {row["user"] for row in only_m} == {"ana", "bo", "maia"}
-    assert credits_table(s, "other") == [
+    assert {row["user"] for row in only_m} == {"ana", "bo", "cy", "maia"}
+    assert only_other == [
         {"user": "zed", "points": POINTS["reporter"], "roles": {"reporter": 1}, "releases": 1}
     ]
-    with pytest.raises(NotFound, match="unknown model"):
-        credits_table(s, "nope")
 
 
-def test_ties_are_sorted_by_user(s: Session) -> None:
-    m = model(s)
+def test_ties_are_sorted_by_user(hub: Hub) -> None:
+    m = model(hub)
     for user in ("cy", "ab", "bo"):
-        report(s, m, user)
-    record_release_credits(s, release(s, m, []), [], [], {})
-    assert [row["user"] for row in credits_table(s, "m")] == ["ab", "bo", "cy"]
+        report(hub, m, user, "maia")
+    record(hub, release(hub, m))
+    with hub.session() as s:
+        assert [row["user"] for row in credits_table(s, "m")] == ["ab", "bo", "cy"]

@@ -40,7 +40,7 @@ POINTS: dict[str, float] = {
     "fixed": 3.0,  # ... that a release fixed: the report changed the model
     "confirmer": 0.5,  # vouched for a report that turned out to be worth fixing
     "contributor": 5.0,  # a merged contribution; plus CONTRIBUTOR_PER_CASE per retained case
-    "reviewer": 1.0,  # approved, rejected or overrode a contribution that was merged
+    "reviewer": 1.0,  # approved (or overrode a failed check of) a contribution that was merged
 }
 ROLES = tuple(POINTS)
 # A merged contribution also earns this per retained case (a case it fixed on its own
@@ -49,7 +49,8 @@ ROLES = tuple(POINTS)
 CONTRIBUTOR_PER_CASE = 1.0
 CONTRIBUTOR_MAX_CASES = 20
 CONFIRMED = ("confirmed", "fixed")
-REVIEW_KINDS = ("approved", "rejected", "overridden")
+# A rejected contribution is never merged, so only these reviews of merged ones count.
+REVIEW_KINDS = ("approved", "overridden")
 # Report roles a report earns once across all releases.
 ONCE_PER_REPORT = ("reporter", "fixed", "confirmer")
 
@@ -298,6 +299,7 @@ def _reports(session: Session, release: Release, ids: Sequence[int]) -> list[Rep
             f"fixed reports: report(s) {', '.join(map(str, other))} are of another model "
             f"than release {release.id}"
         )
+    _refuse_unless(found, wanted, "fixed", "fixed reports: report")
     return [found[i] for i in wanted]
 
 
@@ -311,4 +313,14 @@ def _contributions(session: Session, release: Release, ids: Sequence[int]) -> li
             f"merged contributions: contribution(s) {', '.join(map(str, other))} are of "
             f"another model than release {release.id}"
         )
+    _refuse_unless(found, wanted, "merged", "merged contributions: contribution")
     return [found[i] for i in wanted]
+
+
+def _refuse_unless(found: dict[int, Any], ids: list[int], state: str, what: str) -> None:
+    """Only what the release did is credited: a report it fixed, a contribution it merged."""
+    for i in ids:
+        row = found[i]
+        now = row.status if isinstance(row, Report) else row.state
+        if now != state:
+            raise InvalidInput(f"{what} {i} is {now}, not {state}; it earns no credit")
