@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, check_max_new_tokens
 from upstream.errors import InvalidInput
 from upstream.suites import CASE_SCHEMA
 
@@ -93,8 +93,7 @@ def export_suite(
     """Write a suite version to `out_dir` as jsonl, hf or lm-eval; returns what was written."""
     if fmt not in FORMATS:
         raise InvalidInput(f"format {fmt!r}: allowed formats are {', '.join(FORMATS)}")
-    if not 1 <= max_new_tokens <= 8192:
-        raise InvalidInput(f"max_new_tokens {max_new_tokens}: allowed 1 to 8192")
+    check_max_new_tokens(max_new_tokens)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInput(f"--out {out}: exists and is not an empty directory; choose a new one")

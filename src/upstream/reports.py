@@ -35,7 +35,7 @@ from upstream.db.schema import (
     Revision,
     utcnow,
 )
-from upstream.engines.base import ROLES
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, ROLES
 from upstream.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class ReportIn(BaseModel):
     severity: Literal["low", "medium", "high", "critical"] = "medium"
     description: str = Field("", max_length=10_000)
     variants: list[str | VariantIn] = Field(default_factory=list, max_length=MAX_VARIANTS)
-    max_new_tokens: int = Field(256, ge=1, le=4096)
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
     license: str = Field("CC-BY-4.0", max_length=40)
     consent: bool = True
 

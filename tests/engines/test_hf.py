@@ -105,7 +105,8 @@ def test_loaded_models_are_cached(tiny_hub: Hub) -> None:
         (GenRequest.from_prompt("   "), "prompt is empty"),
         (GenRequest.from_prompt("x" * 40_000), "40000 characters; the limit is 32000"),
         (GenRequest(messages=[{"role": "robot", "content": "hi"}]), "allowed roles"),
-        (GenRequest.from_prompt("hi", max_new_tokens=0), "max_new_tokens 0"),
+        (GenRequest.from_prompt("hi", max_new_tokens=0), "max_new_tokens 0: allowed 1 to 4096"),
+        (GenRequest.from_prompt("hi", max_new_tokens=4097), "max_new_tokens 4097: allowed 1 to"),
     ],
 )
 def test_bad_requests_are_refused(engine: HFEngine, request_: GenRequest, message: str) -> None:

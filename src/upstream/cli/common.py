@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.hub import Hub
 
 # Piped output is not cut to 80 columns: tables stay whole for logs and grep.
@@ -27,6 +28,13 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
+
+
+def max_new_tokens_option(help: str = "The most tokens to generate per answer.") -> Any:
+    """`--max-new-tokens`, bounded as every request is (1 to MAX_NEW_TOKENS)."""
+    return typer.Option(
+        DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS, help=help
+    )
 
 
 def open_hub(create: bool = False) -> Hub:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from upstream.cli.common import JsonOption, console, emit_json, err_console, open_hub
-from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
+from upstream.cli.common import (
+    JsonOption,
+    console,
+    emit_json,
+    err_console,
+    max_new_tokens_option,
+    open_hub,
+)
+from upstream.engines.base import GenRequest
 
 
 def generate(
@@ -17,7 +24,7 @@ def generate(
         help="A PEFT LoRA directory, or a contribution's adapter as pr:N (repeatable).",
     ),
     system: str = typer.Option("", "--system", help="An optional system message."),
-    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    max_new_tokens: int = max_new_tokens_option(),
     stop: list[str] = typer.Option([], "--stop", help="Stop at this string (repeatable)."),
     json_out: bool = JsonOption,
 ) -> None:

@@ -1,4 +1,4 @@
-"""Hub-wide commands: init, up, worker, fsck, jobs."""
+"""Hub-wide commands: init, up, worker, fsck, jobs list|show."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def up(
         False, "--no-worker", help="Serve only; run jobs with separate `upstream worker`s."
     ),
 ) -> None:
-    """Start the hub: web UI, REST API, /v1 and a job worker."""
+    """Start the hub: the models page, the REST API under /api and a job worker."""
     import uvicorn
 
     from upstream.registry import default_model_import
@@ -121,3 +121,39 @@ def jobs_list(
         note = r["error"].splitlines()[0] if r["error"] else r["message"]
         table.add_row(str(r["id"]), r["kind"], r["state"], str(r["attempts"]), pct, note)
     console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: int = typer.Argument(..., help="The job's id (from `jobs list` or a command)."),
+    follow: bool = typer.Option(
+        False, "--follow", help="Show its progress until it ends; exit 1 if it failed."
+    ),
+    json_out: bool = JsonOption,
+) -> None:
+    """Show one job: its state, progress, attempts, result or error."""
+    import time
+
+    from upstream.jobs import job_json
+
+    hub = open_hub()
+    job = job_json(hub.jobs.get(job_id))
+    if follow and job["state"] in ("queued", "running"):
+        with progress_bar(f"job {job_id} {job['kind']}") as update:
+            while job["state"] in ("queued", "running"):
+                update(job["progress"], job["total"], job["message"])
+                time.sleep(0.5)
+                job = job_json(hub.jobs.get(job_id))
+    if json_out:
+        emit_json(job)
+    else:
+        console.print(f"job {job['id']} {job['kind']}: {job['state']}")
+        console.print(f"  attempts {job['attempts']}, created {job['created_at']}")
+        if job["total"]:
+            console.print(f"  progress {job['progress']:g} of {job['total']:g} {job['message']}")
+        if job["error"]:
+            console.print(f"  [red]error[/] {job['error']}")
+        if job["result"] is not None:
+            console.print(f"  result {job['result']}")
+    if follow and job["state"] == "failed":
+        raise typer.Exit(1)

@@ -17,6 +17,7 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
+    max_new_tokens_option,
     open_hub,
     run_job,
 )
@@ -51,7 +52,7 @@ def file_(
     variant: list[str] = typer.Option(
         [], "--variant", help="Another prompt showing the same failure (repeatable)."
     ),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=4096),
+    max_new_tokens: int = max_new_tokens_option(),
     license_: str = typer.Option("CC-BY-4.0", "--license", help="Licence of the report's content."),
     no_consent: bool = typer.Option(
         False, "--no-consent", help="Do not share this report upstream (kept in this hub only)."

@@ -16,12 +16,12 @@ from upstream.cli.common import (
     current_user,
     emit_json,
     err_console,
+    max_new_tokens_option,
     open_hub,
     progress_bar,
     run_job,
 )
 from upstream.contributions import resolve_adapters
-from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.hub import Hub
 
 app = typer.Typer(
@@ -153,12 +153,7 @@ def export(
     include_heldout: bool = typer.Option(
         False, "--include-heldout", help="Maintainers only: export the held-out cases too."
     ),
-    max_new_tokens: int = typer.Option(
-        DEFAULT_MAX_NEW_TOKENS,
-        "--max-new-tokens",
-        min=1,
-        help="lm-eval: the generation length of the task.",
-    ),
+    max_new_tokens: int = max_new_tokens_option("lm-eval: the generation length of the task."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -187,7 +182,7 @@ def eval_(
     ),
     split: str = typer.Option("all", "--split", help="public, heldout or all."),
     version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
-    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    max_new_tokens: int = max_new_tokens_option(),
     json_out: bool = JsonOption,
 ) -> None:
     """Evaluate a revision (with adapters) on a suite; prints pass rates per split and tag."""
@@ -246,7 +241,7 @@ def compare(
         [], "--adapter", help="Adapter(s) for the candidate: directories or pr:N."
     ),
     version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
-    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    max_new_tokens: int = max_new_tokens_option(),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:

@@ -16,7 +16,14 @@ from upstream.errors import InvalidInput
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_NEW_TOKENS = 4096  # the most tokens any request may generate
 MAX_PROMPT_CHARS = 32_000  # default limit on a request's total message characters
+
+
+def check_max_new_tokens(value: int) -> None:
+    """Refuse a generation length outside 1 to MAX_NEW_TOKENS, naming the range."""
+    if not 1 <= value <= MAX_NEW_TOKENS:
+        raise InvalidInput(f"max_new_tokens {value}: allowed 1 to {MAX_NEW_TOKENS}")
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,7 @@ class GenRequest:
             raise InvalidInput("prompt is empty")
         if total > max_chars:
             raise InvalidInput(f"prompt has {total} characters; the limit is {max_chars}")
-        if not 1 <= self.max_new_tokens <= 8192:
-            raise InvalidInput(f"max_new_tokens {self.max_new_tokens}: allowed 1 to 8192")
+        check_max_new_tokens(self.max_new_tokens)
 
     def settings_key(self) -> str:
         return json.dumps(

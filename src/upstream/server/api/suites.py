@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import suites as domain
 from upstream.comparisons import leaderboard as board
-from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.hub import Hub
 from upstream.server.deps import UserHeader, get_hub
 from upstream.triage import is_maintainer
@@ -49,7 +49,7 @@ class EvalRequest(BaseModel):
     suite: str
     version: int | None = None
     split: Literal["public", "heldout", "all"] = "all"
-    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096)
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
 
 
 @router.post("/evals", status_code=202)
