@@ -4,21 +4,32 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-COMMANDS = [
-    [], ["init"], ["up"], ["worker"], ["fsck"], ["generate"], ["jobs"], ["jobs", "list"],
-    ["models"], ["models", "import"], ["models", "list"], ["models", "show"], ["models", "tag"],
-    ["models", "untag"], ["reports"], ["reports", "file"], ["reports", "list"],
-    ["reports", "show"], ["reports", "confirm"], ["reports", "close"], ["reports", "reproduce"],
-    ["reports", "rescore"], ["suites"], ["suites", "list"], ["suites", "show"],
-    ["suites", "build"], ["suites", "import"], ["suites", "export"], ["eval"], ["compare"],
-    ["leaderboard"], ["contribute"], ["prs"], ["prs", "list"], ["prs", "show"], ["prs", "push"],
-    ["prs", "check"], ["prs", "approve"], ["prs", "reject"], ["prs", "close"], ["release"],
-    ["credits"], ["demo"], ["models", "export"],
-]  # fmt: skip
+
+def all_commands() -> list[tuple[str, ...]]:
+    """Every command a user can run, as its words after `upstream`."""
+    import typer.main
+
+    from upstream.cli import app
+
+    def walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands:
+            yield path
+            return
+        for name, sub in sorted(subcommands.items()):
+            yield from walk(sub, (*path, name))
+
+    return list(walk(typer.main.get_command(app), ()))
+
+
+# Every command and group, from the app itself: a new command is covered without a list.
+COMMANDS = sorted({c[:n] for c in all_commands() for n in range(len(c) + 1)})
 
 
 def upstream(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -33,7 +44,7 @@ def upstream(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "upstream")
-def test_every_command_has_help(tmp_path: Path, command: list[str]) -> None:
+def test_every_command_has_help(tmp_path: Path, command: tuple[str, ...]) -> None:
     out = upstream(tmp_path, *command, "--help")
     assert out.returncode == 0, out.stderr
     assert "Usage:" in out.stdout and len(out.stdout.splitlines()) > 4
@@ -199,6 +210,19 @@ def test_suites_eval_compare_from_the_command_line(tmp_path: Path, tiny_model_di
     assert first["metrics"] == again["metrics"]
     jobs = json.loads(upstream(home, "jobs", "list", "--json").stdout)["jobs"]
     assert [j["kind"] for j in jobs][:2] == ["evals.run", "evals.run"]
+    shown = json.loads(upstream(home, "jobs", "show", str(jobs[0]["id"]), "--json").stdout)
+    assert {k: shown[k] for k in ("id", "kind", "state")} == {
+        "id": jobs[0]["id"],
+        "kind": "evals.run",
+        "state": "done",
+    }
+    assert shown["result"]["generated"] == 0  # the second run, all cached
+    followed = upstream(home, "jobs", "show", str(jobs[0]["id"]), "--follow")
+    assert followed.returncode == 0 and f"job {jobs[0]['id']} evals.run: done" in followed.stdout
+    missing = upstream(home, "jobs", "show", "999")
+    assert (missing.returncode, missing.stderr.strip()) == (2, "error: no job 999")
+    too_long = upstream(home, "eval", "tiny", "--suite", "short", "--max-new-tokens", "4097")
+    assert too_long.returncode == 2 and "less than or equal to 4096" in too_long.stderr
     human = upstream(home, "compare", "tiny", "tiny", "--suite", "short", "--max-new-tokens", "3")
     assert human.returncode == 0 and "McNemar" in human.stdout and "can detect" in human.stdout
     board = json.loads(upstream(home, "leaderboard", "--json").stdout)["leaderboard"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import upstream
+from tests.test_cli import all_commands, upstream
 from tests.test_contributions import NEVER, make_adapter
 from upstream import contributions as prs
 from upstream.credits import CONTRIBUTOR_PER_CASE, POINTS
@@ -198,32 +198,15 @@ def test_report_reproduce_rescore_and_close(home: Path, tiny_model_dir: Path) ->
 PRINT_NO_RESULTS = {("up",), ("worker",)}
 
 
-def _commands() -> list[tuple[str, ...]]:
-    """Every command a user can run, as its words after `upstream`."""
-    import typer.main
-
-    from upstream.cli import app
-
-    def walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-        subcommands = getattr(command, "commands", None)
-        if not subcommands:
-            yield path
-            return
-        for name, sub in sorted(subcommands.items()):
-            yield from walk(sub, (*path, name))
-
-    return list(walk(typer.main.get_command(app), ()))
-
-
 def test_the_audit_sees_every_group() -> None:
-    groups = {c[0] for c in _commands() if len(c) > 1}
+    groups = {c[0] for c in all_commands() if len(c) > 1}
     assert groups >= {"models", "reports", "suites", "prs", "jobs"}
-    assert set(_commands()) >= PRINT_NO_RESULTS  # an exemption names a command that exists
+    assert set(all_commands()) >= PRINT_NO_RESULTS  # an exemption names a command that exists
 
 
 @pytest.mark.parametrize(
     "command",
-    [c for c in _commands() if c not in PRINT_NO_RESULTS],
+    [c for c in all_commands() if c not in PRINT_NO_RESULTS],
     ids=lambda c: " ".join(c),
 )
 def test_every_command_that_prints_results_accepts_json(command: tuple[str, ...]) -> None:

@@ -2,25 +2,8 @@
 
 Precedence, highest first: environment variables, the config file, defaults.
 
-| setting          | env                        | default                         |
-|------------------|----------------------------|---------------------------------|
-| home             | UPSTREAM_HOME              | ./.upstream                     |
-| database_url     | UPSTREAM_DATABASE_URL      | sqlite:///<home>/upstream.db    |
-| blob_dir         | UPSTREAM_BLOB_DIR          | <home>/blobs                    |
-| host, port       | UPSTREAM_HOST/PORT         | 127.0.0.1, 8321                 |
-| model_cache_size | UPSTREAM_MODEL_CACHE_SIZE  | 2 (loaded models kept in memory)|
-| job_stale_after  | UPSTREAM_JOB_STALE_AFTER   | 60 (seconds without heartbeat)  |
-| hand_over_jobs   | UPSTREAM_HAND_OVER_JOBS    | true (`eval` uses an idle local worker) |
-| maintainers      | UPSTREAM_MAINTAINERS       | the OS user who runs the hub    |
-| duplicate_distance | UPSTREAM_DUPLICATE_DISTANCE | 0.2 (cosine distance)        |
-| check_max_new_tokens | UPSTREAM_CHECK_MAX_NEW_TOKENS | 128 (a contribution's checks) |
-| adapter_max_rank, adapter_max_mb | UPSTREAM_ADAPTER_MAX_RANK/_MB | 64, 256         |
-| dataset_max_mb, dataset_max_examples | UPSTREAM_DATASET_MAX_MB/_EXAMPLES | 10, 10000 |
-| policy_min_fixed | UPSTREAM_POLICY_MIN_FIXED  | 1 (claimed cases a contribution must fix) |
-| policy_regression_p | UPSTREAM_POLICY_REGRESSION_P | 0.05 (McNemar p of a regression) |
-| policy_heldout_margin | UPSTREAM_POLICY_HELDOUT_MARGIN | 0.05 (held-out rate drop allowed) |
-| policy_margin    | UPSTREAM_POLICY_MARGIN     | 0.10 (pass rate a suite may lose) |
-| policy           | (config.toml only)         | per-model overrides: `[policy.NAME]` |
+Every setting, its environment variable and its default: docs/settings.md (a test keeps
+that table true).
 """
 
 from __future__ import annotations
