@@ -204,9 +204,10 @@ def test_review_rules(tiny_hub: Hub, adapter: Path, maintainer: str) -> None:
 def test_a_push_clears_the_approval_and_is_checked_again(
     tiny_hub: Hub, adapter: Path, maintainer: str, tmp_path: Path
 ) -> None:
-    cid = open_adapter(tiny_hub, adapter)
-    with tiny_hub.session() as s, s.begin():
-        prs.get_contribution(s, cid).state = "approved"
+    cid = open_adapter(tiny_hub, adapter)  # it claims nothing: its checks fail
+    first = check(tiny_hub, cid)
+    assert first["state"] == "failed"
+    prs.approve(tiny_hub, cid, maintainer, override="a test of the push")
     with pytest.raises(Forbidden, match="only its author"):
         prs.push(tiny_hub, cid, prs.Content(adapter_dir=adapter), "cy")
     with pytest.raises(InvalidInput, match="push a adapter"):
@@ -219,9 +220,20 @@ def test_a_push_clears_the_approval_and_is_checked_again(
         "push": 2,
         "state": "open",
     }
+    with tiny_hub.session() as s:
+        events = [(e.kind, e.to_state) for e in prs.get_contribution(s, cid).events]
+    assert events[-2:] == [("approved", "approved"), ("pushed", "open")]
     detail = check(tiny_hub, cid)
     assert detail["push"] == 2 and detail["checks"]["push"] == 2
-    assert detail["state"] in ("passed", "failed")
+    # checked again from scratch: the override of push 1 does not carry over
+    assert (detail["state"], detail["verdict"], detail["checks"]["passed"]) == (
+        "failed",
+        "failed",
+        False,
+    )
+    assert detail["checks"]["reasons"][0] == (
+        "✗ claims no report; fixes 0 cases of the model's suites (at least 1 needed)"
+    )
     assert prs.close(tiny_hub, cid, "bo")["state"] == "closed"
 
 
