@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from upstream import contributions as prs
 from upstream import triage
@@ -66,15 +67,20 @@ def model(hub: Hub, name: str = "m") -> int:
         return m.id
 
 
+def base_revision(s: Session, model_id: int) -> int:
+    """The id of the model's one revision (made by `model`)."""
+    m = s.get(Model, model_id)
+    assert m is not None
+    return m.revisions[0].id
+
+
 def report(hub: Hub, model_id: int, reporter: str, *confirmers: str) -> int:
     """A reproduced report, then confirmed by each of `confirmers` in turn."""
     with hub.session() as s, s.begin():
         n = s.scalar(select(func.count()).select_from(Report)) or 0
-        m = s.get(Model, model_id)
-        assert m is not None
         r = Report(
             model_id=model_id,
-            revision_id=m.revisions[0].id,
+            revision_id=base_revision(s, model_id),
             messages=[{"role": "user", "content": f"question {n}"}],
             reporter=reporter,
             status="reproduced",
@@ -99,11 +105,9 @@ def move(hub: Hub, rid: int, to: str, note: str) -> None:
 def contribution(hub: Hub, model_id: int, author: str, fixes: list[int], verdict: str) -> int:
     """An open contribution with one push, which the CI then judged `verdict`."""
     with hub.session() as s, s.begin():
-        m = s.get(Model, model_id)
-        assert m is not None
         c = Contribution(
             model_id=model_id,
-            revision_id=m.revisions[0].id,
+            revision_id=base_revision(s, model_id),
             author=author,
             title="a fix",
             kind="dataset",
@@ -124,11 +128,9 @@ def merge(hub: Hub, cid: int) -> None:
 
 def release(hub: Hub, model_id: int, contributions: Sequence[int] = ()) -> int:
     with hub.session() as s, s.begin():
-        m = s.get(Model, model_id)
-        assert m is not None
         r = Release(
             model_id=model_id,
-            base_revision_id=m.revisions[0].id,
+            base_revision_id=base_revision(s, model_id),
             method="linear",
             contributions=list(contributions),
             author="maia",

@@ -108,6 +108,14 @@ def contribution(hub: Hub, adapter: Path, fixes: list[int], author: str = "bo") 
     return cid
 
 
+def claimed_fix(
+    hub: Hub, maintainer: str, adapters: dict[str, Path], name: str, author: str = "bo"
+) -> tuple[int, int]:
+    """A fixable report for adapter `name`, and its checked contribution claiming it."""
+    rid = fixable_report(hub, maintainer, name, adapters[name])
+    return rid, contribution(hub, adapters[name], [rid], author)
+
+
 def state(hub: Hub, cid: int) -> str:
     with hub.session() as s:
         return prs.get_contribution(s, cid).state
@@ -170,10 +178,8 @@ def worker_killed_in(hub: Hub, job_id: int) -> Iterator[Session]:
 def test_fixes_that_break_nothing_pass_alone_and_ship_together(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
-    swim = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
-    cherry = fixable_report(hub, maintainer, "cherry", adapters["cherry"])
-    a = contribution(hub, adapters["swim-a"], [swim])
-    b = contribution(hub, adapters["cherry"], [cherry], author="cy")
+    swim, a = claimed_fix(hub, maintainer, adapters, "swim-a")
+    cherry, b = claimed_fix(hub, maintainer, adapters, "cherry", author="cy")
     assert (state(hub, a), state(hub, b)) == ("passed", "passed"), reasons(hub, a)
     lines = reasons(hub, a)
     assert lines[0] == "✓ fixes 1 of 1 claimed cases (at least 1 needed)"
@@ -211,10 +217,8 @@ def test_fixes_that_break_nothing_pass_alone_and_ship_together(
 def test_fixes_that_pass_alone_but_not_together_stay_a_candidate(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
-    first = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
-    second = fixable_report(hub, maintainer, "swim-b", adapters["swim-b"])
-    a = contribution(hub, adapters["swim-a"], [first])
-    b = contribution(hub, adapters["swim-b"], [second], author="cy")
+    first, a = claimed_fix(hub, maintainer, adapters, "swim-a")
+    second, b = claimed_fix(hub, maintainer, adapters, "swim-b", author="cy")
     assert (state(hub, a), state(hub, b)) == ("passed", "passed")
     for cid in (a, b):
         prs.approve(hub, cid, maintainer)
@@ -236,8 +240,7 @@ def test_a_release_that_breaks_the_guard_stays_a_candidate(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
     # the terse adapter fixes its report, and cuts every guard answer to a word or two
-    rid = fixable_report(hub, maintainer, "harmful", adapters["harmful"])
-    cid = contribution(hub, adapters["harmful"], [rid])
+    rid, cid = claimed_fix(hub, maintainer, adapters, "harmful")
     assert state(hub, cid) == "failed", reasons(hub, cid)
     assert reasons(hub, cid)[0].startswith("✓ fixes 1 of 1")
     assert suite_line(reasons(hub, cid), "guard-tiny").startswith("✗ guard-tiny")
@@ -264,8 +267,7 @@ def test_a_release_that_breaks_the_guard_stays_a_candidate(
 def test_a_contribution_pushed_while_its_release_is_built_is_not_merged(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
-    rid = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
-    cid = contribution(hub, adapters["swim-a"], [rid])
+    rid, cid = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, cid, maintainer)
     base, _ = latest(hub)
     pushed: list[int] = []
@@ -293,8 +295,7 @@ def test_a_contribution_pushed_while_its_release_is_built_is_not_merged(
 def test_a_crashed_release_leaves_nothing_half_done_and_runs_again(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
-    rid = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
-    cid = contribution(hub, adapters["swim-a"], [rid])
+    rid, cid = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, cid, maintainer)
     base, _ = latest(hub)
 
@@ -319,8 +320,7 @@ def test_a_crashed_release_leaves_nothing_half_done_and_runs_again(
 def test_a_release_whose_worker_died_does_not_hold_its_contributions(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
-    rid = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
-    cid = contribution(hub, adapters["swim-a"], [rid])
+    _, cid = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, cid, maintainer)
     planned = releases.plan_release(hub, releases.ReleaseIn("tiny", [cid]), maintainer)
     job_id = releases.queue_release(hub, planned["id"])  # one attempt
@@ -376,8 +376,7 @@ def test_a_crashed_check_runs_again_to_a_verdict(
 def test_a_release_that_breaks_a_fixed_report_within_the_margin_reopens_it(
     hub: Hub, maintainer: str, adapters: dict[str, Path]
 ) -> None:
-    first = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
-    a = contribution(hub, adapters["swim-a"], [first])
+    first, a = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, a, maintainer)
     assert release(hub, maintainer, [a])["tag"] == "v2"
     assert report_status(hub, first) == "fixed"
@@ -393,8 +392,7 @@ def test_a_release_that_breaks_a_fixed_report_within_the_margin_reopens_it(
     add_cases(hub, "everyday", [fixed_case, *others], "tiny", heldout_percent=0)
 
     # a second fix on the same key, made on v2: it fixes its report and breaks the first
-    second = fixable_report(hub, maintainer, "swim-b", adapters["swim-b"])
-    b = contribution(hub, adapters["swim-b"], [second], author="cy")
+    second, b = claimed_fix(hub, maintainer, adapters, "swim-b", author="cy")
     assert state(hub, b) == "passed", reasons(hub, b)
     assert suite_line(reasons(hub, b), "everyday").startswith("✓ everyday: 0 fixed, 1 broken")
     prs.approve(hub, b, maintainer)
