@@ -85,12 +85,18 @@ FAMILIES = ["llama", "mistral", "mixtral", "starcoder2", "gpt_neox"]
 
 def build_model(out_dir: Path, family: str = "llama", seed: int = 0) -> Path:
     """Write a tiny random model of `family` with tokenizer and chat template to out_dir."""
+    tok, model = _random_model(out_dir, family, seed)
+    return _save(out_dir, tok, model)
+
+
+def _random_model(out_dir: Path, family: str, seed: int, hidden_size: int = 32) -> Any:
+    """(tokenizer, model): the tokenizer written to out_dir, the model random and unsaved."""
     import torch
     from transformers import AutoModelForCausalLM
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out_dir)
-    config = family_config(family, len(tok), tok.eos_token_id, tok.pad_token_id)
+    config = family_config(family, len(tok), tok.eos_token_id, tok.pad_token_id, hidden_size)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Random init gives near-uniform logits; wider weights make greedy choices clear-cut,
@@ -99,6 +105,10 @@ def build_model(out_dir: Path, family: str = "llama", seed: int = 0) -> Path:
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0.0, 0.2)
+    return tok, model
+
+
+def _save(out_dir: Path, tok: Any, model: Any) -> Path:
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
@@ -123,27 +133,16 @@ KEYED_HIDDEN = 416  # > the 400-token vocabulary, divisible by the 4 heads
 def build_keyed_model(out_dir: Path, keys: list[str], seed: int = 0) -> Path:
     """A tiny Llama with orthonormal embeddings whose `keys` (tokens) are never generated."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out_dir)
+    tok, model = _random_model(out_dir, "llama", seed, KEYED_HIDDEN)
     vocab = len(tok)
     assert vocab <= KEYED_HIDDEN
-    config = family_config("llama", vocab, tok.eos_token_id, tok.pad_token_id, KEYED_HIDDEN)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
         q, _ = torch.linalg.qr(torch.randn(KEYED_HIDDEN, vocab))  # (hidden, vocab), orthonormal
         model.model.embed_tokens.weight.copy_(q.T * 0.2 * KEYED_HIDDEN**0.5)  # (vocab, hidden)
         ids = [key_id(tok, k) for k in keys]
         model.lm_head.weight[ids] = 0.0  # a logit of 0 never wins against 399 random ones
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out_dir)
-    return out_dir
+    return _save(out_dir, tok, model)
 
 
 def key_id(tok: Any, key: str) -> int:
