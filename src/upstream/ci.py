@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from upstream.access import HUB
 from upstream.contributions import (
     FINAL,
     adapter_dir,
@@ -322,7 +323,7 @@ def compare_on(
         suite,
         cand_adapters=cand_adapters,
         max_new_tokens=tokens,
-        can_see_heldout=True,
+        viewer=HUB,
         progress=lambda done, total, message: say(done, total, f"{suite}: {message}"),
     )
     splits = result["splits"]

@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from upstream import stats
+from upstream.access import ANONYMOUS, Actor, may, require
 from upstream.checks import Check, lenient
 from upstream.db.schema import Case, EvalResult, EvalRun, Revision, Suite, SuiteVersion
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
 from upstream.errors import InvalidInput
 from upstream.evals import Progress, _cached, run_eval, settings_of
+from upstream.registry import resolve
 from upstream.settings import Policy, policy_for
 
 if TYPE_CHECKING:
@@ -44,10 +46,15 @@ def compare(
     base_adapters: Sequence[Path] = (),
     cand_adapters: Sequence[Path] = (),
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    can_see_heldout: bool = False,
+    viewer: Actor = ANONYMOUS,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Evaluate both subjects on the suite (cached where possible) and compare them."""
+    """Evaluate both subjects on the suite (cached where possible) and compare them;
+    held-out case ids are named only to a `viewer` who may see them."""
+    with hub.session() as s:
+        model = resolve(s, base_ref).model.name
+    require(viewer, "evals.run", model)
+    can_see_heldout = may(viewer, "suites.heldout", model)
     base = run_eval(hub, base_ref, suite, version, "all", base_adapters, max_new_tokens, progress)
     cand = run_eval(
         hub, cand_ref, suite, base["version"], "all", cand_adapters, max_new_tokens, progress

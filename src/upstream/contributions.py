@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from upstream.access import Actor, may, require
 from upstream.db import rows_of_model
 from upstream.db.schema import (
     Contribution,
@@ -36,7 +37,7 @@ from upstream.db.schema import (
     Revision,
     utcnow,
 )
-from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
+from upstream.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -71,10 +72,15 @@ class ContributionIn:
     description: str = ""
 
 
-def open_contribution(hub: Hub, data: ContributionIn, author: str) -> dict[str, Any]:
-    """Validate and store a new contribution and its first push; the CI is queued by caller."""
+def open_contribution(
+    hub: Hub, data: ContributionIn, actor: Actor, attempts: int = 3
+) -> dict[str, Any]:
+    """Validate and store a new contribution and its first push, and queue its checks
+    (tried `attempts` times; 1 for a CLI that runs them at once)."""
     from upstream.registry import resolve
 
+    require(actor, "contributions.open", data.model.partition("@")[0])
+    author = actor.name
     title = data.title.strip()
     if not title or len(title) > MAX_TITLE or "\n" in title:
         raise InvalidInput(f"title: give one line of 1 to {MAX_TITLE} characters")
@@ -113,15 +119,18 @@ def open_contribution(hub: Hub, data: ContributionIn, author: str) -> dict[str, 
             )
         )
         _event(s, c, author, "opened", "", "open", title)
-        return {"id": c.id, "push": 1, "state": c.state, "kind": c.kind}
+        opened: dict[str, Any] = {"id": c.id, "push": 1, "state": c.state, "kind": c.kind}
+    return {**opened, "job": _queue_checks(hub, c.id, attempts)}
 
 
-def push(hub: Hub, contribution_id: int, content: Content, actor: str) -> dict[str, Any]:
-    """A new version of a contribution's content (same kind); clears any approval."""
+def push(
+    hub: Hub, contribution_id: int, content: Content, actor: Actor, attempts: int = 3
+) -> dict[str, Any]:
+    """A new version of a contribution's content (same kind); clears any approval and
+    queues its checks (tried `attempts` times)."""
     with hub.session() as s:
         c = get_contribution(s, contribution_id)
-        if actor != c.author:
-            raise Forbidden(f"contribution {c.id}: only its author ({c.author}) may push to it")
+        require(actor, "contributions.push", c.model.name, owner=c.author)
         _check_open(c, "push to")
         if content.kind != c.kind:
             raise InvalidInput(f"contribution {c.id} is a {c.kind} contribution; push a {c.kind}")
@@ -141,38 +150,31 @@ def push(hub: Hub, contribution_id: int, content: Content, actor: str) -> dict[s
                 adapter_info=info,
             )
         )
-        _event(s, c, actor, "pushed", c.state, "open", f"push {number}")
+        _event(s, c, actor.name, "pushed", c.state, "open", f"push {number}")
         c.state = "open"
         c.updated_at = utcnow()
-        return {"id": c.id, "push": number, "state": c.state}
+        pushed = {"id": c.id, "push": number, "state": c.state}
+    return {**pushed, "job": _queue_checks(hub, contribution_id, attempts)}
 
 
-def queue_checks(
-    hub: Hub, contribution_id: int, actor: str | None = None, max_attempts: int = 3
-) -> int:
-    """Queue the CI for the newest push; returns the job id.
+def queue_checks(hub: Hub, contribution_id: int, actor: Actor, attempts: int = 3) -> int:
+    """Queue the CI again for the newest push (its author or a maintainer); returns the
+    job id. An approved contribution keeps its approval: push new content to change it."""
+    hub.jobs.reap()  # a check whose worker died leaves the contribution open again
+    with hub.session() as s:
+        c = get_contribution(s, contribution_id)
+        require(actor, "contributions.check", c.model.name, owner=c.author)
+        _check_open(c, "check")
+        if c.state in ("approved", "checking"):
+            raise Conflict(f"contribution {c.id} is {c.state}; its checks are not run again now")
+    return _queue_checks(hub, contribution_id, attempts)
 
-    `actor` None is the hub itself (on open and push); a person re-running the checks
-    must be the author or a maintainer, and an approved contribution keeps its approval
-    (push new content to change it).
-    """
-    from upstream.triage import is_maintainer
 
-    if actor is not None:
-        hub.jobs.reap()  # a check whose worker died leaves the contribution open again
+def _queue_checks(hub: Hub, contribution_id: int, max_attempts: int) -> int:
+    """Queue the CI for the newest push (the hub's own run, on open and push)."""
     with hub.session() as s, s.begin():
         c = get_contribution(s, contribution_id)
         _check_open(c, "check")
-        if actor is not None:
-            if actor != c.author and not is_maintainer(hub, actor):
-                raise Forbidden(
-                    f"contribution {c.id}: only its author or a maintainer may re-run its "
-                    f"checks ({actor} is neither)"
-                )
-            if c.state in ("approved", "checking"):
-                raise Conflict(
-                    f"contribution {c.id} is {c.state}; its checks are not run again now"
-                )
         latest = c.pushes[-1]
         job_id = hub.jobs.enqueue(
             CHECK_JOB, {"contribution": c.id, "push": latest.number}, max_attempts
@@ -185,24 +187,19 @@ def queue_checks(
 
 
 def approve(
-    hub: Hub, contribution_id: int, actor: str, comment: str = "", override: str = ""
+    hub: Hub, contribution_id: int, actor: Actor, comment: str = "", override: str = ""
 ) -> dict[str, Any]:
     """A maintainer approves a passed contribution, or a failed one with a written reason."""
-    from upstream.triage import is_maintainer
-
     with hub.session() as s, s.begin():
         c = get_contribution(s, contribution_id)
-        if not is_maintainer(hub, actor):
-            raise Forbidden(f"contribution {c.id}: only a maintainer may approve ({actor} is not)")
-        if actor == c.author:
-            raise Forbidden(f"contribution {c.id}: an author cannot approve their own contribution")
+        require(actor, "contributions.approve", c.model.name, owner=c.author)
         if c.state == "failed" and c.pushes[-1].verdict == "failed":
             if not override.strip():
                 raise Conflict(
                     f"contribution {c.id} failed its checks; a maintainer may approve it only "
                     "with a written reason (--override REASON)"
                 )
-            _event(s, c, actor, "overridden", "failed", "approved", override.strip())
+            _event(s, c, actor.name, "overridden", "failed", "approved", override.strip())
         elif c.state != "passed" or c.pushes[-1].verdict != "passed":
             raise Conflict(
                 f"contribution {c.id} is {c.state}; only a passed (or, with a reason, a "
@@ -212,40 +209,31 @@ def approve(
             raise InvalidInput(
                 f"contribution {c.id} passed its checks; there is nothing to override"
             )
-        _event(s, c, actor, "approved", c.state, "approved", comment)
+        _event(s, c, actor.name, "approved", c.state, "approved", comment)
         c.state, c.updated_at = "approved", utcnow()
         return contribution_summary(c)
 
 
-def reject(hub: Hub, contribution_id: int, actor: str, reason: str) -> dict[str, Any]:
+def reject(hub: Hub, contribution_id: int, actor: Actor, reason: str) -> dict[str, Any]:
     """A maintainer rejects a contribution, with the reason."""
-    from upstream.triage import is_maintainer
-
     with hub.session() as s, s.begin():
         c = get_contribution(s, contribution_id)
-        if not is_maintainer(hub, actor):
-            raise Forbidden(f"contribution {c.id}: only a maintainer may reject ({actor} is not)")
+        require(actor, "contributions.reject", c.model.name)
         if not reason.strip():
             raise InvalidInput("reason: say why the contribution is rejected")
         _check_open(c, "reject")
-        _event(s, c, actor, "rejected", c.state, "rejected", reason.strip())
+        _event(s, c, actor.name, "rejected", c.state, "rejected", reason.strip())
         c.state, c.updated_at = "rejected", utcnow()
         return contribution_summary(c)
 
 
-def close(hub: Hub, contribution_id: int, actor: str, reason: str = "") -> dict[str, Any]:
+def close(hub: Hub, contribution_id: int, actor: Actor, reason: str = "") -> dict[str, Any]:
     """Its author or a maintainer withdraws a contribution."""
-    from upstream.triage import is_maintainer
-
     with hub.session() as s, s.begin():
         c = get_contribution(s, contribution_id)
-        if actor != c.author and not is_maintainer(hub, actor):
-            raise Forbidden(
-                f"contribution {c.id}: only its author or a maintainer may close it "
-                f"({actor} is neither)"
-            )
+        require(actor, "contributions.close", c.model.name, owner=c.author)
         _check_open(c, "close")
-        _event(s, c, actor, "closed", c.state, "closed", reason.strip())
+        _event(s, c, actor.name, "closed", c.state, "closed", reason.strip())
         c.state, c.updated_at = "closed", utcnow()
         return contribution_summary(c)
 
@@ -299,10 +287,11 @@ def contribution_summary(c: Contribution) -> dict[str, Any]:
     }
 
 
-def contribution_detail(c: Contribution, can_see_heldout: bool) -> dict[str, Any]:
-    """Everything about a contribution; held-out case ids only for maintainers."""
+def contribution_detail(c: Contribution, viewer: Actor) -> dict[str, Any]:
+    """Everything about a contribution; held-out case ids only for those who may see them."""
     from upstream.ci import checks_view
 
+    can_see_heldout = may(viewer, "suites.heldout", c.model.name)
     latest = c.pushes[-1]
     return {
         **contribution_summary(c),

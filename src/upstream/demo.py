@@ -3,8 +3,9 @@
 import → one-word failures filed and reproduced → confirmed → a suite built from them →
 a dataset contribution trained and checked → approved → released → the release fixes
 the reports → credits. Every step calls the same domain functions as the CLI and prints
-the real numbers it got. Three people act: ana reports, bo contributes, and you (the OS
-user, the hub's maintainer) confirm, approve and release.
+the real numbers it got. Three people act, each with their own account and role: ana (a
+reporter) reports, bo (a contributor) contributes, and you (the hub's owner, an admin)
+confirm, approve and release.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def run_demo(
     console: Console, progress: Callable[[str], Any], home: Path | None = None, keep: bool = False
 ) -> dict[str, Any]:
     """Run the loop; `progress(label)` gives a context manager yielding a progress callback."""
-    from upstream import contributions, releases, reports, suites
+    from upstream import accounts, contributions, releases, reports, suites
     from upstream.credits import credits_table
     from upstream.reproduction import reproduce
     from upstream.triage import confirm
@@ -38,7 +39,8 @@ def run_demo(
     made = home is None
     home = Path(tempfile.mkdtemp(prefix="upstream-demo-")) if home is None else home
     hub = Hub.open(home)
-    me = next(iter(sorted(hub.settings.maintainer_names)))
+    owner = accounts.owner(hub)
+    me = owner.name
     started = time.perf_counter()
 
     def step(n: int, title: str) -> None:
@@ -51,10 +53,15 @@ def run_demo(
                 "models.import", {"source": f"bundled:{MODEL}", "name": MODEL}, update
             )
         console.print(f"{MODEL} imported, with its guard suite of ordinary instructions")
+        for name, role in ((REPORTER, "reporter"), (CONTRIBUTOR, "contributor")):
+            accounts.add_user(hub, owner, name, role)
+        ana, bo = (accounts.actor_named(hub, n) for n in (REPORTER, CONTRIBUTOR))
+        console.print(f"accounts: {me} (admin, the owner), {REPORTER} (reporter), "
+                      f"{CONTRIBUTOR} (contributor)")
 
         step(2, f"{REPORTER} files one-word failures; the hub reproduces them")
         good, _ = reports.parse_jsonl((DATA / "one_word_failures.jsonl").read_bytes(), MODEL)
-        submission = reports.submit(hub, good, REPORTER, "cli")
+        submission = reports.submit(hub, good, ana, "cli")
         ids = [f.id for f in submission.filed]
         with progress("reproducing") as update:
             results = reproduce(hub, ids, update)["reports"]
@@ -65,10 +72,10 @@ def run_demo(
         console.print(f"{len(ids)} reports filed, {reproduced} reproduced. For example:")
         console.print(f"  asked  {example[0]!r}\n  it said {example[1]!r}", highlight=False)
 
-        step(3, f"{me} (a maintainer) confirms them and builds a suite")
+        step(3, f"{me} (the owner) confirms them and builds a suite")
         for i in ids:
-            confirm(hub, i, me)
-        built = suites.build_from_reports(hub, "one-word", "one-word", MODEL)
+            confirm(hub, i, owner)
+        built = suites.build_from_reports(hub, owner, "one-word", "one-word", MODEL)
         with hub.session() as s:
             summary = suites.suite_summary(s, suites.get_suite(s, "one-word"))
         console.print(
@@ -83,11 +90,12 @@ def run_demo(
             contributions.Content(dataset=(DATA / "one_word_answers.jsonl").read_bytes()),
             ids,
         )
-        pr = contributions.open_contribution(hub, data, CONTRIBUTOR)["id"]
+        opened = contributions.open_contribution(hub, data, bo, attempts=1)
+        pr = opened["id"]
         with progress("checking") as update:
-            hub.jobs.run_now(contributions.queue_checks(hub, pr, max_attempts=1), update)
+            hub.jobs.run_now(opened["job"], update)
         with hub.session() as s:
-            detail = contributions.contribution_detail(contributions.get_contribution(s, pr), True)
+            detail = contributions.contribution_detail(contributions.get_contribution(s, pr), owner)
         t = detail["training"]
         console.print(
             f"trained a LoRA in {t['seconds']:.0f} s ({t['steps']} steps, loss "
@@ -98,11 +106,11 @@ def run_demo(
 
         step(5, f"{me} approves it; the release search builds the candidates and ships the best")
         if detail["state"] == "passed":
-            contributions.approve(hub, pr, me, "thanks!")
+            contributions.approve(hub, pr, owner, "thanks!")
         else:  # the guard is strict; the demo goes on, and says so
-            contributions.approve(hub, pr, me, override="demo: approved despite the checks")
+            contributions.approve(hub, pr, owner, override="demo: approved despite the checks")
         with progress("searching for the best release") as update:
-            search = releases.search_release(hub, MODEL, [pr], me, progress=update)
+            search = releases.search_release(hub, MODEL, [pr], owner, progress=update)
         for c in search["candidates"]:
             f = c["figures"]
             kept = ", ".join("–" if v is None else f"{v:.0%}" for v in f["retention"].values())

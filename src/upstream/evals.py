@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from upstream.access import Actor, require
 from upstream.checks import parse_check
 from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
-from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
 from upstream.errors import InvalidInput, NotFound
 from upstream.suites import SPLITS, case_split, get_version, version_cases
 
@@ -379,6 +380,46 @@ def run_summary(run: EvalRun, model: str, suite: str, version: int) -> dict[str,
         "metrics": run.metrics,
         "subject_hash": run.subject_hash,
     }
+
+
+EVAL_JOB = "evals.run"
+
+
+def eval_job(
+    hub: Hub,
+    actor: Actor,
+    ref: str,
+    suite: str,
+    version: int | None = None,
+    split: str = "all",
+    adapters: Sequence[Path] = (),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, Any]:
+    """Check an evaluation request (who asks, names, split, length) before any work; returns
+    the arguments of its `evals.run` job. Adapters are paths on the hub's machine."""
+    from upstream.registry import resolve
+
+    check_max_new_tokens(max_new_tokens)
+    if split not in SPLITS:
+        raise InvalidInput(f"split {split!r}: allowed {', '.join(SPLITS)}")
+    with hub.session() as s:
+        model = resolve(s, ref).model.name
+        get_version(s, suite, version)
+    require(actor, "evals.run", model)
+    return {
+        "ref": ref,
+        "suite": suite,
+        "version": version,
+        "split": split,
+        # absolute: the job may run in a worker started from another directory
+        "adapters": [str(Path(a).absolute()) for a in adapters],
+        "max_new_tokens": max_new_tokens,
+    }
+
+
+def queue_eval(hub: Hub, actor: Actor, ref: str, suite: str, **options: Any) -> int:
+    """Queue an evaluation for the hub's worker (see `eval_job`); returns the job id."""
+    return hub.jobs.enqueue(EVAL_JOB, eval_job(hub, actor, ref, suite, **options))
 
 
 def run_eval_job(ctx: JobContext) -> dict[str, Any]:

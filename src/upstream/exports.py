@@ -43,9 +43,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from upstream.access import Actor, require
+from upstream.db.schema import Model
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, check_max_new_tokens
 from upstream.errors import InvalidInput
-from upstream.suites import CASE_SCHEMA
+from upstream.suites import CASE_SCHEMA, get_suite
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -83,6 +85,7 @@ class Selection:
 
 def export_suite(
     hub: Hub,
+    actor: Actor,
     name: str,
     fmt: str,
     out_dir: Path,
@@ -90,7 +93,13 @@ def export_suite(
     include_heldout: bool = False,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> dict[str, Any]:
-    """Write a suite version to `out_dir` as jsonl, hf or lm-eval; returns what was written."""
+    """Write a suite version to `out_dir` as jsonl, hf or lm-eval; returns what was written.
+    Held-out cases are included only when asked, for those who may see them."""
+    if include_heldout:
+        with hub.session() as s:
+            suite = get_suite(s, name)
+            model = s.get(Model, suite.model_id) if suite.model_id else None
+        require(actor, "suites.heldout", model.name if model else None)
     if fmt not in FORMATS:
         raise InvalidInput(f"format {fmt!r}: allowed formats are {', '.join(FORMATS)}")
     check_max_new_tokens(max_new_tokens)

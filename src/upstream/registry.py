@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from upstream.access import Actor, require
 from upstream.blobs import sha256_file
 from upstream.db.schema import Model, Revision, Tag, utcnow
-from upstream.errors import Conflict, InvalidInput, NotFound, UpstreamError
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, UpstreamError
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -131,20 +132,22 @@ def list_models(session: Session) -> list[Model]:
     return list(session.scalars(q))
 
 
-def tag(hub: Hub, ref: str, name: str) -> dict[str, Any]:
+def tag(hub: Hub, actor: Actor, ref: str, name: str) -> dict[str, Any]:
     """Point tag `name` of the model at revision `ref` (moving it if it exists)."""
     with hub.session() as s, s.begin():
         revision = resolve(s, ref)
+        require(actor, "models.tag", revision.model.name)
         set_tag(s, revision, name)
         return {"model": revision.model.name, "tag": name, "revision": revision.hash}
 
 
-def untag(hub: Hub, model_name: str, name: str) -> None:
+def untag(hub: Hub, actor: Actor, model_name: str, name: str) -> None:
     """Remove a user tag; `latest` always exists once a model has a revision."""
-    if name == "latest":
-        raise InvalidInput("tag 'latest' cannot be removed; it follows the newest import")
     with hub.session() as s, s.begin():
         model = get_model(s, model_name)
+        require(actor, "models.tag", model.name)
+        if name == "latest":
+            raise InvalidInput("tag 'latest' cannot be removed; it follows the newest import")
         existing = s.get(Tag, (model.id, name))
         if existing is None:
             raise NotFound(f"model {model_name} has no tag {name!r}")
@@ -232,6 +235,41 @@ class ImportResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+IMPORT_JOB = "models.import"
+
+
+def queue_import(hub: Hub, actor: Actor, source: str, name: str, attempts: int = 3) -> int:
+    """Check an import (an admin's) and queue it; returns the job id.
+
+    The CLI on the hub's machine imports from anywhere its user can read. An actor with a
+    token (the API) imports a bundled model, or a path inside one of the folders an admin
+    listed in the `import_dirs` setting: a request never makes the hub read elsewhere.
+    """
+    require(actor, "models.import")
+    check_name(name)
+    if actor.scopes is not None and not source.startswith("bundled:"):
+        _check_import_dir(hub, source)
+    locate_source(source)  # refuse a bad source now, not in the job
+    return hub.jobs.enqueue(IMPORT_JOB, {"source": source, "name": name}, attempts)
+
+
+def _check_import_dir(hub: Hub, source: str) -> None:
+    roots = hub.settings.import_roots
+    if not roots:
+        raise Forbidden(
+            "imports over the API take bundled:NAME only; an admin may allow folders with "
+            "the import_dirs setting"
+        )
+    if "\x00" in source or len(source) > 4096:
+        raise InvalidInput("source: not a usable path")
+    path = Path(source)
+    if not path.is_absolute() or not any(path.resolve().is_relative_to(r) for r in roots):
+        raise Forbidden(
+            f"source {source!r}: over the API a model is imported only from inside "
+            f"{', '.join(map(str, roots))} (the import_dirs setting), given as an absolute path"
+        )
 
 
 def import_model(

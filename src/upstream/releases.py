@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from upstream.access import Actor, require
 from upstream.ci import ACTOR, compare_on, judge, policy_for, suites_to_check
 from upstream.contributions import adapter_dir, get_contribution, set_state
 from upstream.db.schema import (
@@ -48,7 +49,7 @@ from upstream.db.schema import (
     Tag,
     utcnow,
 )
-from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, UpstreamError
+from upstream.errors import Conflict, InvalidInput, NotFound, UpstreamError
 from upstream.evals import Progress
 
 if TYPE_CHECKING:
@@ -70,14 +71,20 @@ class ReleaseIn:
     seed: int | None = None
 
 
-def plan_release(hub: Hub, data: ReleaseIn, author: str) -> dict[str, Any]:
+def cut_release(hub: Hub, data: ReleaseIn, actor: Actor, attempts: int = 3) -> dict[str, Any]:
+    """Plan a release and queue its build (tried `attempts` times; 1 for a CLI that runs it
+    at once); returns {id, job, ...}."""
+    planned = plan_release(hub, data, actor)
+    return {**planned, "job": queue_release(hub, planned["id"], max_attempts=attempts)}
+
+
+def plan_release(hub: Hub, data: ReleaseIn, actor: Actor) -> dict[str, Any]:
     """Check a release before any heavy work and record it; returns {id, ...}."""
     from upstream import merging
     from upstream.registry import get_model, materialize, resolve
-    from upstream.triage import is_maintainer
 
-    if not is_maintainer(hub, author):
-        raise Forbidden(f"only a maintainer may cut a release ({author} is not)")
+    require(actor, "releases.cut", data.model.partition("@")[0])
+    author = actor.name
     if data.method not in METHODS:
         raise InvalidInput(f"method {data.method!r}: allowed {', '.join(METHODS)}")
     ids = list(dict.fromkeys(data.contributions))
@@ -208,7 +215,7 @@ def search_release(
     hub: Hub,
     model: str,
     contributions: list[int],
-    author: str,
+    actor: Actor,
     dry_run: bool = False,
     methods: list[str] | None = None,
     progress: Progress | None = None,
@@ -253,7 +260,7 @@ def search_release(
             say(k + (done / total if total else 0.0), len(space), f"{space[k].label}: {message}")
 
         try:
-            planned = plan_release(hub, data, author)
+            planned = plan_release(hub, data, actor)
             summary = hub.jobs.run_now(queue_release(hub, planned["id"], ship=False), step)
         except UpstreamError as e:
             if k == 0 and not built:  # refused before anything was built: say so at once
@@ -267,7 +274,7 @@ def search_release(
     shipped, ship_error = None, None
     if best is not None and not dry_run:
         try:
-            shipped = ship_release(hub, best["id"], author, model)
+            shipped = ship_release(hub, best["id"], actor, model)
         except Conflict as e:  # changed since it was built: the figures still stand
             ship_error = str(e)
     return {
@@ -532,19 +539,17 @@ def _finish(
 
 
 def ship_release(
-    hub: Hub, release_id: int, author: str, model: str | None = None
+    hub: Hub, release_id: int, actor: Actor, model: str | None = None
 ) -> dict[str, Any]:
     """Release a candidate that passed its checks (one a search built and did not ship);
     `model`, when given, must be the release's model."""
     from upstream.registry import resolve
-    from upstream.triage import is_maintainer
 
-    if not is_maintainer(hub, author):
-        raise Forbidden(f"only a maintainer may cut a release ({author} is not)")
     with hub.session() as s, s.begin():
         # locked: two ships at once (of one candidate, or of two siblings of one model)
         # must not both pass the checks below and both tag
         release = get_release(s, release_id, lock=True)
+        require(actor, "releases.cut", release.model.name)
         s.get(Model, release.model_id, with_for_update=True)
         if model is not None and release.model.name != model.partition("@")[0]:
             raise InvalidInput(
@@ -805,14 +810,15 @@ def release_summary(release: Release) -> dict[str, Any]:
     }
 
 
-def export_revision(hub: Hub, ref: str, out: Path) -> dict[str, Any]:
+def export_revision(hub: Hub, actor: Actor, ref: str, out: Path) -> dict[str, Any]:
     """Write a revision as a plain model directory (weights, tokenizer, card) to `out`."""
     from upstream.registry import materialize, resolve
 
-    if out.exists() and any(out.iterdir()):
-        raise InvalidInput(f"--out {out}: not empty; give a new or empty directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"--out {out}: exists and is not an empty directory; give a new one")
     with hub.session() as s:
         revision = resolve(s, ref)
+        require(actor, "models.export", revision.model.name)
         source = materialize(hub, revision)
         card = revision.card or f"# {revision.model.name}\n\nRevision {revision.hash}.\n"
         name, rev_hash = revision.model.name, revision.hash

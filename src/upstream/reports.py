@@ -26,6 +26,7 @@ from sqlalchemy import Text, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from upstream.access import Actor, require
 from upstream.checks import parse_check
 from upstream.db.schema import (
     Report,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 REPORT_SCHEMA = 1
 SEVERITIES = ("low", "medium", "high", "critical")
 SOURCES = ("cli", "api", "web", "feedback", "import")
+REPRODUCE_JOB = "reports.reproduce"  # run by `reproduction.reproduce`
 STATUSES = (
     "new",
     "reproduced",
@@ -525,6 +527,7 @@ def touch(report: Report) -> None:
 class Submission:
     filed: list[Filed]
     invalid: list[tuple[int, str]]  # (line number, reason) of refused lines
+    job: int | None = None  # the reproduction of the new reports, queued
 
     @property
     def to_reproduce(self) -> list[int]:
@@ -535,18 +538,20 @@ class Submission:
         return {
             "filed": [f.as_dict() for f in self.filed],
             "invalid": [{"line": n, "error": e} for n, e in self.invalid],
+            "reproduction_job": self.job,
         }
 
 
 def submit(
     hub: Hub,
     items: Sequence[tuple[int, ReportIn]],
-    reporter: str,
+    actor: Actor,
     source: str,
     skip_invalid: bool = False,
     invalid: Sequence[tuple[int, str]] = (),
 ) -> Submission:
-    """Validate every report, then file them all, or refuse the whole lot.
+    """Validate every report, then file them all and queue their reproduction, or refuse
+    the whole lot.
 
     `items` are (line number, report) pairs; `invalid` are lines already refused by
     parsing. Unless `skip_invalid`, any bad line refuses the submission, listing every
@@ -567,12 +572,24 @@ def submit(
     if bad and not skip_invalid:
         listing = "; ".join(f"line {n}: {e}" if n else e for n, e in bad)
         raise InvalidInput(f"{len(bad)} invalid report(s), nothing filed: {listing}")
-    filed = file_reports(hub, prepared, reporter, source) if prepared else []
-    return Submission(filed, bad)
+    return _file_and_queue(hub, prepared, bad, actor, source)
 
 
-def submit_one(hub: Hub, item: ReportIn, reporter: str, source: str) -> Submission:
-    """File one report; a bad field raises at once with its own message."""
+def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submission:
+    """File one report and queue its reproduction; a bad field raises at once with its
+    own message."""
     with hub.session() as s:
         prepared = prepare(s, item, hub.settings.max_prompt_chars)
-    return Submission(file_reports(hub, [prepared], reporter, source), [])
+    return _file_and_queue(hub, [prepared], [], actor, source)
+
+
+def _file_and_queue(
+    hub: Hub, prepared: list[Prepared], bad: list[tuple[int, str]], actor: Actor, source: str
+) -> Submission:
+    for model in sorted({p.data.model.partition("@")[0] for p in prepared}):
+        require(actor, "reports.file", model)
+    filed = file_reports(hub, prepared, actor.name, source) if prepared else []
+    submission = Submission(filed, bad)
+    if submission.to_reproduce:
+        submission.job = hub.jobs.enqueue(REPRODUCE_JOB, {"reports": submission.to_reproduce})
+    return submission

@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from upstream.access import Actor, require
 from upstream.checks import parse_check
-from upstream.db.schema import Report, utcnow
+from upstream.db.schema import Report, ReportEvent, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import GenRequest, GenResult
+from upstream.errors import InvalidInput
+from upstream.reports import REPRODUCE_JOB, content_hash, get_report
 from upstream.triage import OPEN_UNCONFIRMED, set_status
 
 if TYPE_CHECKING:
@@ -113,12 +116,17 @@ def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
     }
 
 
-JOB_KIND = "reports.reproduce"
+JOB_KIND = REPRODUCE_JOB
 
 
-def queue_reproduction(hub: Hub, report_ids: list[int]) -> int | None:
-    """Queue a reproduction job for these reports (None when there are none)."""
-    return hub.jobs.enqueue(JOB_KIND, {"reports": report_ids}) if report_ids else None
+def queue_reproduction(hub: Hub, actor: Actor, report_ids: list[int]) -> int:
+    """Queue reproducing these stored reports again (after their check or model changed)."""
+    if not report_ids:
+        raise InvalidInput("name at least one report to reproduce")
+    with hub.session() as s:
+        for rid in report_ids:
+            require(actor, "reports.reproduce", get_report(s, rid).model.name)
+    return hub.jobs.enqueue(JOB_KIND, {"reports": report_ids})
 
 
 def run_reproduce_job(ctx: JobContext) -> dict[str, Any]:
@@ -127,19 +135,16 @@ def run_reproduce_job(ctx: JobContext) -> dict[str, Any]:
 
 
 def rescore(
-    hub: Hub, report_ids: list[int], actor: str, new_check: dict[str, Any] | None = None
+    hub: Hub, report_ids: list[int], actor: Actor, new_check: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Judge stored outputs again, optionally under a new check; nothing is generated."""
-    from upstream.db.schema import ReportEvent
-    from upstream.errors import InvalidInput
-    from upstream.reports import content_hash, get_report
-
     if new_check is not None:
         parse_check(new_check, "expected")
     results: dict[int, dict[str, Any]] = {}
     with hub.session() as s, s.begin():
         for rid in report_ids:
             report = get_report(s, rid)
+            require(actor, "reports.rescore", report.model.name)
             outputs = [v.output for v in report.variants]
             if any(o is None for o in outputs):
                 raise InvalidInput(
@@ -150,7 +155,7 @@ def rescore(
                 s.add(
                     ReportEvent(
                         report_id=rid,
-                        actor=actor,
+                        actor=actor.name,
                         kind="check",
                         note=f"check changed from {report.expected} to {new_check}",
                     )

@@ -39,9 +39,9 @@ class Settings:
     hand_over_jobs: bool = True
     # The longest prompt (in characters) a generation request may carry.
     max_prompt_chars: int = MAX_PROMPT_CHARS
-    # Comma-separated user names who may confirm, close and triage directly; empty means
-    # the operating-system user running the hub (a single-user hub is its own maintainer).
-    maintainers: str = ""
+    # Comma-separated folders the API may import models from (absolute paths); empty: the
+    # API imports bundled models only. The CLI on the hub's machine imports from anywhere.
+    import_dirs: str = ""
     # A new report this close (cosine distance of embeddings) to an open report of the
     # same model is linked to it as a likely duplicate.
     duplicate_distance: float = 0.2
@@ -73,11 +73,9 @@ class Settings:
     policy: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def maintainer_names(self) -> set[str]:
-        import getpass
-
-        names = {n.strip() for n in self.maintainers.split(",") if n.strip()}
-        return names or {getpass.getuser()}
+    def import_roots(self) -> list[Path]:
+        """`import_dirs` as resolved folders."""
+        return [Path(d.strip()).resolve() for d in self.import_dirs.split(",") if d.strip()]
 
     @property
     def work_dir(self) -> Path:
@@ -191,7 +189,7 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
             return float(value)
         if kind == "Path":
             return Path(value).absolute()
-        if isinstance(value, list):  # e.g. maintainers = ["ana", "bo"] in config.toml
+        if isinstance(value, list):  # e.g. import_dirs = ["/srv/a", "/srv/b"] in config.toml
             return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError) as e:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from upstream.access import Actor, may, require
 from upstream.checks import parse_check
 from upstream.db.schema import Case, Model, Report, Suite, SuiteVersion
 from upstream.errors import InvalidInput, NotFound
@@ -211,10 +212,41 @@ def _add_cases_once(
         return {"suite": name, "version": number, "added": len(added), "cases": len(ids)}
 
 
+def import_cases(
+    hub: Hub,
+    actor: Actor,
+    name: str,
+    cases: Sequence[CaseIn],
+    model: str | None = None,
+    heldout_percent: int | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """Add cases from a file to a suite (a maintainer of its model): `add_cases`."""
+    _require_builder(hub, actor, name, model)
+    for c in cases:
+        c.source = "import"
+    return add_cases(hub, name, cases, model, heldout_percent, note)
+
+
+def _require_builder(hub: Hub, actor: Actor, name: str, model: str | None) -> None:
+    """Suites are built by a maintainer of their model (of the hub, for a suite of none)."""
+    with hub.session() as s:
+        suite = s.scalar(select(Suite).where(Suite.name == name))
+        found = s.get(Model, suite.model_id) if suite is not None and suite.model_id else None
+        owner_model = found.name if found else None
+    require(actor, "suites.build", owner_model or (model or "").partition("@")[0] or None)
+
+
 def build_from_reports(
-    hub: Hub, name: str, tag: str, model: str | None = None, heldout_percent: int | None = None
+    hub: Hub,
+    actor: Actor,
+    name: str,
+    tag: str,
+    model: str | None = None,
+    heldout_percent: int | None = None,
 ) -> dict[str, Any]:
     """Collect the confirmed reports with `tag`: each prompt and variant becomes a case."""
+    _require_builder(hub, actor, name, model)
     with hub.session() as s:
         q = select(Report).where(Report.status == "confirmed").order_by(Report.id)
         if model:
@@ -378,6 +410,21 @@ def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
             for v in suite.versions
         ],
     }
+
+
+def suite_view(
+    session: Session, name: str, version: int | None, viewer: Actor
+) -> dict[str, Any]:
+    """A suite version and its cases as `viewer` may see them (held-out contents only for
+    those the access rules let see them)."""
+    suite = get_suite(session, name)
+    model = session.get(Model, suite.model_id) if suite.model_id else None
+    see = may(viewer, "suites.heldout", model.name if model else None)
+    v = get_version(session, name, version)
+    cases = [
+        case_view(c, case_split(c, suite.heldout_percent), see) for c in version_cases(session, v)
+    ]
+    return {**suite_summary(session, suite), "shown_version": v.number, "case_list": cases}
 
 
 def case_view(case: Case, split: str, can_see_heldout: bool) -> dict[str, Any]:

@@ -5,7 +5,8 @@
         -> fixed (in revision R) | wontfix
     any open state -> duplicate (of another report), wontfix
 
-A maintainer (settings.maintainers) confirms directly. Anyone else adds a confirmation;
+A maintainer of the report's model confirms directly (`access`: reports.triage). Anyone
+else who may file reports adds a confirmation;
 a report is confirmed once `confirmations_needed` (3) different people other than its
 reporter have confirmed it, the rule Dynabench uses for validated examples. Every change
 is recorded as an event with who and when.
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from upstream.access import Actor, may, require
 from upstream.db.schema import Report, ReportConfirmation, ReportEvent
-from upstream.errors import Conflict, InvalidInput
+from upstream.errors import Conflict, Forbidden, InvalidInput
 from upstream.reports import get_report, touch
 
 if TYPE_CHECKING:
@@ -55,26 +57,25 @@ def set_status(session: Session, report: Report, to: str, actor: str, note: str 
     touch(report)
 
 
-def is_maintainer(hub: Hub, user: str) -> bool:
-    return user in hub.settings.maintainer_names
-
-
-def confirm(hub: Hub, report_id: int, user: str) -> dict[str, Any]:
+def confirm(hub: Hub, report_id: int, actor: Actor) -> dict[str, Any]:
     """Confirm a report: directly for a maintainer, else one confirmation of those needed."""
     needed = hub.settings.confirmations_needed
     with hub.session() as s, s.begin():
         report = get_report(s, report_id)
+        model = report.model.name
+        require(actor, "reports.confirm", model)
+        user = actor.name
         if report.status == "confirmed":
             return _state(report, needed, "already confirmed")
         if report.status not in OPEN_UNCONFIRMED:
             raise Conflict(
                 f"report {report_id} is {report.status}; only open reports are confirmed"
             )
-        if is_maintainer(hub, user):
+        if may(actor, "reports.triage", model):
             set_status(s, report, "confirmed", user, "confirmed by a maintainer")
             return _state(report, needed, "confirmed by a maintainer")
         if user == report.reporter:
-            raise InvalidInput(
+            raise Forbidden(
                 f"report {report_id}: its reporter ({user}) cannot confirm it; "
                 "others or a maintainer must"
             )
@@ -102,17 +103,13 @@ def confirm(hub: Hub, report_id: int, user: str) -> dict[str, Any]:
 
 
 def close(
-    hub: Hub, report_id: int, user: str, reason: str, duplicate_of: int | None = None
+    hub: Hub, report_id: int, actor: Actor, reason: str, duplicate_of: int | None = None
 ) -> dict[str, Any]:
     """Close a report as wontfix, or as a duplicate of another; maintainers and its reporter."""
     status = "wontfix" if duplicate_of is None else "duplicate"
     with hub.session() as s, s.begin():
         report = get_report(s, report_id)
-        if not (is_maintainer(hub, user) or user == report.reporter):
-            raise InvalidInput(
-                f"report {report_id}: only a maintainer or its reporter may close it "
-                f"({user} is neither)"
-            )
+        require(actor, "reports.close", report.model.name, owner=report.reporter)
         if duplicate_of is not None:
             original = get_report(s, duplicate_of)
             if original.id == report_id or original.model_id != report.model_id:
@@ -125,7 +122,7 @@ def close(
                     f"{original.duplicate_of_id}; point to that one"
                 )
             report.duplicate_of_id = duplicate_of
-        set_status(s, report, status, user, reason)
+        set_status(s, report, status, actor.name, reason)
         return _state(report, hub.settings.confirmations_needed, f"closed as {status}")
 
 

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from upstream.cli import contributions, models, releases, reports, suites
+from upstream.cli import accounts, contributions, models, releases, reports, suites
 from upstream.cli import hub as hub_commands
 from upstream.cli.generate import generate
 from upstream.errors import UpstreamError
@@ -34,6 +34,8 @@ app.command("release")(releases.release)
 app.command("credits")(releases.credits)
 app.command("demo")(releases.demo)
 app.add_typer(hub_commands.jobs_app, name="jobs")
+app.add_typer(accounts.users_app, name="users")
+app.add_typer(accounts.tokens_app, name="tokens")
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from upstream.access import Actor
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.hub import Hub
 
@@ -133,13 +135,20 @@ def human_count(n: int) -> str:
 
 
 AsOption = typer.Option(
-    None, "--as", help="Act as this user (default: $UPSTREAM_USER or your login name)."
+    None,
+    "--as",
+    help="Act as this user account (default: $UPSTREAM_AS, else the hub's owner).",
 )
 
 
-def current_user(explicit: str | None = None) -> str:
-    """Who is acting: --as, else $UPSTREAM_USER, else the login name."""
-    import getpass
-    import os
+def current_actor(hub: Hub, as_user: str | None = None) -> Actor:
+    """Who a command acts as: the account `--as` (or $UPSTREAM_AS) names, else the owner.
 
-    return explicit or os.environ.get("UPSTREAM_USER") or getpass.getuser()
+    The CLI runs on the hub's own machine, where its user can read the hub's files
+    anyway; so it acts as the hub's owner, and `--as` lets scripts and tests act as the
+    people they stand for, with their role.
+    """
+    from upstream import accounts
+
+    name = as_user or os.environ.get("UPSTREAM_AS")
+    return accounts.actor_named(hub, name) if name else accounts.owner(hub)

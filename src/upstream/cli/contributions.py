@@ -11,11 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from upstream import contributions as domain
+from upstream.access import Actor
 from upstream.cli.common import (
     AsOption,
     JsonOption,
     console,
-    current_user,
+    current_actor,
     emit_json,
     err_console,
     number_list,
@@ -65,10 +66,11 @@ def contribute(
         recipe=_recipe(recipe),
         description=description,
     )
-    opened = domain.open_contribution(hub, data, current_user(as_user))
+    actor = current_actor(hub, as_user)
+    opened = domain.open_contribution(hub, data, actor, attempts=3 if no_check else 1)
     if not json_out:
         console.print(f"opened contribution #{opened['id']} ({opened['kind']})")
-    _check_and_show(hub, opened["id"], no_check, json_out, as_user)
+    _check_and_show(hub, opened["id"], opened["job"], no_check, json_out, actor)
 
 
 @app.command("list")
@@ -109,7 +111,7 @@ def show(
 ) -> None:
     """Show a contribution with its check report and history."""
     hub = open_hub()
-    detail = _detail(hub, contribution_id, as_user)
+    detail = _detail(hub, contribution_id, current_actor(hub, as_user))
     if json_out:
         emit_json(detail)
     else:
@@ -127,10 +129,12 @@ def push(
 ) -> None:
     """Push new content to your contribution; it is checked again."""
     hub = open_hub()
-    pushed = domain.push(hub, contribution_id, _content(adapter, dataset), current_user(as_user))
+    actor = current_actor(hub, as_user)
+    content = _content(adapter, dataset)
+    pushed = domain.push(hub, contribution_id, content, actor, attempts=3 if no_check else 1)
     if not json_out:
         console.print(f"contribution #{contribution_id}: push {pushed['push']}")
-    _check_and_show(hub, contribution_id, no_check, json_out, as_user)
+    _check_and_show(hub, contribution_id, pushed["job"], no_check, json_out, actor)
 
 
 @app.command("check")
@@ -141,7 +145,10 @@ def check(
     json_out: bool = JsonOption,
 ) -> None:
     """Run the checks of a contribution's newest push again (its author or a maintainer)."""
-    _check_and_show(open_hub(), contribution_id, no_check, json_out, as_user, rerun=True)
+    hub = open_hub()
+    actor = current_actor(hub, as_user)
+    job = domain.queue_checks(hub, contribution_id, actor, attempts=3 if no_check else 1)
+    _check_and_show(hub, contribution_id, job, no_check, json_out, actor)
 
 
 @app.command("approve")
@@ -155,7 +162,8 @@ def approve(
     json_out: bool = JsonOption,
 ) -> None:
     """Approve a passed contribution (maintainers; not your own)."""
-    result = domain.approve(open_hub(), contribution_id, current_user(as_user), comment, override)
+    hub = open_hub()
+    result = domain.approve(hub, contribution_id, current_actor(hub, as_user), comment, override)
     _say(result, json_out)
 
 
@@ -167,7 +175,8 @@ def reject(
     json_out: bool = JsonOption,
 ) -> None:
     """Reject a contribution, with the reason (maintainers)."""
-    _say(domain.reject(open_hub(), contribution_id, current_user(as_user), reason), json_out)
+    hub = open_hub()
+    _say(domain.reject(hub, contribution_id, current_actor(hub, as_user), reason), json_out)
 
 
 @app.command("close")
@@ -178,7 +187,8 @@ def close(
     json_out: bool = JsonOption,
 ) -> None:
     """Withdraw a contribution (its author or a maintainer)."""
-    _say(domain.close(open_hub(), contribution_id, current_user(as_user), reason), json_out)
+    hub = open_hub()
+    _say(domain.close(hub, contribution_id, current_actor(hub, as_user), reason), json_out)
 
 
 # ---------------------------------------------------------------- helpers
@@ -206,27 +216,18 @@ def _recipe(text: str) -> dict[str, Any]:
     return value
 
 
-def _detail(hub: Hub, contribution_id: int, as_user: str | None) -> dict[str, Any]:
-    from upstream.triage import is_maintainer
-
+def _detail(hub: Hub, contribution_id: int, viewer: Actor) -> dict[str, Any]:
     with hub.session() as s:
-        c = domain.get_contribution(s, contribution_id)
-        return domain.contribution_detail(c, is_maintainer(hub, current_user(as_user)))
+        return domain.contribution_detail(domain.get_contribution(s, contribution_id), viewer)
 
 
 def _check_and_show(
-    hub: Hub,
-    contribution_id: int,
-    queue: bool,
-    json_out: bool,
-    as_user: str | None,
-    rerun: bool = False,
+    hub: Hub, contribution_id: int, job_id: int, queue: bool, json_out: bool, viewer: Actor
 ) -> None:
-    actor = current_user(as_user) if rerun else None  # on open and push: the hub's own run
-    job_id = domain.queue_checks(hub, contribution_id, actor, max_attempts=1 if not queue else 3)
+    """Run the queued check `job_id` now and show the verdict, or say it is queued."""
     if queue:
         if json_out:
-            push = _detail(hub, contribution_id, as_user)["push"]  # the push being checked
+            push = _detail(hub, contribution_id, viewer)["push"]  # the push being checked
             emit_json(
                 {"contribution": contribution_id, "push": push, "job": job_id, "state": "queued"}
             )
@@ -235,7 +236,7 @@ def _check_and_show(
         return
     with progress_bar("checking") as update:
         hub.jobs.run_now(job_id, update)
-    detail = _detail(hub, contribution_id, as_user)
+    detail = _detail(hub, contribution_id, viewer)
     if json_out:
         emit_json(detail)
     else:

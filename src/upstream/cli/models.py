@@ -9,14 +9,16 @@ from rich.table import Table
 
 from upstream import registry
 from upstream.cli.common import (
+    AsOption,
     JsonOption,
     console,
+    current_actor,
     emit_json,
     err_console,
     human_count,
     human_size,
     open_hub,
-    run_job,
+    progress_bar,
 )
 
 app = typer.Typer(help="Import, list and show models and their revisions.", no_args_is_help=True)
@@ -30,11 +32,14 @@ def import_(
         "cache, or bundled:smollm2-135m-instruct.",
     ),
     name: str = typer.Option(..., "--name", help="Model name in this hub (lowercase)."),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Import a model as a new revision (nothing is stored twice)."""
     hub = open_hub(create=True)
-    result = run_job(hub, "models.import", {"source": source, "name": name}, f"importing {name}")
+    job = registry.queue_import(hub, current_actor(hub, as_user), source, name, attempts=1)
+    with progress_bar(f"importing {name}") as update:
+        result = hub.jobs.run_now(job, update)
     if json_out:
         emit_json(result)
         return
@@ -120,10 +125,12 @@ def show(
 def tag(
     ref: str = typer.Argument(..., help="NAME@REV to tag (REV: a tag or id prefix)."),
     name: str = typer.Argument(..., help="The tag, e.g. stable or v1."),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Point a tag at a revision (moves the tag if it already exists)."""
-    result = registry.tag(open_hub(), ref, name)
+    hub = open_hub()
+    result = registry.tag(hub, current_actor(hub, as_user), ref, name)
     if json_out:
         emit_json(result)
     else:
@@ -134,10 +141,12 @@ def tag(
 def untag(
     model: str = typer.Argument(..., help="Model name."),
     name: str = typer.Argument(..., help="The tag to remove (not latest)."),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Remove a tag from a model."""
-    registry.untag(open_hub(), model, name)  # raises unless the tag existed and is removed
+    hub = open_hub()
+    registry.untag(hub, current_actor(hub, as_user), model, name)  # raises unless removed
     if json_out:
         emit_json({"model": model, "tag": name, "removed": True})
     else:
@@ -148,12 +157,14 @@ def untag(
 def export(
     ref: str = typer.Argument(..., help="NAME@REV (or NAME for latest, NAME@v2 for a tag)."),
     out: Path = typer.Option(..., "--out", help="A new or empty directory."),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Write a revision as a plain transformers directory: weights, tokenizer, model card."""
     from upstream.releases import export_revision
 
-    result = export_revision(open_hub(), ref, out)
+    hub = open_hub()
+    result = export_revision(hub, current_actor(hub, as_user), ref, out)
     if json_out:
         emit_json(result)
     else:

@@ -14,7 +14,7 @@ from upstream.cli.common import (
     AsOption,
     JsonOption,
     console,
-    current_user,
+    current_actor,
     emit_json,
     err_console,
     number_list,
@@ -65,7 +65,8 @@ def release(
                 "--ship ships a candidate that was built already: leave out --from, "
                 "--search, --dry-run, --methods and --no-wait"
             )
-        _print_release(domain.ship_release(hub, ship, current_user(as_user), model), json_out)
+        shipped = domain.ship_release(hub, ship, current_actor(hub, as_user), model)
+        _print_release(shipped, json_out)
         return
     if not from_:
         raise InvalidInput("--from: name the approved contributions to release, e.g. --from 3,5")
@@ -82,8 +83,8 @@ def release(
     data = domain.ReleaseIn(model, number_list(from_, int, "--from"), method, None, density, seed)
     if weights:
         data.weights = number_list(weights, float, "--weights")
-    planned = domain.plan_release(hub, data, current_user(as_user))
-    job_id = domain.queue_release(hub, planned["id"], max_attempts=3 if no_wait else 1)
+    planned = domain.cut_release(hub, data, current_actor(hub, as_user), 3 if no_wait else 1)
+    job_id = planned["job"]
     if no_wait:
         result: dict[str, Any] = {"release": planned["id"], "job": job_id, "state": "queued"}
         emit_json(result) if json_out else console.print(f"release queued as job {job_id}")
@@ -115,7 +116,7 @@ def _search(
             hub,
             model,
             number_list(from_, int, "--from"),
-            current_user(as_user),
+            current_actor(hub, as_user),
             dry_run,
             wanted,
             update,

@@ -14,12 +14,12 @@ from upstream.cli.common import (
     AsOption,
     JsonOption,
     console,
-    current_user,
+    current_actor,
     emit_json,
     err_console,
     max_new_tokens_option,
     open_hub,
-    run_job,
+    progress_bar,
 )
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
@@ -70,7 +70,7 @@ def file_(
     if (prompt is None) == (jsonl is None):
         raise InvalidInput("give exactly one of --prompt or --jsonl")
     hub = open_hub()
-    reporter = current_user(as_user)
+    reporter = current_actor(hub, as_user)
     if jsonl is not None:
         if not jsonl.is_file():
             raise InvalidInput(f"--jsonl {jsonl}: no such file")
@@ -99,7 +99,7 @@ def file_(
         if expect is not None:
             data["expected"] = _check_option(expect)
         submission = domain.submit_one(hub, domain.parse_report(data), reporter, "cli")
-    result = _reproduce(hub, submission.to_reproduce, queue=no_reproduce)
+    result = _reproduce(hub, submission.job, queue=no_reproduce)
     if json_out:
         emit_json({**submission.as_dict(), **result})
         return
@@ -123,15 +123,14 @@ def _check_option(expect: str) -> Any:
         raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
 
 
-def _reproduce(hub: Hub, ids: list[int], queue: bool) -> dict[str, Any]:
-    from upstream.reproduction import JOB_KIND, queue_reproduction
-
-    if not ids:
+def _reproduce(hub: Hub, job: int | None, queue: bool) -> dict[str, Any]:
+    """Run the queued reproduction `job` here and now, or leave it queued."""
+    if job is None:
         return {"reproduction": None}
     if queue:
-        return {"reproduction": {"job": queue_reproduction(hub, ids), "state": "queued"}}
-    out = run_job(hub, JOB_KIND, {"reports": ids}, "reproducing")
-    return {"reproduction": out}
+        return {"reproduction": {"job": job, "state": "queued"}}
+    with progress_bar("reproducing") as update:
+        return {"reproduction": hub.jobs.run_now(job, update)}
 
 
 def _print_reproduction(result: dict[str, Any]) -> None:
@@ -270,8 +269,8 @@ def confirm(
     from upstream.triage import confirm as do_confirm
 
     hub = open_hub()
-    user = current_user(as_user)
-    results = [do_confirm(hub, rid, user) for rid in report_ids]
+    actor = current_actor(hub, as_user)
+    results = [do_confirm(hub, rid, actor) for rid in report_ids]
     if json_out:
         emit_json({"reports": results})
         return
@@ -297,7 +296,8 @@ def close(
     """Close a report as wontfix, or as a duplicate of another."""
     from upstream.triage import close as do_close
 
-    r = do_close(open_hub(), report_id, current_user(as_user), reason, duplicate_of)
+    hub = open_hub()
+    r = do_close(hub, report_id, current_actor(hub, as_user), reason, duplicate_of)
     if json_out:
         emit_json(r)
     else:
@@ -306,14 +306,16 @@ def close(
 
 @app.command("reproduce")
 def reproduce(
-    report_ids: list[int] = typer.Argument(..., help="Report ids."), json_out: bool = JsonOption
+    report_ids: list[int] = typer.Argument(..., help="Report ids."),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
 ) -> None:
     """Run reproduction again (e.g. after the check or the model changed)."""
+    from upstream.reproduction import queue_reproduction
+
     hub = open_hub()
-    with hub.session() as s:
-        for rid in report_ids:
-            domain.get_report(s, rid)
-    result = _reproduce(hub, report_ids, queue=False)
+    job = queue_reproduction(hub, current_actor(hub, as_user), report_ids)
+    result = _reproduce(hub, job, queue=False)
     if json_out:
         emit_json(result)
     else:
@@ -331,7 +333,8 @@ def rescore(
     from upstream.reproduction import rescore as do_rescore
 
     check = _check_option(expect) if expect is not None else None
-    result = {"reproduction": do_rescore(open_hub(), report_ids, current_user(as_user), check)}
+    hub = open_hub()
+    result = {"reproduction": do_rescore(hub, report_ids, current_actor(hub, as_user), check)}
     if json_out:
         emit_json(result)
     else:

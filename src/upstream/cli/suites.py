@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from upstream import suites as domain
@@ -13,7 +14,7 @@ from upstream.cli.common import (
     AsOption,
     JsonOption,
     console,
-    current_user,
+    current_actor,
     emit_json,
     err_console,
     max_new_tokens_option,
@@ -22,17 +23,10 @@ from upstream.cli.common import (
     run_job,
 )
 from upstream.contributions import resolve_adapters
-from upstream.hub import Hub
 
 app = typer.Typer(
     help="Community benchmarks: build, import, show and export suites.", no_args_is_help=True
 )
-
-
-def _can_see_heldout(hub: Hub, as_user: str | None) -> bool:
-    from upstream.triage import is_maintainer
-
-    return is_maintainer(hub, current_user(as_user))
 
 
 @app.command("list")
@@ -69,21 +63,15 @@ def show(
 ) -> None:
     """Show a suite's versions and cases (held-out cases only to maintainers)."""
     hub = open_hub()
-    see = _can_see_heldout(hub, as_user)
     with hub.session() as s:
-        suite = domain.get_suite(s, name)
-        summary = domain.suite_summary(s, suite)
-        v = domain.get_version(s, name, version)
-        cases = [
-            domain.case_view(c, domain.case_split(c, suite.heldout_percent), see)
-            for c in domain.version_cases(s, v)
-        ]
+        view = domain.suite_view(s, name, version, current_actor(hub, as_user))
     if json_out:
-        emit_json({**summary, "shown_version": v.number, "case_list": cases})
+        emit_json(view)
         return
+    cases = view["case_list"]
     console.print(
-        f"[bold]{name}[/] v{v.number}: {len(cases)} cases "
-        f"({summary['public']} public, {summary['heldout']} held-out)"
+        f"[bold]{escape(name)}[/] v{view['shown_version']}: {len(cases)} cases "
+        f"({view['public']} public, {view['heldout']} held-out)"
     )
     table = Table("case", "split", "tags", "prompt", "check")
     for c in cases:
@@ -106,10 +94,12 @@ def build(
     tag: str = typer.Option(..., "--tag", help="Collect confirmed reports with this tag."),
     model: str = typer.Option(None, "--model", help="Only reports of this model."),
     heldout: int = typer.Option(None, "--heldout", help="Percent held out (new suite; 30)."),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Build (or extend) a suite from the confirmed reports with a tag."""
-    result = domain.build_from_reports(open_hub(), name, tag, model, heldout)
+    hub = open_hub()
+    result = domain.build_from_reports(hub, current_actor(hub, as_user), name, tag, model, heldout)
     _print_added(result, json_out)
 
 
@@ -121,14 +111,15 @@ def import_(
     ),
     model: str = typer.Option(None, "--model", help="The model this suite is for."),
     heldout: int = typer.Option(None, "--heldout", help="Percent held out (new suite; 30)."),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Import cases: {"prompt" or "messages", "expected": check, "tags"} per line."""
     hub = open_hub()
     cases = domain.read_cases(jsonl, hub.settings.max_prompt_chars)
-    for c in cases:
-        c.source = "import"
-    result = domain.add_cases(hub, name, cases, model, heldout, note=f"imported {jsonl.name}")
+    actor = current_actor(hub, as_user)
+    note = f"imported {jsonl.name}"
+    result = domain.import_cases(hub, actor, name, cases, model, heldout, note)
     _print_added(result, json_out)
 
 
@@ -158,13 +149,11 @@ def export(
     json_out: bool = JsonOption,
 ) -> None:
     """Export a suite for researchers: JSONL, a Hugging Face dataset, or an lm-eval task."""
-    from upstream.errors import InvalidInput
     from upstream.exports import export_suite
 
     hub = open_hub()
-    if include_heldout and not _can_see_heldout(hub, as_user):
-        raise InvalidInput("--include-heldout is for maintainers; held-out cases stay private")
-    result = export_suite(hub, name, fmt, out, version, include_heldout, max_new_tokens)
+    actor = current_actor(hub, as_user)
+    result = export_suite(hub, actor, name, fmt, out, version, include_heldout, max_new_tokens)
     if json_out:
         emit_json(result)
     else:
@@ -183,20 +172,17 @@ def eval_(
     split: str = typer.Option("all", "--split", help="public, heldout or all."),
     version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
     max_new_tokens: int = max_new_tokens_option(),
+    as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Evaluate a revision (with adapters) on a suite; prints pass rates per split and tag."""
+    from upstream.evals import EVAL_JOB, eval_job
+
     hub = open_hub()
-    args = {
-        "ref": ref,
-        "suite": suite,
-        "version": version,
-        "split": split,
-        # absolute: the job may run in a worker started from another directory
-        "adapters": [str(Path(a).absolute()) for a in resolve_adapters(hub, adapter)],
-        "max_new_tokens": max_new_tokens,
-    }
-    result = run_job(hub, "evals.run", args, "evaluating", hand_over=True)
+    adapters = resolve_adapters(hub, adapter)
+    actor = current_actor(hub, as_user)
+    args = eval_job(hub, actor, ref, suite, version, split, adapters, max_new_tokens)
+    result = run_job(hub, EVAL_JOB, args, "evaluating", hand_over=True)
     if json_out:
         emit_json(result)
         return
@@ -260,7 +246,7 @@ def compare(
             (),
             resolve_adapters(hub, adapter),
             max_new_tokens,
-            _can_see_heldout(hub, as_user),
+            current_actor(hub, as_user),
             update,
         )
     if json_out:

@@ -464,3 +464,51 @@ class CreditEntry(Base):
     subject: Mapped[str] = mapped_column(String(60))  # "report:3", "contribution:2"
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class User(Base):
+    """An account: a name people see (reporter, author, reviewer) and a global role."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))  # access.ROLES
+    # the hub's owner: the account the CLI on the hub's machine acts as
+    owner: Mapped[bool] = mapped_column(default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    model_roles: Mapped[list[ModelRole]] = relationship(cascade="all, delete-orphan")
+
+
+class ModelRole(Base):
+    """A role a user holds on one model only (a maintainer of `smol`, say)."""
+
+    __tablename__ = "model_roles"
+    __table_args__ = (UniqueConstraint("user_id", "model_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+
+    model: Mapped[Model] = relationship()
+
+
+class ApiToken(Base):
+    """An API token: only the sha256 of its secret is kept; the secret is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the secret
+    last_chars: Mapped[str] = mapped_column(String(8))  # shown in listings: up_…wxyz
+    scopes: Mapped[list[Any]] = mapped_column(JSON)  # access.SCOPES
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()

@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from upstream import __version__
 from upstream.errors import UpstreamError
 from upstream.hub import Hub
 
+HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    429: "rate_limited",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The one shape of every error the API sends."""
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """A body or parameter that does not fit its model: every problem in the message, the
+    first one's place in `field`; a body that is not JSON at all says so."""
+    errors = list(exc.errors())
+    places = [".".join(str(x) for x in e["loc"] if x != "body") for e in errors]
+    if any(e["type"] == "json_invalid" for e in errors):
+        found = next(e for e in errors if e["type"] == "json_invalid")
+        why = found.get("ctx", {}).get("error", "not valid JSON")
+        return error_response(400, "malformed_json", f"the body is not valid JSON: {why}")
+    message = "; ".join(f"{p or 'body'}: {e['msg']}" for p, e in zip(places, errors, strict=True))
+    return error_response(422, "invalid_input", message, places[0] if places else None)
+
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     """The app for `hub`; with `worker`, an in-process job worker runs alongside."""
-    from upstream.server.api import contributions, jobs, models, releases, reports, suites
+    from upstream.server.api import (
+        accounts,
+        contributions,
+        jobs,
+        models,
+        releases,
+        reports,
+        suites,
+    )
     from upstream.server.pages import views
 
     @asynccontextmanager
@@ -39,14 +82,16 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
 
     @app.exception_handler(UpstreamError)
     async def _user_error(request: Request, exc: UpstreamError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+        return error_response(exc.status_code, exc.code, str(exc), exc.field)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'] if x != 'body')}: {e['msg']}" for e in exc.errors()
-        )
-        return JSONResponse({"error": problems}, status_code=422)
+        return validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "error")
+        return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
     @app.get("/health", tags=["hub"])
     def health() -> dict[str, object]:
@@ -63,5 +108,6 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     app.include_router(suites.router, prefix="/api")
     app.include_router(contributions.router, prefix="/api")
     app.include_router(releases.router, prefix="/api")
+    app.include_router(accounts.router, prefix="/api")
     app.include_router(views.router)
     return app

@@ -1,14 +1,19 @@
-"""Dependencies shared by routers and pages."""
+"""Dependencies shared by routers and pages: the hub, and who is acting."""
 
 from __future__ import annotations
 
-from fastapi import Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from upstream.errors import InvalidInput
+from upstream import accounts
+from upstream.access import ANONYMOUS, Actor
+from upstream.errors import Unauthorized
 from upstream.hub import Hub
 
-# Who is acting, until accounts arrive; the server binds to loopback by default.
-UserHeader = Header(None, alias="X-Upstream-User", description="who is acting")
+# auto_error off: no header is an anonymous visitor (who reads public data), not an error.
+bearer = HTTPBearer(
+    auto_error=False, description="An API token: `upstream tokens create --user NAME`"
+)
 
 
 def get_hub(request: Request) -> Hub:
@@ -16,10 +21,24 @@ def get_hub(request: Request) -> Hub:
     return hub
 
 
-def acting_user(value: str | None, required: bool = False) -> str:
-    """The X-Upstream-User header's user; "anonymous" unless one is required."""
-    if value and value.strip():
-        return value.strip()[:100]
-    if required:
-        raise InvalidInput("X-Upstream-User header: say who is acting")
-    return "anonymous"
+def get_actor(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+) -> Actor:
+    """The actor of a request: its bearer token's user, or anonymous without one.
+
+    A header that is there but is not a valid bearer token is refused (401), never read
+    as anonymous: a client with a typo in its token should hear about it.
+    """
+    if credentials is None:
+        if request.headers.get("authorization"):
+            raise Unauthorized("Authorization: give `Bearer <token>`")
+        return ANONYMOUS
+    return accounts.authenticate(get_hub(request), credentials.credentials)
+
+
+def get_signed_in(actor: Actor = Depends(get_actor)) -> Actor:
+    """An actor that must not be anonymous (for routes only users use, such as tokens)."""
+    if actor.anonymous:
+        raise Unauthorized("sign in: send `Authorization: Bearer <token>`")
+    return actor

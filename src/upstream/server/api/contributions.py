@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import contributions as domain
+from upstream.access import Actor
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
-from upstream.server.deps import UserHeader, acting_user, get_hub
-from upstream.triage import is_maintainer
+from upstream.server.deps import get_actor, get_hub
 
 router = APIRouter(tags=["contributions"])
 
@@ -56,15 +56,14 @@ class ReviewRequest(BaseModel):
 
 @router.post("/contributions", status_code=201)
 def open_contribution(
-    body: ContributionRequest, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    body: ContributionRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Open a contribution; its checks are queued as a job."""
     with _content(hub, body) as content:
         data = domain.ContributionIn(
             body.model, body.title, content, body.fixes, body.recipe, body.description
         )
-        opened = domain.open_contribution(hub, data, acting_user(user, required=True))
-    return {**opened, "job": domain.queue_checks(hub, opened["id"])}
+        return domain.open_contribution(hub, data, actor)
 
 
 @router.get("/contributions")
@@ -79,33 +78,30 @@ def list_contributions(
 
 @router.get("/contributions/{contribution_id}")
 def show_contribution(
-    contribution_id: int, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    contribution_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """A contribution with its check report (held-out cases as counts unless maintainer)."""
-    see = bool(user) and is_maintainer(hub, acting_user(user))
     with hub.session() as s:
-        return domain.contribution_detail(domain.get_contribution(s, contribution_id), see)
+        return domain.contribution_detail(domain.get_contribution(s, contribution_id), actor)
 
 
 @router.post("/contributions/{contribution_id}/push")
 def push(
     contribution_id: int,
     body: ContentIn,
-    user: str | None = UserHeader,
+    actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     """New content for a contribution (its author); checks are queued again."""
     with _content(hub, body) as content:
-        pushed = domain.push(hub, contribution_id, content, acting_user(user, required=True))
-    return {**pushed, "job": domain.queue_checks(hub, contribution_id)}
+        return domain.push(hub, contribution_id, content, actor)
 
 
 @router.post("/contributions/{contribution_id}/check", status_code=202)
 def check(
-    contribution_id: int, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    contribution_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Queue the checks of the newest push again (its author or a maintainer)."""
-    actor = acting_user(user, required=True)
     return {
         "contribution": contribution_id,
         "job": domain.queue_checks(hub, contribution_id, actor),
@@ -116,11 +112,10 @@ def check(
 def approve(
     contribution_id: int,
     body: ReviewRequest,
-    user: str | None = UserHeader,
+    actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     """Approve (a maintainer, not the author); a failed one needs {"override": reason}."""
-    actor = acting_user(user, required=True)
     return domain.approve(hub, contribution_id, actor, body.comment, body.override)
 
 
@@ -128,22 +123,22 @@ def approve(
 def reject(
     contribution_id: int,
     body: ReviewRequest,
-    user: str | None = UserHeader,
+    actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     """Reject with {"reason": ...} (a maintainer)."""
-    return domain.reject(hub, contribution_id, acting_user(user, required=True), body.reason)
+    return domain.reject(hub, contribution_id, actor, body.reason)
 
 
 @router.post("/contributions/{contribution_id}/close")
 def close(
     contribution_id: int,
     body: ReviewRequest,
-    user: str | None = UserHeader,
+    actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     """Withdraw (its author or a maintainer)."""
-    return domain.close(hub, contribution_id, acting_user(user, required=True), body.reason)
+    return domain.close(hub, contribution_id, actor, body.reason)
 
 
 class _content:

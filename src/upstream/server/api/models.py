@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from upstream import registry
+from upstream.access import Actor
 from upstream.hub import Hub
-from upstream.server.deps import get_hub
+from upstream.server.deps import get_actor, get_hub
 
 router = APIRouter(tags=["models"])
 
@@ -46,21 +47,29 @@ class TagRequest(BaseModel):
 
 
 @router.put("/models/{name}/tags/{tag}")
-def put_tag(name: str, tag: str, body: TagRequest, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+def put_tag(
+    name: str,
+    tag: str,
+    body: TagRequest,
+    actor: Actor = Depends(get_actor),
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
     """Point a tag at a revision (moving it if it exists)."""
-    return registry.tag(hub, f"{name}@{body.revision}", tag)
+    return registry.tag(hub, actor, f"{name}@{body.revision}", tag)
 
 
 @router.delete("/models/{name}/tags/{tag}", status_code=204)
-def delete_tag(name: str, tag: str, hub: Hub = Depends(get_hub)) -> None:
+def delete_tag(
+    name: str, tag: str, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> None:
     """Remove a tag (not `latest`)."""
-    registry.untag(hub, name, tag)
+    registry.untag(hub, actor, name, tag)
 
 
 @router.post("/models/import", status_code=202)
-def import_model(body: ImportRequest, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
-    """Queue an import; poll /api/jobs/{id} for its progress and result."""
-    registry.check_name(body.name)
-    registry.locate_source(body.source)  # refuse a bad source now, not in the job
-    job_id = hub.jobs.enqueue("models.import", {"source": body.source, "name": body.name})
-    return {"job": job_id, "state": "queued"}
+def import_model(
+    body: ImportRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Queue an import (admins; from bundled models or the `import_dirs` folders only);
+    poll /api/jobs/{id} for its progress and result."""
+    return {"job": registry.queue_import(hub, actor, body.source, body.name), "state": "queued"}

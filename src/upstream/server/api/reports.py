@@ -1,8 +1,4 @@
-"""/api/reports: file, list, show and confirm failure reports.
-
-The acting user comes from the `X-Upstream-User` header until accounts arrive; the
-server binds to loopback by default.
-"""
+"""/api/reports: file, list, show, confirm and close failure reports."""
 
 from __future__ import annotations
 
@@ -12,11 +8,10 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import reports as domain
+from upstream.access import Actor
 from upstream.duplicates import clusters as group
 from upstream.hub import Hub
-from upstream.reproduction import queue_reproduction
-from upstream.server.deps import UserHeader, get_hub
-from upstream.server.deps import acting_user as _user
+from upstream.server.deps import get_actor, get_hub
 from upstream.triage import close as close_report
 from upstream.triage import confirm as confirm_report
 
@@ -25,13 +20,12 @@ router = APIRouter(tags=["reports"])
 
 @router.post("/reports", status_code=201)
 def file_report(
-    body: dict[str, Any], user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    body: dict[str, Any], actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """File a report (the JSONL line format); its reproduction is queued as a job."""
-    submission = domain.submit_one(hub, domain.parse_report(body), _user(user), "api")
+    submission = domain.submit_one(hub, domain.parse_report(body), actor, "api")
     [filed] = submission.filed
-    job = queue_reproduction(hub, submission.to_reproduce)
-    return {**filed.as_dict(), "reproduction_job": job}
+    return {**filed.as_dict(), "reproduction_job": submission.job}
 
 
 @router.get("/reports")
@@ -66,10 +60,10 @@ def show_report(report_id: int, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
 
 @router.post("/reports/{report_id}/confirm")
 def confirm(
-    report_id: int, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    report_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Confirm (a maintainer) or add a confirmation (anyone but the reporter)."""
-    return confirm_report(hub, report_id, _user(user, required=True))
+    return confirm_report(hub, report_id, actor)
 
 
 class CloseRequest(BaseModel):
@@ -80,7 +74,10 @@ class CloseRequest(BaseModel):
 
 @router.post("/reports/{report_id}/close")
 def close(
-    report_id: int, body: CloseRequest, user: str | None = UserHeader, hub: Hub = Depends(get_hub)
+    report_id: int,
+    body: CloseRequest,
+    actor: Actor = Depends(get_actor),
+    hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     """Close as wontfix, or as a duplicate with {"duplicate_of": ID}."""
-    return close_report(hub, report_id, _user(user, required=True), body.reason, body.duplicate_of)
+    return close_report(hub, report_id, actor, body.reason, body.duplicate_of)

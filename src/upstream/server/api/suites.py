@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import suites as domain
+from upstream.access import Actor
 from upstream.comparisons import leaderboard as board
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
+from upstream.evals import queue_eval
 from upstream.hub import Hub
-from upstream.server.deps import UserHeader, get_hub
-from upstream.triage import is_maintainer
+from upstream.server.deps import get_actor, get_hub
 
 router = APIRouter(tags=["suites"])
 
@@ -28,19 +29,12 @@ def list_suites(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
 def show_suite(
     name: str,
     version: int | None = None,
-    user: str | None = UserHeader,
+    actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
-    """A suite version's cases; held-out contents only for maintainers."""
-    see = bool(user) and is_maintainer(hub, user or "")
+    """A suite version's cases; held-out contents only for those who may see them."""
     with hub.session() as s:
-        suite = domain.get_suite(s, name)
-        v = domain.get_version(s, name, version)
-        cases = [
-            domain.case_view(c, domain.case_split(c, suite.heldout_percent), see)
-            for c in domain.version_cases(s, v)
-        ]
-        return {**domain.suite_summary(s, suite), "shown_version": v.number, "case_list": cases}
+        return domain.suite_view(s, name, version, actor)
 
 
 class EvalRequest(BaseModel):
@@ -53,22 +47,18 @@ class EvalRequest(BaseModel):
 
 
 @router.post("/evals", status_code=202)
-def start_eval(body: EvalRequest, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+def start_eval(
+    body: EvalRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
     """Queue an evaluation; poll /api/jobs/{id}; its result is the run's summary."""
-    from upstream.registry import resolve
-
-    with hub.session() as s:  # refuse unknown names now, not in the job
-        resolve(s, body.model)
-        domain.get_version(s, body.suite, body.version)
-    job = hub.jobs.enqueue(
-        "evals.run",
-        {
-            "ref": body.model,
-            "suite": body.suite,
-            "version": body.version,
-            "split": body.split,
-            "max_new_tokens": body.max_new_tokens,
-        },
+    job = queue_eval(
+        hub,
+        actor,
+        body.model,
+        body.suite,
+        version=body.version,
+        split=body.split,
+        max_new_tokens=body.max_new_tokens,
     )
     return {"job": job, "state": "queued"}
 
