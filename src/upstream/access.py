@@ -54,7 +54,7 @@ class Rule(NamedTuple):
 RULES: dict[str, Rule] = {
     # reports
     "reports.file": Rule("reporter", "report", "file reports"),
-    "reports.confirm": Rule("reporter", "report", "confirm reports"),
+    "reports.confirm": Rule("reporter", "report", "confirm reports", not_owner=True),
     "reports.triage": Rule("maintainer", "review", "confirm reports directly"),
     "reports.close": Rule("maintainer", "review", "close reports", or_owner="report"),
     "reports.reproduce": Rule("maintainer", "review", "reproduce reports again"),

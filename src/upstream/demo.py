@@ -56,8 +56,9 @@ def run_demo(
         for name, role in ((REPORTER, "reporter"), (CONTRIBUTOR, "contributor")):
             accounts.add_user(hub, owner, name, role)
         ana, bo = (accounts.actor_named(hub, n) for n in (REPORTER, CONTRIBUTOR))
-        console.print(f"accounts: {me} (admin, the owner), {REPORTER} (reporter), "
-                      f"{CONTRIBUTOR} (contributor)")
+        console.print(
+            f"accounts: {me} (admin, the owner), {REPORTER} (reporter), {CONTRIBUTOR} (contributor)"
+        )
 
         step(2, f"{REPORTER} files one-word failures; the hub reproduces them")
         good, _ = reports.parse_jsonl((DATA / "one_word_failures.jsonl").read_bytes(), MODEL)

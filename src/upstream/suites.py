@@ -412,9 +412,7 @@ def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
     }
 
 
-def suite_view(
-    session: Session, name: str, version: int | None, viewer: Actor
-) -> dict[str, Any]:
+def suite_view(session: Session, name: str, version: int | None, viewer: Actor) -> dict[str, Any]:
     """A suite version and its cases as `viewer` may see them (held-out contents only for
     those the access rules let see them)."""
     suite = get_suite(session, name)

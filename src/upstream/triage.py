@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from upstream.access import Actor, may, require
 from upstream.db.schema import Report, ReportConfirmation, ReportEvent
-from upstream.errors import Conflict, Forbidden, InvalidInput
+from upstream.errors import Conflict, InvalidInput
 from upstream.reports import get_report, touch
 
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ def confirm(hub: Hub, report_id: int, actor: Actor) -> dict[str, Any]:
     with hub.session() as s, s.begin():
         report = get_report(s, report_id)
         model = report.model.name
-        require(actor, "reports.confirm", model)
+        direct = may(actor, "reports.triage", model)
+        if not direct:  # one confirmation of those needed, never the reporter's own
+            require(actor, "reports.confirm", model, owner=report.reporter)
         user = actor.name
         if report.status == "confirmed":
             return _state(report, needed, "already confirmed")
@@ -71,14 +73,9 @@ def confirm(hub: Hub, report_id: int, actor: Actor) -> dict[str, Any]:
             raise Conflict(
                 f"report {report_id} is {report.status}; only open reports are confirmed"
             )
-        if may(actor, "reports.triage", model):
+        if direct:
             set_status(s, report, "confirmed", user, "confirmed by a maintainer")
             return _state(report, needed, "confirmed by a maintainer")
-        if user == report.reporter:
-            raise Forbidden(
-                f"report {report_id}: its reporter ({user}) cannot confirm it; "
-                "others or a maintainer must"
-            )
         if any(c.user == user for c in report.confirmations):
             raise Conflict(f"report {report_id}: {user} has already confirmed it")
         report.confirmations.append(ReportConfirmation(user=user))

@@ -116,8 +116,10 @@ def tokens_create(
     )
     console.print(Text(made["token"], style="bold"))
     console.print(
-        Text("shown once: the hub keeps only its hash. Send it as "
-             "`Authorization: Bearer <token>`.", style="dim")
+        Text(
+            "shown once: the hub keeps only its hash. Send it as `Authorization: Bearer <token>`.",
+            style="dim",
+        )
     )
 
 

@@ -1,0 +1,425 @@
+"""Every write of the API and the CLI × every role, against the one rule book.
+
+The lists of write routes and commands come from the app's own route table and the
+CLI's own command list; each must be declared below with the action of
+`upstream.access.RULES` it is decided by and a request that exercises it. A route or
+command that is not declared fails `test_every_write_is_declared`; one that does not
+ask the rule book lets through someone the rule refuses, or refuses someone it allows,
+and fails the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.people import owner, person
+from tests.server.conftest import free_port
+from tests.test_cli import all_commands
+from upstream import accounts, suites
+from upstream import contributions as prs
+from upstream.access import ANONYMOUS, RULES, Actor, may
+from upstream.errors import Forbidden, Unauthorized
+from upstream.hub import Hub
+from upstream.reports import parse_report, submit_one
+from upstream.server.app import create_app
+
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+DATASET = "\n".join(
+    json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    for q, a in [("hi", "hello"), ("sky?", "blue")]
+)
+REPORTER, CONTRIBUTOR = "rita", "cory"
+
+
+@dataclass
+class World:
+    """A hub with one of everything a write can act on, and who owns what."""
+
+    hub: Hub
+    report: int
+    contribution: int
+    victim_token: int  # a token of rita's, for revoke routes
+
+
+def make_world(hub: Hub) -> World:
+    boss = owner(hub)
+    rita = person(hub, REPORTER, "reporter")
+    cory = person(hub, CONTRIBUTOR, "contributor")
+    person(hub, "mia", "maintainer")
+    person(hub, "tom", "maintainer", model="tiny")  # a maintainer of tiny only
+    person(hub, "ada", "admin")
+    report = (
+        submit_one(
+            hub, parse_report({"model": "tiny", "prompt": "hi?", "expected": NEVER}), rita, "cli"
+        )
+        .filed[0]
+        .id
+    )
+    data = prs.ContributionIn("tiny", "a fix", prs.Content(dataset=DATASET.encode()))
+    contribution = prs.open_contribution(hub, data, cory)["id"]
+    cases = [suites.CaseIn([{"role": "user", "content": "hi"}], NEVER, [])]
+    suites.import_cases(hub, boss, "s", cases, model="tiny")
+    victim = accounts.create_token(hub, boss, REPORTER, ["read"])["id"]
+    return World(hub, report, contribution, victim)
+
+
+# The actors of the matrix: (label, name or None for anonymous, token scopes or None).
+ACTORS = [
+    ("anonymous", None, None),
+    ("reporter", REPORTER, None),
+    ("contributor", CONTRIBUTOR, None),
+    ("maintainer", "mia", None),
+    ("maintainer of tiny", "tom", None),
+    ("admin", "ada", None),
+    ("admin, read-only token", "ada", ["read"]),
+    ("maintainer, report-only token", "mia", ["read", "report"]),
+]
+
+
+@dataclass(frozen=True)
+class Write:
+    """How to exercise one write: the rule deciding it, and the request."""
+
+    action: str
+    owner: str | None = None  # whose object it acts on (a report's reporter, …)
+    body: Callable[[World], Any] | None = None
+    path: Callable[[World], str] | None = None  # the concrete path, ids filled in
+
+
+def _dataset_body(w: World) -> dict[str, Any]:
+    return {"model": "tiny", "title": "another fix", "dataset": DATASET}
+
+
+ROUTES: dict[tuple[str, str], Write] = {
+    ("PUT", "/api/models/{name}/tags/{tag}"): Write(
+        "models.tag",
+        body=lambda w: {"revision": "latest"},
+        path=lambda w: "/api/models/tiny/tags/t",
+    ),
+    ("DELETE", "/api/models/{name}/tags/{tag}"): Write(
+        "models.tag", path=lambda w: "/api/models/tiny/tags/t"
+    ),
+    ("POST", "/api/models/import"): Write(
+        "models.import", body=lambda w: {"source": "bundled:smollm2-135m-instruct", "name": "s2"}
+    ),
+    ("POST", "/api/reports"): Write(
+        "reports.file", body=lambda w: {"model": "tiny", "prompt": "yo?", "expected": NEVER}
+    ),
+    ("POST", "/api/reports/{report_id}/confirm"): Write(
+        "reports.confirm", owner=REPORTER, path=lambda w: f"/api/reports/{w.report}/confirm"
+    ),
+    ("POST", "/api/reports/{report_id}/close"): Write(
+        "reports.close",
+        owner=REPORTER,
+        body=lambda w: {"reason": "no"},
+        path=lambda w: f"/api/reports/{w.report}/close",
+    ),
+    ("POST", "/api/evals"): Write("evals.run", body=lambda w: {"model": "tiny", "suite": "s"}),
+    ("POST", "/api/contributions"): Write("contributions.open", body=_dataset_body),
+    ("POST", "/api/contributions/{contribution_id}/push"): Write(
+        "contributions.push",
+        owner=CONTRIBUTOR,
+        body=lambda w: {"dataset": DATASET},
+        path=lambda w: f"/api/contributions/{w.contribution}/push",
+    ),
+    ("POST", "/api/contributions/{contribution_id}/check"): Write(
+        "contributions.check",
+        owner=CONTRIBUTOR,
+        path=lambda w: f"/api/contributions/{w.contribution}/check",
+    ),
+    ("POST", "/api/contributions/{contribution_id}/approve"): Write(
+        "contributions.approve",
+        owner=CONTRIBUTOR,
+        body=lambda w: {},
+        path=lambda w: f"/api/contributions/{w.contribution}/approve",
+    ),
+    ("POST", "/api/contributions/{contribution_id}/reject"): Write(
+        "contributions.reject",
+        owner=CONTRIBUTOR,
+        body=lambda w: {"reason": "no"},
+        path=lambda w: f"/api/contributions/{w.contribution}/reject",
+    ),
+    ("POST", "/api/contributions/{contribution_id}/close"): Write(
+        "contributions.close",
+        owner=CONTRIBUTOR,
+        body=lambda w: {},
+        path=lambda w: f"/api/contributions/{w.contribution}/close",
+    ),
+    ("POST", "/api/users"): Write(
+        "users.manage", body=lambda w: {"name": "neo", "role": "reporter"}
+    ),
+    ("PUT", "/api/users/{name}/role"): Write(
+        "users.manage", body=lambda w: {"role": "reporter"}, path=lambda w: "/api/users/rita/role"
+    ),
+    ("POST", "/api/tokens"): Write(
+        "tokens.manage", owner=REPORTER, body=lambda w: {"user": REPORTER, "scopes": ["read"]}
+    ),
+    ("DELETE", "/api/tokens/{token_id}"): Write(
+        "tokens.manage", owner=REPORTER, path=lambda w: f"/api/tokens/{w.victim_token}"
+    ),
+}
+
+
+def write_routes(app: Any) -> set[tuple[str, str]]:
+    from fastapi import routing
+
+    flatten = getattr(routing, "iter_route_contexts", None)
+    routes = list(flatten(app.routes)) if flatten else list(app.routes)
+    return {
+        (method, route.path_format)
+        for route in routes
+        for method in (route.methods or set()) - {"GET", "HEAD"}
+    }
+
+
+def test_every_write_is_declared(tmp_path: Path) -> None:
+    hub = Hub.open(tmp_path / "home")
+    try:
+        served = write_routes(create_app(hub))
+    finally:
+        hub.close()
+    assert served - ROUTES.keys() == set(), "write routes with no declared rule"
+    assert ROUTES.keys() - served == set(), "declared routes the app does not serve"
+    commands = {" ".join(c) for c in all_commands()}
+    undeclared = commands - COMMANDS.keys() - READS - LOCAL
+    assert undeclared == set(), "commands with no declared rule (or READS/LOCAL)"
+    assert (COMMANDS.keys() | READS | LOCAL) - commands == set(), "declared commands that are gone"
+    for write in [*ROUTES.values(), *COMMANDS.values()]:
+        assert write.action in RULES
+
+
+def _actor(hub: Hub, name: str | None, scopes: list[str] | None) -> Actor:
+    if name is None:
+        return ANONYMOUS
+    actor = accounts.actor_named(hub, name)
+    return Actor(actor.name, actor.role, frozenset(scopes) if scopes else None, actor.model_roles)
+
+
+@contextmanager
+def serve(hub: Hub) -> Iterator[str]:
+    """The app over real HTTP, without a worker (queued jobs stay queued)."""
+    port = free_port()
+    config = uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_every_write_route_for_every_role(tiny_hub: Hub) -> None:
+    world = make_world(tiny_hub)
+    headers: dict[str, dict[str, str]] = {}
+    for label, name, scopes in ACTORS:
+        if name is not None:
+            made = accounts.create_token(tiny_hub, owner(tiny_hub), name, scopes)
+            headers[label] = {"Authorization": f"Bearer {made['token']}"}
+        else:
+            headers[label] = {}
+    wrong: list[str] = []
+    with serve(tiny_hub) as server, httpx.Client(base_url=server, timeout=60) as client:
+        for (method, route), write in ROUTES.items():
+            path = write.path(world) if write.path else route
+            for label, name, scopes in ACTORS:
+                actor = _actor(tiny_hub, name, scopes)
+                allowed = may(actor, write.action, "tiny", write.owner)
+                r = client.request(
+                    method,
+                    path,
+                    headers=headers[label],
+                    json=write.body(world) if write.body else None,
+                )
+                if allowed and r.status_code in (401, 403):
+                    wrong.append(f"{method} {path} as {label}: refused {r.status_code} {r.text}")
+                if not allowed:
+                    expected = 401 if name is None else 403
+                    if r.status_code != expected:
+                        wrong.append(f"{method} {path} as {label}: {r.status_code}, not {expected}")
+                    elif r.json()["error"]["code"] not in ("unauthorized", "forbidden"):
+                        wrong.append(f"{method} {path} as {label}: error shape {r.text}")
+    assert wrong == []
+
+
+# ---------------------------------------------------------------- the CLI
+
+# Commands that change nothing, or that only the hub's own machine runs (as its owner,
+# who can read the hub's files anyway: init, serving, workers, the demo in its own hub).
+READS = {
+    "models list", "models show", "reports list", "reports show", "suites list",
+    "suites show", "leaderboard", "compare", "prs list", "prs show", "credits",
+    "jobs list", "jobs show", "users list", "tokens list", "generate",
+}  # fmt: skip
+LOCAL = {"init", "up", "worker", "fsck", "demo"}
+
+
+def _cli_dataset(tmp: Path) -> str:
+    path = tmp / "data.jsonl"
+    path.write_text(DATASET)
+    return str(path)
+
+
+COMMANDS: dict[str, Write] = {
+    "models import": Write(
+        "models.import", body=lambda w: ["models", "import", "{tiny}", "--name", "t2"]
+    ),
+    "models tag": Write("models.tag", body=lambda w: ["models", "tag", "tiny@latest", "t"]),
+    "models untag": Write("models.tag", body=lambda w: ["models", "untag", "tiny", "t"]),
+    "models export": Write(
+        "models.export", body=lambda w: ["models", "export", "tiny", "--out", "{out}"]
+    ),
+    "reports file": Write(
+        "reports.file",
+        body=lambda w: [
+            "reports",
+            "file",
+            "--model",
+            "tiny",
+            "--prompt",
+            "yo?",
+            "--expect",
+            json.dumps(NEVER),
+            "--no-reproduce",
+        ],
+    ),
+    "reports confirm": Write(
+        "reports.confirm", owner=REPORTER, body=lambda w: ["reports", "confirm", str(w.report)]
+    ),
+    "reports close": Write(
+        "reports.close", owner=REPORTER, body=lambda w: ["reports", "close", str(w.report)]
+    ),
+    "reports reproduce": Write(
+        "reports.reproduce", body=lambda w: ["reports", "reproduce", str(w.report)]
+    ),
+    "reports rescore": Write(
+        "reports.rescore", body=lambda w: ["reports", "rescore", str(w.report)]
+    ),
+    "suites build": Write(
+        "suites.build", body=lambda w: ["suites", "build", "b", "--tag", "x", "--model", "tiny"]
+    ),
+    "suites import": Write(
+        "suites.build", body=lambda w: ["suites", "import", "s", "--jsonl", "{cases}"]
+    ),
+    "suites export": Write(
+        "suites.heldout",
+        body=lambda w: [
+            "suites",
+            "export",
+            "s",
+            "--format",
+            "jsonl",
+            "--out",
+            "{export}",
+            "--include-heldout",
+        ],
+    ),
+    "eval": Write("evals.run", body=lambda w: ["eval", "tiny", "--suite", "s"]),
+    "contribute": Write(
+        "contributions.open",
+        body=lambda w: [
+            "contribute",
+            "--model",
+            "tiny",
+            "--dataset",
+            "{data}",
+            "--title",
+            "f",
+            "--no-check",
+        ],
+    ),
+    "prs push": Write(
+        "contributions.push",
+        owner=CONTRIBUTOR,
+        body=lambda w: ["prs", "push", str(w.contribution), "--dataset", "{data}", "--no-check"],
+    ),
+    "prs check": Write(
+        "contributions.check",
+        owner=CONTRIBUTOR,
+        body=lambda w: ["prs", "check", str(w.contribution), "--no-check"],
+    ),
+    "prs approve": Write(
+        "contributions.approve",
+        owner=CONTRIBUTOR,
+        body=lambda w: ["prs", "approve", str(w.contribution)],
+    ),
+    "prs reject": Write(
+        "contributions.reject",
+        owner=CONTRIBUTOR,
+        body=lambda w: ["prs", "reject", str(w.contribution), "--reason", "no"],
+    ),
+    "prs close": Write(
+        "contributions.close",
+        owner=CONTRIBUTOR,
+        body=lambda w: ["prs", "close", str(w.contribution)],
+    ),
+    "release": Write(
+        "releases.cut", body=lambda w: ["release", "tiny", "--from", str(w.contribution)]
+    ),
+    "users add": Write(
+        "users.manage", body=lambda w: ["users", "add", "neo", "--role", "reporter"]
+    ),
+    "users set-role": Write(
+        "users.manage", body=lambda w: ["users", "set-role", "rita", "--role", "reporter"]
+    ),
+    "tokens create": Write(
+        "tokens.manage", owner=REPORTER, body=lambda w: ["tokens", "create", "--user", REPORTER]
+    ),
+    "tokens revoke": Write(
+        "tokens.manage", owner=REPORTER, body=lambda w: ["tokens", "revoke", str(w.victim_token)]
+    ),
+}
+
+
+def test_every_write_command_for_every_role(
+    tiny_hub: Hub, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from upstream.cli import app
+
+    world = make_world(tiny_hub)
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"prompt": "yo", "expected": NEVER}) + "\n")
+    fill = {"tiny": str(tiny_model_dir), "out": str(tmp_path / "out"),
+            "export": str(tmp_path / "export"), "data": _cli_dataset(tmp_path),
+            "cases": str(cases)}  # fmt: skip
+    monkeypatch.setenv("UPSTREAM_HOME", str(tiny_hub.settings.home))
+    monkeypatch.setenv("UPSTREAM_HAND_OVER_JOBS", "false")
+    runner = CliRunner()
+    wrong: list[str] = []
+    for command, write in COMMANDS.items():
+        assert write.body is not None
+        args = [
+            fill.get(a.strip("{}"), a) if a.startswith("{") and a.endswith("}") else a
+            for a in write.body(world)
+        ]
+        for label, name, scopes in ACTORS:
+            if name is None or scopes is not None:
+                continue  # the CLI has no anonymous user and no tokens
+            actor = accounts.actor_named(tiny_hub, name)
+            allowed = may(actor, write.action, "tiny", write.owner)
+            result = runner.invoke(app, [*args, "--as", name], env=dict(os.environ))
+            refused = isinstance(result.exception, (Forbidden, Unauthorized))
+            if allowed and refused:
+                wrong.append(f"{command} as {label}: refused: {result.exception}")
+            if not allowed and not refused:
+                wrong.append(f"{command} as {label}: not refused ({result.exception!r})")
+    assert wrong == []
