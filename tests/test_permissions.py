@@ -30,8 +30,11 @@ from tests.test_cli import all_commands
 from upstream import accounts, suites
 from upstream import contributions as prs
 from upstream.access import ANONYMOUS, RULES, Actor, may
+from upstream.db.schema import Release
 from upstream.errors import Forbidden, Unauthorized
+from upstream.evals import queue_eval
 from upstream.hub import Hub
+from upstream.registry import resolve
 from upstream.reports import parse_report, submit_one
 from upstream.server.app import create_app
 
@@ -51,6 +54,8 @@ class World:
     report: int
     contribution: int
     victim_token: int  # a token of rita's, for revoke routes
+    job: int  # an evaluation cory queued
+    release: int  # a release whose build failed
 
 
 def make_world(hub: Hub) -> World:
@@ -72,7 +77,21 @@ def make_world(hub: Hub) -> World:
     cases = [suites.CaseIn([{"role": "user", "content": "hi"}], NEVER, [])]
     suites.import_cases(hub, boss, "s", cases, model="tiny")
     victim = accounts.create_token(hub, boss, REPORTER, ["read"])["id"]
-    return World(hub, report, contribution, victim)
+    job = queue_eval(hub, cory, "tiny", "s")
+    with hub.session() as s, s.begin():  # a failed build of a release, to ship (refused)
+        base = resolve(s, "tiny")
+        row = Release(
+            model_id=base.model_id,
+            base_revision_id=base.id,
+            method="linear",
+            contributions=[contribution],
+            state="failed",
+            author=boss.name,
+        )
+        s.add(row)
+        s.flush()
+        release = row.id
+    return World(hub, report, contribution, victim, job, release)
 
 
 # The actors of the matrix: (label, name or None for anonymous, token scopes or None).
@@ -96,6 +115,7 @@ class Write:
     owner: str | None = None  # whose object it acts on (a report's reporter, …)
     body: Callable[[World], Any] | None = None
     path: Callable[[World], str] | None = None  # the concrete path, ids filled in
+    model: str | None = "tiny"  # the model whose roles count (None: the hub's)
 
 
 def _dataset_body(w: World) -> dict[str, Any]:
@@ -125,6 +145,34 @@ ROUTES: dict[tuple[str, str], Write] = {
         owner=REPORTER,
         body=lambda w: {"reason": "no"},
         path=lambda w: f"/api/reports/{w.report}/close",
+    ),
+    ("POST", "/api/reports/{report_id}/reproduce"): Write(
+        "reports.reproduce", path=lambda w: f"/api/reports/{w.report}/reproduce"
+    ),
+    ("POST", "/api/reports/{report_id}/rescore"): Write(
+        "reports.rescore", body=lambda w: {}, path=lambda w: f"/api/reports/{w.report}/rescore"
+    ),
+    ("POST", "/api/suites/{name}/build"): Write(
+        "suites.build",
+        body=lambda w: {"tag": "x", "model": "tiny"},
+        path=lambda w: "/api/suites/b/build",
+    ),
+    ("POST", "/api/suites/{name}/cases"): Write(
+        "suites.build",
+        body=lambda w: {"cases": [{"prompt": "yo", "expected": NEVER}]},
+        path=lambda w: "/api/suites/s/cases",
+    ),
+    ("POST", "/api/releases"): Write(
+        "releases.cut", body=lambda w: {"model": "tiny", "contributions": [w.contribution]}
+    ),
+    ("POST", "/api/releases/{release_id}/ship"): Write(
+        "releases.cut", path=lambda w: f"/api/releases/{w.release}/ship"
+    ),
+    ("POST", "/api/jobs/{job_id}/cancel"): Write(
+        "jobs.cancel",
+        owner=CONTRIBUTOR,
+        model=None,
+        path=lambda w: f"/api/jobs/{w.job}/cancel",
     ),
     ("POST", "/api/evals"): Write("evals.run", body=lambda w: {"model": "tiny", "suite": "s"}),
     ("POST", "/api/contributions"): Write("contributions.open", body=_dataset_body),
@@ -241,7 +289,7 @@ def test_every_write_route_for_every_role(tiny_hub: Hub) -> None:
             path = write.path(world) if write.path else route
             for label, name, scopes in ACTORS:
                 actor = _actor(tiny_hub, name, scopes)
-                allowed = may(actor, write.action, "tiny", write.owner)
+                allowed = may(actor, write.action, write.model, write.owner)
                 r = client.request(
                     method,
                     path,
@@ -373,6 +421,12 @@ COMMANDS: dict[str, Write] = {
     "release": Write(
         "releases.cut", body=lambda w: ["release", "tiny", "--from", str(w.contribution)]
     ),
+    "jobs cancel": Write(
+        "jobs.cancel",
+        owner=CONTRIBUTOR,
+        model=None,
+        body=lambda w: ["jobs", "cancel", str(w.job)],
+    ),
     "users add": Write(
         "users.manage", body=lambda w: ["users", "add", "neo", "--role", "reporter"]
     ),
@@ -415,7 +469,7 @@ def test_every_write_command_for_every_role(
             if name is None or scopes is not None:
                 continue  # the CLI has no anonymous user and no tokens
             actor = accounts.actor_named(tiny_hub, name)
-            allowed = may(actor, write.action, "tiny", write.owner)
+            allowed = may(actor, write.action, write.model, write.owner)
             result = runner.invoke(app, [*args, "--as", name], env=dict(os.environ))
             refused = isinstance(result.exception, (Forbidden, Unauthorized))
             if allowed and refused:

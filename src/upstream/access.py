@@ -147,7 +147,8 @@ def require(actor: Actor, action: str, model: str | None = None, owner: str | No
         raise Forbidden(
             f"this token of {actor.name} lacks the {rule.scope!r} scope needed to {rule.what}"
         )
-    who = f"a {rule.role}{where}" + (" or its owner" if rule.or_owner else "")
+    article = "an" if rule.role[0] in "aeiou" else "a"
+    who = f"{article} {rule.role}{where}" + (" or its owner" if rule.or_owner else "")
     raise Forbidden(f"only {who} may {rule.what} ({actor.name} is a {role})")
 
 

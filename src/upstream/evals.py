@@ -419,7 +419,7 @@ def eval_job(
 
 def queue_eval(hub: Hub, actor: Actor, ref: str, suite: str, **options: Any) -> int:
     """Queue an evaluation for the hub's worker (see `eval_job`); returns the job id."""
-    return hub.jobs.enqueue(EVAL_JOB, eval_job(hub, actor, ref, suite, **options))
+    return hub.jobs.enqueue(EVAL_JOB, eval_job(hub, actor, ref, suite, **options), owner=actor)
 
 
 def run_eval_job(ctx: JobContext) -> dict[str, Any]:

@@ -12,6 +12,10 @@ Workers that are up keep a row in `workers` with a heartbeat and the job they ru
 there is one (its loaded models stay loaded between jobs, so a small evaluation skips
 seconds of start-up) and follows the job's progress; a job that worker has not taken
 within a few seconds is taken back and run by the caller.
+
+A job can be cancelled (`cancel`): a queued one fails at once; a running one fails at
+its next progress report, and a job running longer than `job_time_limit` fails the same
+way. Either way the kind's ABANDONED handler puts right what the run left half done.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, or_, select, update
 
 from upstream import __version__
+from upstream.access import HUB, Actor, require
 from upstream.db.schema import Job, WorkerProcess, utcnow
-from upstream.errors import NotFound, Unavailable, UpstreamError
+from upstream.errors import Conflict, NotFound, Unavailable, UpstreamError
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -65,6 +70,11 @@ class JobFailed(UpstreamError):
     """A job ended in the failed state; the message is the job's error."""
 
 
+class JobStopped(Exception):
+    """A running job was cancelled, or ran past its time limit. Not an UpstreamError: a
+    handler that turns bad input into a verdict must not turn this into one too."""
+
+
 class JobContext:
     """What a running handler sees: the hub, its arguments, and a progress reporter."""
 
@@ -76,6 +86,7 @@ class JobContext:
         self._on_progress = on_progress
         self._last_write = 0.0
         self._total = 0.0
+        self._deadline = time.monotonic() + hub.settings.job_time_limit
 
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """Report progress; stored at most twice a second, shown at once in the foreground."""
@@ -84,6 +95,9 @@ class JobContext:
         if self._on_progress:
             self._on_progress(done, self._total, message)
         now = time.monotonic()
+        if now > self._deadline:
+            limit = self.hub.settings.job_time_limit
+            raise JobStopped(f"ran longer than job_time_limit ({limit:g} s)")
         if now - self._last_write < 0.5 and done < self._total:
             return
         self._last_write = now
@@ -98,6 +112,9 @@ class JobContext:
                     heartbeat_at=utcnow(),
                 )
             )
+            stopper = s.scalar(select(Job.cancelled_by).where(Job.id == self.job_id))
+        if stopper:
+            raise JobStopped(f"cancelled by {stopper}")
 
 
 def owned(job: Job) -> tuple[Any, ...]:
@@ -122,6 +139,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "result": job.result,
         "error": job.error,
+        "owner": job.owner or None,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
@@ -132,13 +150,25 @@ class JobQueue:
         self.hub = hub
 
     def enqueue(
-        self, kind: str, args: dict[str, Any], max_attempts: int = 3, for_worker: str = ""
+        self,
+        kind: str,
+        args: dict[str, Any],
+        max_attempts: int = 3,
+        for_worker: str = "",
+        owner: Actor = HUB,
     ) -> int:
-        """Queue a job; with `for_worker`, only that worker (or a claim by id) may take it."""
+        """Queue a job for `owner`; with `for_worker`, only that worker (or a claim by id)
+        may take it."""
         if kind not in HANDLERS:
             raise UpstreamError(f"unknown job kind {kind!r}; known: {', '.join(sorted(HANDLERS))}")
         with self.hub.session() as s, s.begin():
-            job = Job(kind=kind, args=args, max_attempts=max_attempts, for_worker=for_worker)
+            job = Job(
+                kind=kind,
+                args=args,
+                max_attempts=max_attempts,
+                for_worker=for_worker,
+                owner="" if owner is HUB else owner.name,
+            )
             s.add(job)
             s.flush()
             return job.id
@@ -202,6 +232,22 @@ class JobQueue:
                 return self.get(cid)
         return None
 
+    def cancel(self, job_id: int, actor: Actor) -> Job:
+        """Stop a job (who queued it, or a maintainer): a queued one fails now, a running
+        one at its next progress report."""
+        with self.hub.session() as s, s.begin():
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise NotFound(f"no job {job_id}; see `upstream jobs list`")
+            require(actor, "jobs.cancel", owner=job.owner or None)
+            if job.state in ("done", "failed"):
+                raise Conflict(f"job {job_id} is {job.state}; only a queued or running job stops")
+            job.cancelled_by = actor.name
+            if job.state == "queued":
+                job.state, job.finished_at = "failed", utcnow()
+                job.error = f"cancelled by {actor.name}"
+        return self.get(job_id)
+
     def give_up(self, job_id: int, attempts: int) -> None:
         """Fail a job whose worker stopped and that has no attempt left, and put right what
         its run left half done (the kind's ABANDONED handler)."""
@@ -216,10 +262,13 @@ class JobQueue:
                 )
             ).rowcount
         if gone == 1 and attempts > 0:  # never started: nothing was left half done
-            job = self.get(job_id)
-            if job.kind in ABANDONED:
-                module_name, func_name = ABANDONED[job.kind].split(":")
-                getattr(importlib.import_module(module_name), func_name)(self.hub, job)
+            self._abandon(self.get(job_id))
+
+    def _abandon(self, job: Job) -> None:
+        """Put right what a run that ended without its result left half done."""
+        if job.kind in ABANDONED:
+            module_name, func_name = ABANDONED[job.kind].split(":")
+            getattr(importlib.import_module(module_name), func_name)(self.hub, job)
 
     def reap(self) -> int:
         """Give up every job whose worker stopped and that has no attempt left; returns how
@@ -250,6 +299,8 @@ class JobQueue:
         try:
             result = handler(ctx)
             values = {"state": "done", "result": result or {}}
+        except JobStopped as e:  # cancelled or out of time: no retry
+            values = {"state": "failed", "error": str(e)}
         except Unavailable as e:  # a model server is down: worth another attempt
             retry = job.attempts < job.max_attempts
             values = {"state": "queued" if retry else "failed", "error": str(e)}
@@ -268,7 +319,11 @@ class JobQueue:
         with self.hub.session() as s, s.begin():
             # A worker that was presumed dead and replaced must not overwrite the new run.
             s.execute(update(Job).where(*owned(job)).values(finished_at=utcnow(), **values))
-        return self.get(job.id)
+        final = self.get(job.id)
+        stopped = bool(final.cancelled_by) or "job_time_limit" in final.error
+        if final.state == "failed" and stopped:
+            self._abandon(final)
+        return final
 
     def run_foreground(
         self, kind: str, args: dict[str, Any], on_progress: ProgressCallback | None = None

@@ -252,7 +252,7 @@ def queue_import(hub: Hub, actor: Actor, source: str, name: str, attempts: int =
     if actor.scopes is not None and not source.startswith("bundled:"):
         _check_import_dir(hub, source)
     locate_source(source)  # refuse a bad source now, not in the job
-    return hub.jobs.enqueue(IMPORT_JOB, {"source": source, "name": name}, attempts)
+    return hub.jobs.enqueue(IMPORT_JOB, {"source": source, "name": name}, attempts, owner=actor)
 
 
 def _check_import_dir(hub: Hub, source: str) -> None:

@@ -591,5 +591,6 @@ def _file_and_queue(
     filed = file_reports(hub, prepared, actor.name, source) if prepared else []
     submission = Submission(filed, bad)
     if submission.to_reproduce:
-        submission.job = hub.jobs.enqueue(REPRODUCE_JOB, {"reports": submission.to_reproduce})
+        args = {"reports": submission.to_reproduce}
+        submission.job = hub.jobs.enqueue(REPRODUCE_JOB, args, owner=actor)
     return submission

@@ -126,7 +126,7 @@ def queue_reproduction(hub: Hub, actor: Actor, report_ids: list[int]) -> int:
     with hub.session() as s:
         for rid in report_ids:
             require(actor, "reports.reproduce", get_report(s, rid).model.name)
-    return hub.jobs.enqueue(JOB_KIND, {"reports": report_ids})
+    return hub.jobs.enqueue(JOB_KIND, {"reports": report_ids}, owner=actor)
 
 
 def run_reproduce_job(ctx: JobContext) -> dict[str, Any]:

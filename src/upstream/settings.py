@@ -31,6 +31,8 @@ class Settings:
     model_cache_size: int = 2
     # A running job whose heartbeat is older than this is taken to have lost its worker.
     job_stale_after: float = 60.0  # seconds
+    # A running job that reports progress after this long fails (and can run again).
+    job_time_limit: float = 6 * 3600.0  # seconds
     # How often a running job's heartbeat is refreshed while it works.
     job_heartbeat_every: float = 10.0  # seconds
     # `upstream eval` hands its job to an idle worker on this host when one is up

@@ -8,8 +8,10 @@ import typer
 from rich.table import Table
 
 from upstream.cli.common import (
+    AsOption,
     JsonOption,
     console,
+    current_actor,
     emit_json,
     err_console,
     open_hub,
@@ -121,6 +123,25 @@ def jobs_list(
         note = r["error"].splitlines()[0] if r["error"] else r["message"]
         table.add_row(str(r["id"]), r["kind"], r["state"], str(r["attempts"]), pct, note)
     console.print(table)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: int = typer.Argument(..., help="The job's id (from `jobs list`)."),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Stop a job: a queued one at once, a running one at its next progress report."""
+    from upstream.jobs import job_json
+
+    hub = open_hub()
+    job = job_json(hub.jobs.cancel(job_id, current_actor(hub, as_user)))
+    if json_out:
+        emit_json(job)
+    elif job["state"] == "failed":
+        console.print(f"job {job_id} cancelled")
+    else:
+        console.print(f"job {job_id} stops at its next progress report")
 
 
 @jobs_app.command("show")

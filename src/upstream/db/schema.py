@@ -121,6 +121,9 @@ class Job(Base):
     worker: Mapped[str] = mapped_column(String(100), default="")
     # a job handed by a CLI to one worker: only that worker (or a claim by id) takes it
     for_worker: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    # who queued it ("" for the hub's own work), and who asked it to stop
+    owner: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    cancelled_by: Mapped[str] = mapped_column(String(100), default="", server_default="")
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str] = mapped_column(Text, default="")

@@ -1,21 +1,27 @@
-"""/api/releases and /api/credits: what was released, and who made it better (read only).
-
-Releases are cut with `upstream release` (a maintainer's command); the hub's API shows
-them and the credits ledger.
-"""
+"""/api/releases and /api/credits: cutting releases, what was released, and who made it
+better."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from upstream.access import Actor
 from upstream.credits import credits_table, ledger
 from upstream.db.schema import Release
 from upstream.hub import Hub
-from upstream.releases import get_release, release_summary
-from upstream.server.deps import get_hub
+from upstream.releases import (
+    METHODS,
+    ReleaseIn,
+    cut_release,
+    get_release,
+    release_summary,
+    ship_release,
+)
+from upstream.server.deps import get_actor, get_hub
 
 router = APIRouter(tags=["releases"])
 
@@ -44,3 +50,35 @@ def credits(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, 
     """Points per person over all releases (or one model's)."""
     with hub.session() as s:
         return {"credits": credits_table(s, model)}
+
+
+class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=200, description="the model to release")
+    contributions: list[int] = Field(
+        min_length=1, max_length=50, description="approved contribution ids"
+    )
+    method: str = Field("linear", description=f"one of {', '.join(METHODS)}")
+    weights: list[float] | None = Field(None, max_length=50, description="one per contribution")
+    density: float | None = Field(None, gt=0, le=1, description="ties/dare_ties: share kept")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="dare_ties: random seed")
+
+
+@router.post("/releases", status_code=202)
+def cut(
+    body: ReleaseRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Plan a release of approved contributions and queue its build and checks (a
+    maintainer of the model); poll /api/jobs/{job}, then GET /api/releases/{id}."""
+    data = ReleaseIn(
+        body.model, body.contributions, body.method, body.weights, body.density, body.seed
+    )
+    return cut_release(hub, data, actor)
+
+
+@router.post("/releases/{release_id}/ship")
+def ship(
+    release_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Release a candidate that passed its checks (one built without shipping)."""
+    return ship_release(hub, release_id, actor)

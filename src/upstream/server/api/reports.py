@@ -1,4 +1,4 @@
-"""/api/reports: file, list, show, confirm and close failure reports."""
+"""/api/reports: file, list, show, confirm, close, reproduce and rescore failure reports."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from upstream import reports as domain
 from upstream.access import Actor
 from upstream.duplicates import clusters as group
 from upstream.hub import Hub
+from upstream.reproduction import queue_reproduction, rescore
 from upstream.server.deps import get_actor, get_hub
 from upstream.triage import close as close_report
 from upstream.triage import confirm as confirm_report
@@ -81,3 +82,27 @@ def close(
 ) -> dict[str, Any]:
     """Close as wontfix, or as a duplicate with {"duplicate_of": ID}."""
     return close_report(hub, report_id, actor, body.reason, body.duplicate_of)
+
+
+@router.post("/reports/{report_id}/reproduce", status_code=202)
+def reproduce(
+    report_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Queue reproducing the report again (a maintainer of its model); poll the job."""
+    return {"report": report_id, "job": queue_reproduction(hub, actor, [report_id])}
+
+
+class RescoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expected: dict[str, Any] | None = Field(None, description="replace the report's check first")
+
+
+@router.post("/reports/{report_id}/rescore")
+def rescore_report(
+    report_id: int,
+    body: RescoreRequest,
+    actor: Actor = Depends(get_actor),
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """Judge the stored outputs again, under a new check if given; nothing is generated."""
+    return rescore(hub, [report_id], actor, body.expected)

@@ -25,6 +25,45 @@ def list_suites(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
         return {"suites": [domain.suite_summary(s, st) for st in domain.list_suites(s)]}
 
 
+MAX_CASES = 10_000
+
+
+class BuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: str = Field(max_length=50, description="collect the confirmed reports with this tag")
+    model: str | None = Field(None, max_length=200, description="only this model's reports")
+    heldout_percent: int | None = Field(None, ge=0, le=90, description="new suite: held out")
+
+
+class CasesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cases: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_CASES,
+        description='each {"prompt" or "messages", "expected": check, "tags"}',
+    )
+    model: str | None = Field(None, max_length=200, description="the model this suite is for")
+    heldout_percent: int | None = Field(None, ge=0, le=90, description="new suite: held out")
+
+
+@router.post("/suites/{name}/build")
+def build_suite(
+    name: str, body: BuildRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Add the confirmed reports with `tag` to suite `name` (a maintainer of its model)."""
+    return domain.build_from_reports(hub, actor, name, body.tag, body.model, body.heldout_percent)
+
+
+@router.post("/suites/{name}/cases")
+def import_cases(
+    name: str, body: CasesRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Add cases to suite `name`, all valid or none (a maintainer of its model)."""
+    limit = hub.settings.max_prompt_chars
+    cases = [domain.parse_case_line(c, f"cases.{i}", limit) for i, c in enumerate(body.cases)]
+    return domain.import_cases(hub, actor, name, cases, body.model, body.heldout_percent, "api")
+
+
 @router.get("/suites/{name}")
 def show_suite(
     name: str,

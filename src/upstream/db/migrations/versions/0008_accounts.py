@@ -1,4 +1,4 @@
-"""accounts: users, per-model roles, API tokens
+"""accounts: users, per-model roles, API tokens; who queued a job and who cancelled it
 
 Revision ID: 0008
 Revises: 0007
@@ -56,9 +56,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_api_tokens_user_id"), ["user_id"], unique=False)
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("owner", sa.String(100), server_default="", nullable=False))
+        batch_op.add_column(
+            sa.Column("cancelled_by", sa.String(100), server_default="", nullable=False)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("cancelled_by")
+        batch_op.drop_column("owner")
     op.drop_table("api_tokens")
     op.drop_table("model_roles")
     op.drop_table("users")
