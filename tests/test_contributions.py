@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.people import owner, person
 from upstream import contributions as prs
+from upstream.access import Actor
 from upstream.ci import Policy, checks_view, judge, policy_for
 from upstream.db.schema import Contribution, EvalRun
 from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -45,8 +47,8 @@ def make_adapter(
 
 
 @pytest.fixture
-def maintainer(tiny_hub: Hub) -> str:
-    return next(iter(tiny_hub.settings.maintainer_names))
+def maintainer(tiny_hub: Hub) -> Actor:
+    return owner(tiny_hub)
 
 
 @pytest.fixture
@@ -58,20 +60,24 @@ def adapter(tiny_hub: Hub, tmp_path: Path) -> Path:
 
 def report(hub: Hub, model: str = "tiny", prompt: str = "What is the capital of France?") -> int:
     data = {"model": model, "prompt": prompt, "expected": NEVER, "max_new_tokens": 4}
-    return submit_one(hub, parse_report(data), "ana", "cli").filed[0].id
+    return submit_one(hub, parse_report(data), person(hub, "ana", "reporter"), "cli").filed[0].id
 
 
 def open_adapter(
-    hub: Hub, adapter: Path, fixes: list[int] | None = None, author: str = "bo"
+    hub: Hub, adapter: Path, fixes: list[int] | None = None, author: Actor | None = None
 ) -> int:
     data = prs.ContributionIn("tiny", "a fix", prs.Content(adapter_dir=adapter), fixes or [])
-    return prs.open_contribution(hub, data, author)["id"]
+    return prs.open_contribution(hub, data, author or person(hub, "bo"), attempts=1)["id"]
 
 
 def check(hub: Hub, cid: int) -> dict[str, Any]:
-    hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
+    """Run the checks queued for the newest push (on open or push), once."""
     with hub.session() as s:
-        return prs.contribution_detail(prs.get_contribution(s, cid), can_see_heldout=True)
+        job = prs.get_contribution(s, cid).pushes[-1].job_id
+    assert job is not None
+    hub.jobs.run_now(job)
+    with hub.session() as s:
+        return prs.contribution_detail(prs.get_contribution(s, cid), owner(hub))
 
 
 def force(hub: Hub, cid: int, verdict: str) -> None:
@@ -98,7 +104,8 @@ def test_fixes_must_name_checked_reports_of_the_same_model(
         open_adapter(tiny_hub, adapter, [theirs])
     with pytest.raises(NotFound, match="no report 999"):
         open_adapter(tiny_hub, adapter, [999])
-    unchecked = submit_one(tiny_hub, parse_report({"model": "tiny", "prompt": "x"}), "ana", "cli")
+    ana = person(tiny_hub, "ana", "reporter")
+    unchecked = submit_one(tiny_hub, parse_report({"model": "tiny", "prompt": "x"}), ana, "cli")
     with pytest.raises(InvalidInput, match="have no check"):
         open_adapter(tiny_hub, adapter, [unchecked.filed[0].id])
     assert count(tiny_hub) == 0  # refused before anything was stored
@@ -109,17 +116,18 @@ def test_bad_content_is_refused_before_anything_runs(tiny_hub: Hub, tmp_path: Pa
 
     neox = build_model(tmp_path / "neox", "gpt_neox")
     foreign = make_adapter(neox, tmp_path / "neox-adapter", targets=("query_key_value",))
+    bo = person(tiny_hub, "bo")
     with pytest.raises(InvalidInput, match="does not exist in the base"):
         open_adapter(tiny_hub, foreign)
     bad = prs.Content(dataset=b'{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
     with pytest.raises(InvalidInput, match="line 1") as e:
-        prs.open_contribution(tiny_hub, prs.ContributionIn("tiny", "t", bad), "bo")
+        prs.open_contribution(tiny_hub, prs.ContributionIn("tiny", "t", bad), bo)
     assert "line 2" in str(e.value)  # every bad line named, not only the first
     with pytest.raises(InvalidInput, match="exactly one"):
-        prs.open_contribution(tiny_hub, prs.ContributionIn("tiny", "t", prs.Content()), "bo")
+        prs.open_contribution(tiny_hub, prs.ContributionIn("tiny", "t", prs.Content()), bo)
     with pytest.raises(InvalidInput, match="rank"):
         data = prs.ContributionIn("tiny", "t", prs.Content(dataset=DATASET), recipe={"rank": 0})
-        prs.open_contribution(tiny_hub, data, "bo")
+        prs.open_contribution(tiny_hub, data, bo)
     assert count(tiny_hub) == 0
     assert tiny_hub.jobs.list() == []
 
@@ -128,7 +136,7 @@ def test_bad_content_is_refused_before_anything_runs(tiny_hub: Hub, tmp_path: Pa
 
 
 def test_adapter_is_checked_on_claims_guard_and_suites(
-    tiny_hub: Hub, adapter: Path, maintainer: str
+    tiny_hub: Hub, adapter: Path, maintainer: Actor
 ) -> None:
     from upstream.suites import CaseIn, add_cases
 
@@ -165,35 +173,39 @@ def test_adapter_is_checked_on_claims_guard_and_suites(
     assert runs["community"].generated == 0 and runs["guard-tiny"].generated == 0
 
 
-def test_review_rules(tiny_hub: Hub, adapter: Path, maintainer: str) -> None:
-    cid = open_adapter(tiny_hub, adapter, author="bo")
+def test_review_rules(tiny_hub: Hub, adapter: Path, maintainer: Actor) -> None:
+    bo, cy = person(tiny_hub, "bo"), person(tiny_hub, "cy")
+    mia = person(tiny_hub, "mia", "maintainer")  # a maintainer who is no admin
+    cid = open_adapter(tiny_hub, adapter, author=bo)
     with pytest.raises(Conflict, match="only a passed"):
         prs.approve(tiny_hub, cid, maintainer)  # not checked yet
     check(tiny_hub, cid)
     force(tiny_hub, cid, "passed")  # as if it had passed
-    with pytest.raises(Forbidden, match="only a maintainer"):
-        prs.approve(tiny_hub, cid, "cy")
+    with pytest.raises(Forbidden, match="only a maintainer of tiny may approve"):
+        prs.approve(tiny_hub, cid, cy)
     own = open_adapter(tiny_hub, adapter, author=maintainer)
     force(tiny_hub, own, "passed")
-    with pytest.raises(Forbidden, match="cannot approve their own"):
+    with pytest.raises(Forbidden, match="may not approve their own work"):
         prs.approve(tiny_hub, own, maintainer)
     assert prs.approve(tiny_hub, cid, maintainer, "thanks")["state"] == "approved"
-    with pytest.raises(Forbidden, match="only its author or a maintainer"):
-        prs.queue_checks(tiny_hub, cid, "cy")
+    with pytest.raises(Forbidden, match="only a maintainer of tiny or its owner may re-run"):
+        prs.queue_checks(tiny_hub, cid, cy)
     with pytest.raises(Conflict, match="approved; its checks are not run again"):
-        prs.queue_checks(tiny_hub, cid, "bo")  # a re-check would silently drop the approval
+        prs.queue_checks(tiny_hub, cid, bo)  # a re-check would silently drop the approval
 
     failed = open_adapter(tiny_hub, adapter)
     force(tiny_hub, failed, "failed")
     with pytest.raises(Conflict, match="written reason"):
-        prs.approve(tiny_hub, failed, maintainer)
-    prs.approve(tiny_hub, failed, maintainer, override="the guard case is flaky")
+        prs.approve(tiny_hub, failed, mia)
+    prs.approve(tiny_hub, failed, mia, override="the guard case is flaky")
     with tiny_hub.session() as s:
-        events = prs.contribution_detail(prs.get_contribution(s, failed), True)["events"]
-    assert any(e["kind"] == "overridden" and "flaky" in e["note"] for e in events)
+        events = prs.contribution_detail(prs.get_contribution(s, failed), mia)["events"]
+    assert any(
+        e["kind"] == "overridden" and e["actor"] == "mia" and "flaky" in e["note"] for e in events
+    )
 
-    with pytest.raises(Forbidden, match="only a maintainer"):
-        prs.reject(tiny_hub, own, "bo", "no")
+    with pytest.raises(Forbidden, match="only a maintainer of tiny may reject"):
+        prs.reject(tiny_hub, own, bo, "no")
     with pytest.raises(InvalidInput, match="say why"):
         prs.reject(tiny_hub, own, maintainer, " ")
     assert prs.reject(tiny_hub, own, maintainer, "out of scope")["state"] == "rejected"
@@ -202,26 +214,26 @@ def test_review_rules(tiny_hub: Hub, adapter: Path, maintainer: str) -> None:
 
 
 def test_a_push_clears_the_approval_and_is_checked_again(
-    tiny_hub: Hub, adapter: Path, maintainer: str, tmp_path: Path
+    tiny_hub: Hub, adapter: Path, maintainer: Actor, tmp_path: Path
 ) -> None:
-    cid = open_adapter(tiny_hub, adapter)  # it claims nothing: its checks fail
+    bo, cy = person(tiny_hub, "bo"), person(tiny_hub, "cy")
+    cid = open_adapter(tiny_hub, adapter, author=bo)  # it claims nothing: its checks fail
     first = check(tiny_hub, cid)
     assert first["state"] == "failed"
     prs.approve(tiny_hub, cid, maintainer, override="a test of the push")
-    with pytest.raises(Forbidden, match="only its author"):
-        prs.push(tiny_hub, cid, prs.Content(adapter_dir=adapter), "cy")
+    with pytest.raises(Forbidden, match="or its owner may push to others' contributions"):
+        prs.push(tiny_hub, cid, prs.Content(adapter_dir=adapter), cy)
     with pytest.raises(InvalidInput, match="push a adapter"):
-        prs.push(tiny_hub, cid, prs.Content(dataset=DATASET), "bo")
+        prs.push(tiny_hub, cid, prs.Content(dataset=DATASET), bo)
     with tiny_hub.session() as s:
         base = materialize(tiny_hub, resolve(s, "tiny"))
     second = make_adapter(base, tmp_path / "second", seed=1)
-    assert prs.push(tiny_hub, cid, prs.Content(adapter_dir=second), "bo") == {
-        "id": cid,
-        "push": 2,
-        "state": "open",
-    }
+    pushed = prs.push(tiny_hub, cid, prs.Content(adapter_dir=second), bo, attempts=1)
+    assert pushed == {"id": cid, "push": 2, "state": "open", "job": pushed["job"]}
     with tiny_hub.session() as s:
-        events = [(e.kind, e.to_state) for e in prs.get_contribution(s, cid).events]
+        c = prs.get_contribution(s, cid)
+        events = [(e.kind, e.to_state) for e in c.events]
+        assert c.pushes[-1].job_id == pushed["job"] != c.pushes[0].job_id  # queued anew
     assert events[-2:] == [("approved", "approved"), ("pushed", "open")]
     detail = check(tiny_hub, cid)
     assert detail["push"] == 2 and detail["checks"]["push"] == 2
@@ -234,14 +246,16 @@ def test_a_push_clears_the_approval_and_is_checked_again(
     assert detail["checks"]["reasons"][0] == (
         "✗ claims no report; fixes 0 cases of the model's suites (at least 1 needed)"
     )
-    assert prs.close(tiny_hub, cid, "bo")["state"] == "closed"
+    with pytest.raises(Forbidden, match="or its owner may close"):
+        prs.close(tiny_hub, cid, cy)
+    assert prs.close(tiny_hub, cid, bo)["state"] == "closed"
 
 
 def test_a_dataset_is_trained_then_checked(tiny_hub: Hub) -> None:
     data = prs.ContributionIn(
         "tiny", "colours", prs.Content(dataset=DATASET), recipe={"epochs": 1, "rank": 2}
     )
-    cid = prs.open_contribution(tiny_hub, data, "bo")["id"]
+    cid = prs.open_contribution(tiny_hub, data, person(tiny_hub, "bo"), attempts=1)["id"]
     detail = check(tiny_hub, cid)
     training = detail["training"]
     # the 4 contributed examples and the base's own answers to twice as many ordinary prompts
@@ -458,7 +472,7 @@ def test_compare_counts_knowledge_kept_and_lost_and_the_ci_counts_it_as_broken(
     case = {name: by_prompt[prompt] for name, prompt in prompts.items()}
 
     result = compare(
-        tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens, can_see_heldout=True
+        tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens, viewer=owner(tiny_hub)
     )
     assert result["base"]["generated"] == result["candidate"]["generated"] == 0
     d = result["splits"]["all"]
@@ -480,7 +494,9 @@ def test_compare_counts_knowledge_kept_and_lost_and_the_ci_counts_it_as_broken(
     assert (d["harm"]["resolvable"], d["harm"]["by_bound"]) == (0, False)
     assert result["splits"]["heldout"]["knowledge"]["lost"] == [case["lost-held"]]
 
-    hidden = compare(tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens)["splits"]
+    bo = person(tiny_hub, "bo")  # a contributor: may compare, may not see held-out cases
+    hidden = compare(tiny_hub, "tiny", "other", "facts", max_new_tokens=tokens, viewer=bo)
+    hidden = hidden["splits"]
     assert hidden["all"]["knowledge"]["lost"] == sorted([case["lost"], case["broken"]])
     assert hidden["all"]["knowledge"]["lost_count"] == 3
     assert hidden["heldout"]["knowledge"] == {

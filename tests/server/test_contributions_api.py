@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.people import bearer
 from tests.server.conftest import wait_job
 from tests.test_contributions import make_adapter
 from upstream.hub import Hub
@@ -18,8 +19,9 @@ DATASET = "\n".join(
 
 
 def test_open_check_and_review(server: str, tiny_hub: Hub, tmp_path: Path) -> None:
-    bo = {"X-Upstream-User": "bo"}
-    maintainer = {"X-Upstream-User": next(iter(tiny_hub.settings.maintainer_names))}
+    bo = bearer(tiny_hub, "bo")
+    cy = bearer(tiny_hub, "cy")
+    maintainer = bearer(tiny_hub, "mia", "maintainer")
     with tiny_hub.session() as s:
         adapter = make_adapter(materialize(tiny_hub, resolve(s, "tiny")), tmp_path / "a")
     body = {
@@ -47,23 +49,29 @@ def test_open_check_and_review(server: str, tiny_hub: Hub, tmp_path: Path) -> No
     listed = httpx.get(f"{server}/api/contributions", params={"model": "tiny"}).json()
     assert [c["id"] for c in listed["contributions"]] == [opened["id"]]
 
-    own = httpx.post(f"{server}/api/contributions/{opened['id']}/approve", json={}, headers=bo)
-    assert own.status_code == 403 and "only a maintainer" in own.json()["error"]
-    rejected = httpx.post(
-        f"{server}/api/contributions/{opened['id']}/reject",
-        json={"reason": "not needed"},
-        headers=maintainer,
-    )
+    assert shown["events"][0]["actor"] == "bo"  # the token's user is the author
+    url = f"{server}/api/contributions/{opened['id']}"
+    own = httpx.post(f"{url}/approve", json={}, headers=bo)
+    assert own.status_code == 403 and own.json()["error"]["code"] == "forbidden"
+    assert "bo may not approve their own work" in own.json()["error"]["message"]
+    other = httpx.post(f"{url}/approve", json={"override": "x"}, headers=cy)
+    assert other.status_code == 403 and "only a maintainer" in other.json()["error"]["message"]
+    other = httpx.post(f"{url}/reject", json={"reason": "no"}, headers=cy)
+    assert other.status_code == 403 and "only a maintainer" in other.json()["error"]["message"]
+    anonymous = httpx.post(f"{url}/reject", json={"reason": "no"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+    rejected = httpx.post(f"{url}/reject", json={"reason": "not needed"}, headers=maintainer)
     assert rejected.status_code == 200 and rejected.json()["state"] == "rejected"
 
 
 def test_bad_input_is_refused_with_the_reason(server: str, tiny_hub: Hub) -> None:
-    headers = {"X-Upstream-User": "bo"}
+    headers = bearer(tiny_hub, "bo")
     url = f"{server}/api/contributions"
     bad_line = httpx.post(
         url, json={"model": "tiny", "title": "t", "dataset": DATASET + "\n[1, 2]"}, headers=headers
     )
-    assert bad_line.status_code == 422 and "line 3" in bad_line.json()["error"]
+    assert bad_line.status_code == 422 and "line 3" in bad_line.json()["error"]["message"]
+    assert bad_line.json()["error"]["code"] == "invalid_input"
     both = httpx.post(
         url,
         json={
@@ -74,7 +82,7 @@ def test_bad_input_is_refused_with_the_reason(server: str, tiny_hub: Hub) -> Non
         },
         headers=headers,
     )
-    assert both.status_code == 422 and "exactly one" in both.json()["error"]
+    assert both.status_code == 422 and "exactly one" in both.json()["error"]["message"]
     not_b64 = httpx.post(
         url,
         json={
@@ -84,8 +92,16 @@ def test_bad_input_is_refused_with_the_reason(server: str, tiny_hub: Hub) -> Non
         },
         headers=headers,
     )
-    assert not_b64.status_code == 422 and "base64" in not_b64.json()["error"]
-    nobody = httpx.post(url, json={"model": "tiny", "title": "t", "dataset": DATASET})
-    assert nobody.status_code == 422 and "X-Upstream-User" in nobody.json()["error"]
+    assert not_b64.status_code == 422 and "base64" in not_b64.json()["error"]["message"]
+    good = {"model": "tiny", "title": "t", "dataset": DATASET}
+    nobody = httpx.post(url, json=good)  # anonymous: may read, not write
+    assert nobody.status_code == 401 and nobody.json()["error"]["code"] == "unauthorized"
+    assert "Authorization: Bearer" in nobody.json()["error"]["message"]
+    named = httpx.post(url, json=good, headers={"X-Upstream-User": "bo"})  # ignored now
+    assert named.status_code == 401 and named.json()["error"]["code"] == "unauthorized"
+    reporter = httpx.post(url, json=good, headers=bearer(tiny_hub, "ana", "reporter"))
+    assert (
+        reporter.status_code == 403 and "only a contributor" in reporter.json()["error"]["message"]
+    )
     assert httpx.get(url).json() == {"contributions": []}
     assert httpx.get(f"{url}/7").status_code == 404
