@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.people import owner, person
 from upstream import reports as domain
+from upstream.access import ANONYMOUS
 from upstream.duplicates import clusters
-from upstream.errors import Conflict, InvalidInput, NotFound
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from upstream.hub import Hub
 from upstream.reproduction import reproduce
 from upstream.triage import close, confirm
@@ -18,13 +20,15 @@ ALWAYS = {"type": "max_words", "value": 10_000}
 
 
 def file_one(hub: Hub, reporter: str = "ana", **fields) -> domain.Filed:
+    """File one report as `reporter` (an account with the reporter role, made if missing)."""
     data = {
         "model": "tiny",
         "prompt": "What is the capital of France?",
         "max_new_tokens": 6,
         **fields,
     }
-    return domain.submit_one(hub, domain.parse_report(data), reporter, "cli").filed[0]
+    actor = person(hub, reporter, "reporter")
+    return domain.submit_one(hub, domain.parse_report(data), actor, "cli").filed[0]
 
 
 def detail(hub: Hub, report_id: int) -> dict:
@@ -68,8 +72,8 @@ def test_same_content_twice_is_one_report_with_two_reporters(tiny_hub: Hub) -> N
 def test_paraphrases_of_three_failures_form_three_clusters(tiny_hub: Hub) -> None:
     good, bad = domain.parse_jsonl((DATA / "paraphrased_failures.jsonl").read_bytes(), "tiny")
     assert len(good) == 20 and bad == []
-    submission = domain.submit(tiny_hub, good, "ana", "import")
-    assert len(submission.to_reproduce) == 20
+    submission = domain.submit(tiny_hub, good, person(tiny_hub, "ana", "reporter"), "import")
+    assert len(submission.to_reproduce) == 20 and submission.job is not None
     with tiny_hub.session() as s:
         groups = clusters(domain.list_reports(s, domain.ReportQuery(limit=1000)))
         tags = {r.id: r.tags for r in domain.list_reports(s, domain.ReportQuery(limit=1000))}
@@ -93,8 +97,9 @@ def test_a_bad_jsonl_is_refused_whole_with_every_line_listed(tiny_hub: Hub, tmp_
     ]
     raw = ("\n".join(lines) + "\n").encode()
     good, bad = domain.parse_jsonl(raw, "tiny")
+    ana = person(tiny_hub, "ana", "reporter")
     with pytest.raises(InvalidInput) as refused:
-        domain.submit(tiny_hub, good, "ana", "cli", invalid=bad)
+        domain.submit(tiny_hub, good, ana, "cli", invalid=bad)
     message = str(refused.value)
     for n, reason in [
         (2, "not JSON"),
@@ -108,7 +113,7 @@ def test_a_bad_jsonl_is_refused_whole_with_every_line_listed(tiny_hub: Hub, tmp_
     assert "6 invalid report(s), nothing filed" in message
     with tiny_hub.session() as s:
         assert domain.list_reports(s, domain.ReportQuery()) == []
-    partial = domain.submit(tiny_hub, good, "ana", "cli", skip_invalid=True, invalid=bad)
+    partial = domain.submit(tiny_hub, good, ana, "cli", skip_invalid=True, invalid=bad)
     assert len(partial.filed) == 2 and [n for n, _ in partial.invalid] == [2, 3, 4, 5, 6, 7]
 
 
@@ -133,33 +138,39 @@ def test_unknown_revision_and_bad_check_name_the_field(tiny_hub: Hub) -> None:
         file_one(tiny_hub, variants=[{"prompt": "x", "expected": {"type": "fuzzy"}}])
     with pytest.raises(InvalidInput, match="severity"):
         file_one(tiny_hub, severity="apocalyptic")
+    anonymous = domain.parse_report({"model": "tiny", "prompt": "who am I?"})
+    with pytest.raises(Unauthorized, match="sign in to file reports"):
+        domain.submit_one(tiny_hub, anonymous, ANONYMOUS, "api")
 
 
-def test_triage_maintainer_and_three_people(tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UPSTREAM_MAINTAINERS", "mia")
-    hub = Hub.open(tiny_hub.settings.home)
+def test_triage_maintainer_and_three_people(tiny_hub: Hub) -> None:
+    hub = tiny_hub
+    mia = person(hub, "mia", "maintainer", model="tiny")  # a maintainer of this model only
+    ana, bo, cy, di = (person(hub, n, "reporter") for n in ("ana", "bo", "cy", "di"))
     direct = file_one(hub, "ana", expected=NEVER)
-    assert confirm(hub, direct.id, "mia")["status"] == "confirmed"
+    assert confirm(hub, direct.id, mia)["status"] == "confirmed"
 
     crowd = file_one(hub, "ana", prompt="hi", expected=NEVER)
-    with pytest.raises(InvalidInput, match="its reporter .ana. cannot confirm"):
-        confirm(hub, crowd.id, "ana")
-    assert confirm(hub, crowd.id, "bo")["status"] == "new"
+    with pytest.raises(Unauthorized):
+        confirm(hub, crowd.id, ANONYMOUS)
+    with pytest.raises(Forbidden, match="ana may not confirm"):
+        confirm(hub, crowd.id, ana)
+    assert confirm(hub, crowd.id, bo)["status"] == "new"
     with pytest.raises(Conflict, match="already confirmed"):
-        confirm(hub, crowd.id, "bo")
-    assert confirm(hub, crowd.id, "cy")["status"] == "new"
-    final = confirm(hub, crowd.id, "di")
+        confirm(hub, crowd.id, bo)
+    assert confirm(hub, crowd.id, cy)["status"] == "new"
+    final = confirm(hub, crowd.id, di)
     assert final["status"] == "confirmed" and final["confirmations"] == ["bo", "cy", "di"]
     history = detail(hub, crowd.id)["events"]
     assert history[-1]["actor"] == "di" and history[-1]["to"] == "confirmed"
 
-    with pytest.raises(InvalidInput, match="only a maintainer or its reporter"):
-        close(hub, direct.id, "bo", "not a bug")
-    assert close(hub, direct.id, "mia", "by design")["status"] == "wontfix"
+    with pytest.raises(Forbidden, match="only a maintainer of tiny or its owner may close"):
+        close(hub, direct.id, bo, "not a bug")
+    assert close(hub, direct.id, mia, "by design")["status"] == "wontfix"
     dup = file_one(hub, "ed", prompt="Write a story", expected=NEVER)
-    assert close(hub, dup.id, "mia", "same", crowd.id)["status"] == "duplicate"
+    assert close(hub, dup.id, mia, "same", crowd.id)["status"] == "duplicate"
     with pytest.raises(Conflict, match="is duplicate; only open reports"):
-        confirm(hub, dup.id, "mia")
+        confirm(hub, dup.id, mia)
 
 
 def test_list_filters(tiny_hub: Hub) -> None:
@@ -194,14 +205,17 @@ def test_rescoring_changes_the_verdict_without_generating(
         raise AssertionError("rescoring must not generate")
 
     monkeypatch.setattr(hf.HFEngine, "generate", no_generation)
-    result = rescore(tiny_hub, [filed.id], "mia", {"type": "exact", "value": output})
+    mia = person(tiny_hub, "mia", "maintainer")
+    with pytest.raises(Forbidden, match="only a maintainer"):
+        rescore(tiny_hub, [filed.id], person(tiny_hub, "ana"), {"type": "exact", "value": ""})
+    result = rescore(tiny_hub, [filed.id], mia, {"type": "exact", "value": output})
     assert result["reports"][filed.id]["result"] == "not_reproduced"
     d = detail(tiny_hub, filed.id)
     assert d["status"] == "not_reproduced" and d["expected"]["value"] == output
     assert d["events"][-2]["kind"] == "check" and d["events"][-2]["actor"] == "mia"
     unrun = file_one(tiny_hub, prompt="never run", expected=NEVER)
     with pytest.raises(InvalidInput, match="not been reproduced yet"):
-        rescore(tiny_hub, [unrun.id], "mia")
+        rescore(tiny_hub, [unrun.id], mia)
 
 
 def test_fixed_records_the_revision(tiny_hub: Hub) -> None:
@@ -210,7 +224,7 @@ def test_fixed_records_the_revision(tiny_hub: Hub) -> None:
     filed = file_one(tiny_hub, expected=NEVER)
     with pytest.raises(Conflict, match="can move to"):
         mark_fixed(tiny_hub, filed.id, 1, "release")  # only confirmed reports get fixed
-    confirm(tiny_hub, filed.id, next(iter(tiny_hub.settings.maintainer_names)))
+    confirm(tiny_hub, filed.id, owner(tiny_hub))
     mark_fixed(tiny_hub, filed.id, 1, "release")
     with tiny_hub.session() as s:
         report = domain.get_report(s, filed.id)
@@ -229,7 +243,7 @@ def test_repeated_lines_in_one_file_keep_each_report_its_own_vector(tiny_hub: Hu
     items = [
         (i + 1, domain.parse_report({"model": "tiny", "prompt": p})) for i, p in enumerate(prompts)
     ]
-    filed = domain.submit(tiny_hub, items, "ana", "import").filed
+    filed = domain.submit(tiny_hub, items, person(tiny_hub, "ana", "reporter"), "import").filed
     assert filed[0].id == filed[1].id and not filed[1].created
     assert filed[2].similar_to is None and filed[3].similar_to is None
     with tiny_hub.session() as s:
@@ -248,7 +262,7 @@ def test_only_open_reports_of_the_same_model_are_linked(
     first = file_one(tiny_hub, "ana", prompt="What is the capital of Australia?")
     elsewhere = file_one(tiny_hub, "bo", model="other", prompt="Name Australia's capital.")
     assert elsewhere.similar_to is None
-    close(tiny_hub, first.id, "ana", "my mistake")
+    close(tiny_hub, first.id, person(tiny_hub, "ana"), "my mistake")  # its reporter may
     after_close = file_one(tiny_hub, "bo", prompt="Name Australia's capital.")
     assert after_close.similar_to is None
     linked = file_one(tiny_hub, "cy", prompt="Which city is the capital of Australia?")
@@ -268,6 +282,8 @@ def test_the_same_content_filed_at_once_is_one_report(tiny_hub: Hub) -> None:
         barrier.wait()
         results.append(file_one(tiny_hub, user, prompt="a race", expected=NEVER))
 
+    for u in ("ana", "bo"):  # the accounts exist before the race, which is on the report
+        person(tiny_hub, u, "reporter")
     threads = [threading.Thread(target=go, args=(u,)) for u in ("ana", "bo")]
     for t in threads:
         t.start()
@@ -291,8 +307,9 @@ def test_duplicate_closing_is_checked(tiny_hub: Hub) -> None:
     a = file_one(tiny_hub, "ana", prompt="one")
     b = file_one(tiny_hub, "ana", prompt="two")
     c = file_one(tiny_hub, "ana", prompt="three")
+    ana = person(tiny_hub, "ana")
     with pytest.raises(InvalidInput, match="another report of the same model"):
-        close(tiny_hub, a.id, "ana", "self", a.id)
-    close(tiny_hub, b.id, "ana", "same as one", a.id)
+        close(tiny_hub, a.id, ana, "self", a.id)
+    close(tiny_hub, b.id, ana, "same as one", a.id)
     with pytest.raises(InvalidInput, match="itself a duplicate"):
-        close(tiny_hub, c.id, "ana", "chain", b.id)
+        close(tiny_hub, c.id, ana, "chain", b.id)

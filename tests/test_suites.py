@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.people import owner, person
 from upstream import reports, suites
 from upstream.db.schema import EvalOutput
 from upstream.engines.base import GenResult
-from upstream.errors import InvalidInput, NotFound
+from upstream.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from upstream.evals import run_eval
 from upstream.hub import Hub
 from upstream.triage import confirm
@@ -52,11 +53,15 @@ def test_build_from_confirmed_reports_links_each_variant(tiny_hub: Hub) -> None:
         "variants": ["France's capital?"],
         "max_new_tokens": 4,
     }
-    filed = reports.submit_one(tiny_hub, reports.parse_report(data), "ana", "cli").filed[0]
+    ana = person(tiny_hub, "ana", "reporter")
+    filed = reports.submit_one(tiny_hub, reports.parse_report(data), ana, "cli").filed[0]
+    mia = person(tiny_hub, "mia", "maintainer", model="tiny")
     with pytest.raises(InvalidInput, match="no confirmed report with tag"):
-        suites.build_from_reports(tiny_hub, "caps", "capitals")
-    confirm(tiny_hub, filed.id, next(iter(tiny_hub.settings.maintainer_names)))
-    built = suites.build_from_reports(tiny_hub, "caps", "capitals")
+        suites.build_from_reports(tiny_hub, mia, "caps", "capitals", model="tiny")
+    confirm(tiny_hub, filed.id, owner(tiny_hub))
+    with pytest.raises(Forbidden, match="only a maintainer of tiny may build"):
+        suites.build_from_reports(tiny_hub, person(tiny_hub, "bo"), "caps", "capitals", "tiny")
+    built = suites.build_from_reports(tiny_hub, mia, "caps", "capitals", model="tiny")
     assert (built["cases"], built["reports"]) == (2, 1)
     with tiny_hub.session() as s:
         v = suites.get_version(s, "caps")
@@ -199,16 +204,23 @@ def test_compare_lists_fixed_and_broken_and_hides_heldout_ids(
         }
     assert heldout and len(heldout) < 16
 
-    d = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3, can_see_heldout=True)["splits"][
-        "all"
-    ]
+    maintainer = person(tiny_hub, "mia", "maintainer")
+    contributor = person(tiny_hub, "bo", "contributor")
+    with pytest.raises(Unauthorized, match="sign in to run evaluations"):
+        compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3)  # anonymous by default
+    full = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3, viewer=maintainer)
+    d = full["splits"]["all"]
     assert d["fixed"] == sorted(ids[8:]) and d["broken"] == sorted(ids[:8])
     assert (d["base_rate"], d["cand_rate"], d["p_value"]) == (0.5, 0.5, 1.0)
-    hidden = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3)["splits"]["all"]
+    hidden = compare(tiny_hub, "tiny", "other", "s", max_new_tokens=3, viewer=contributor)[
+        "splits"
+    ]["all"]
     assert hidden["fixed_count"] == 8 and not set(hidden["fixed"]) & heldout
     assert len(hidden["fixed"]) + len(hidden["broken"]) == 16 - len(heldout)
 
-    same = compare(tiny_hub, "tiny", "tiny", "s", max_new_tokens=3)["splits"]["all"]
+    same = compare(tiny_hub, "tiny", "tiny", "s", max_new_tokens=3, viewer=contributor)["splits"][
+        "all"
+    ]
     assert same["fixed"] == same["broken"] == [] and same["p_value"] == 1.0
     board = leaderboard(tiny_hub, "s")
     assert {r["model"] for r in board} == {"tiny", "other"}

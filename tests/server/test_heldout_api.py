@@ -3,12 +3,14 @@
 A hub gets a suite whose cases carry marker strings in their prompts and checks, a
 claimed report, a contribution the CI checks against them, an evaluation and a release.
 Then every GET route of the app, enumerated from `app.routes` so that a new route is
-covered without editing this file, is requested over HTTP by an anonymous viewer and by
-the contribution's author. No body may hold a held-out case's prompt, check, id or
-generated output. A maintainer sees those markers on the suite, so they are real.
+covered without editing this file, is requested over HTTP by an anonymous viewer, by
+the contribution's author and by the report's reporter, each signed in with a bearer
+token. No body may hold a held-out case's prompt, check, id or generated output. A
+maintainer sees those markers on the suite, so they are real.
 
-Who may see held-out cases is, until accounts arrive, the `X-Upstream-User` header naming
-one of the hub's `maintainers` (`triage.is_maintainer`).
+Who may see held-out cases is a maintainer of the suite's model (`access.RULES`:
+`suites.heldout`): MAINTAINER holds that role on `tiny` only, and acts through a token
+like everyone else.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fastapi import FastAPI
 from fastapi import routing as fastapi_routing
 from sqlalchemy import select
 
+from tests.people import bearer, person
 from tests.server.conftest import wait_job
 from tests.test_contributions import make_adapter
 from upstream import releases, suites
@@ -45,8 +48,9 @@ from upstream.hub import Hub
 from upstream.registry import materialize, resolve
 from upstream.server.app import create_app
 
-MAINTAINER = "maya"
-VIEWERS = {"anonymous": {}, "author": {"X-Upstream-User": "bo"}}
+MAINTAINER = "maya"  # a maintainer of `tiny` (not of the hub)
+AUTHOR = "bo"  # a contributor: opens the contribution
+REPORTER = "ana"  # a reporter: files the report it claims to fix
 SUITE = "secrets"
 TOKENS = 12  # generated per case by the CI and the evaluation: enough to differ, and fast
 MIN_OUTPUT_CHARS = 12  # a generated output shorter than this is no distinctive marker
@@ -60,11 +64,21 @@ QUERIES: dict[str, list[dict[str, Any]]] = {
     "/api/credits": [{"model": "tiny"}],
 }
 
+# GET routes some viewers may not read at all (they show accounts, never cases), and the
+# refusal each of those viewers gets; every other GET answers 200. Refusals are searched
+# for held-out cases too.
+REFUSED: dict[tuple[str, str], int] = {
+    ("/api/users", "anonymous"): 401,
+    ("/api/users", "author"): 403,
+    ("/api/users", "reporter"): 403,
+    ("/api/tokens", "anonymous"): 401,
+}
+
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
-    """A hub whose only maintainer is MAINTAINER (not the OS user), with short CI outputs."""
-    h = Hub.open(tmp_path / "home", maintainers=MAINTAINER, check_max_new_tokens=TOKENS)
+    """A hub with short CI outputs (its accounts are made once `tiny` is imported)."""
+    h = Hub.open(tmp_path / "home", check_max_new_tokens=TOKENS)
     yield h
     h.close()
 
@@ -206,7 +220,13 @@ def _urls(paths: list[str], hub: Hub) -> list[tuple[str, dict[str, Any]]]:
 def test_heldout_cases_are_hidden_on_every_get_route(
     server: str, tiny_hub: Hub, tmp_path: Path
 ) -> None:
-    maintainer = {"X-Upstream-User": MAINTAINER}
+    maintainer = bearer(tiny_hub, MAINTAINER, "maintainer", model="tiny")
+    author = bearer(tiny_hub, AUTHOR, "contributor")
+    viewers = {
+        "anonymous": {},
+        "author": author,
+        "reporter": bearer(tiny_hub, REPORTER, "reporter"),
+    }
     cases = _marked_cases()
     heldout = [c for c in cases if _is_heldout(c)]
     public = [c for c in cases if not _is_heldout(c)]
@@ -223,7 +243,8 @@ def test_heldout_cases_are_hidden_on_every_get_route(
             "expected": {"type": "max_words", "value": 2},
             "max_new_tokens": 5,
         },
-        headers={"X-Upstream-User": "ana"},
+        headers=viewers["reporter"],
+        timeout=120,  # the first report loads the embedding model
     )
     assert r.status_code == 201, r.text
     report = r.json()
@@ -235,7 +256,7 @@ def test_heldout_cases_are_hidden_on_every_get_route(
         "adapter": _adapter_body(tiny_hub, tmp_path / "adapter"),
         "fixes": [report["id"]],
     }
-    r = httpx.post(f"{server}/api/contributions", json=body, headers=VIEWERS["author"])
+    r = httpx.post(f"{server}/api/contributions", json=body, headers=author, timeout=60)
     assert r.status_code == 201, r.text
     opened = r.json()
     job = wait_job(server, opened["job"], timeout=600)
@@ -248,7 +269,7 @@ def test_heldout_cases_are_hidden_on_every_get_route(
     )
     assert approved.status_code == 200, approved.text
     planned = releases.plan_release(
-        tiny_hub, releases.ReleaseIn("tiny", [opened["id"]]), MAINTAINER
+        tiny_hub, releases.ReleaseIn("tiny", [opened["id"]]), person(tiny_hub, MAINTAINER)
     )
     job = wait_job(server, releases.queue_release(tiny_hub, planned["id"]), timeout=600)
     assert job["state"] == "done", job["error"]
@@ -256,6 +277,7 @@ def test_heldout_cases_are_hidden_on_every_get_route(
         r = httpx.post(
             f"{server}/api/evals",
             json={"model": "tiny", "suite": SUITE, "split": split, "max_new_tokens": TOKENS},
+            headers=author,
         )
         assert r.status_code == 202, r.text
         assert wait_job(server, r.json()["job"])["state"] == "done"
@@ -296,9 +318,12 @@ def test_heldout_cases_are_hidden_on_every_get_route(
     leaks = []
     requested = 0
     for url, query in _urls(paths, tiny_hub):
-        for viewer, headers in VIEWERS.items():
+        for viewer, headers in viewers.items():
             r = httpx.get(f"{server}{url}", params=query, headers=headers, timeout=60)
-            assert r.status_code == 200, f"GET {url} {query} as {viewer}: {r.status_code} {r.text}"
+            expected = REFUSED.get((url, viewer), 200)
+            assert r.status_code == expected, (
+                f"GET {url} {query} as {viewer}: {r.status_code} {r.text}"
+            )
             requested += 1
             texts = _texts(r)
             leaks += [
@@ -306,5 +331,5 @@ def test_heldout_cases_are_hidden_on_every_get_route(
                 for kind, text in sorted(secrets)
                 if any(text in t for t in texts)
             ]
-    assert requested >= 2 * len(paths)
+    assert requested >= len(viewers) * len(paths)
     assert not leaks, "held-out cases shown to a viewer who may not see them:\n" + "\n".join(leaks)

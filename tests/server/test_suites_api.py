@@ -2,6 +2,7 @@
 
 import httpx
 
+from tests.people import bearer
 from tests.server.conftest import wait_job
 from upstream import suites
 from upstream.hub import Hub
@@ -18,16 +19,23 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
     assert listed["s"]["cases"] == 12 and listed["s"]["kind"] == "community"
     assert listed["guard-tiny"]["kind"] == "guard"  # made when the model was imported
 
+    contributor = bearer(tiny_hub, "bo", "contributor")
     anyone = httpx.get(f"{server}/api/suites/s").json()["case_list"]
-    maintainer = next(iter(tiny_hub.settings.maintainer_names))
-    full = httpx.get(f"{server}/api/suites/s", headers={"X-Upstream-User": maintainer}).json()[
-        "case_list"
-    ]
+    signed_in = httpx.get(f"{server}/api/suites/s", headers=contributor).json()["case_list"]
+    maintainer = bearer(tiny_hub, "mia", "maintainer", model="tiny")
+    full = httpx.get(f"{server}/api/suites/s", headers=maintainer).json()["case_list"]
     hidden = [c for c in anyone if c["split"] == "heldout"]
     assert hidden and all(c == {"split": "heldout", "hidden": True} for c in hidden)
+    assert signed_in == anyone  # only a maintainer of the suite's model sees held-out cases
     assert all("prompt" in c for c in full)
 
-    r = httpx.post(f"{server}/api/evals", json={"model": "tiny", "suite": "s", "max_new_tokens": 3})
+    body = {"model": "tiny", "suite": "s", "max_new_tokens": 3}
+    r = httpx.post(f"{server}/api/evals", json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    reporter = bearer(tiny_hub, "ana", "reporter")
+    r = httpx.post(f"{server}/api/evals", json=body, headers=reporter)
+    assert r.status_code == 403 and "only a contributor" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/api/evals", json=body, headers=contributor)
     assert r.status_code == 202
     job_id = r.json()["job"]
     job = wait_job(server, job_id)
@@ -36,5 +44,7 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
     board = httpx.get(f"{server}/api/leaderboard").json()["leaderboard"]
     assert board[0]["model"] == "tiny" and board[0]["all"]["rate"] == 0.0
 
-    bad = httpx.post(f"{server}/api/evals", json={"model": "tiny", "suite": "nope"})
-    assert bad.status_code == 404 and "unknown suite" in bad.json()["error"]
+    bad = httpx.post(
+        f"{server}/api/evals", json={"model": "tiny", "suite": "nope"}, headers=contributor
+    )
+    assert bad.status_code == 404 and "unknown suite" in bad.json()["error"]["message"]
