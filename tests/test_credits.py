@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tests.people import person
 from upstream import contributions as prs
 from upstream import triage
+from upstream.access import Actor
 from upstream.credits import (
     CONTRIBUTOR_MAX_CASES,
     CONTRIBUTOR_PER_CASE,
@@ -46,9 +48,16 @@ MAINTAINERS = ("maia", "rex")
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
     """Two maintainers; two confirmations by others confirm a report."""
-    h = Hub.open(tmp_path / "home", maintainers=",".join(MAINTAINERS), confirmations_needed=2)
+    h = Hub.open(tmp_path / "home", confirmations_needed=2)
+    for name in MAINTAINERS:
+        person(h, name, "maintainer")
     yield h
     h.close()
+
+
+def who(hub: Hub, name: str) -> Actor:
+    """The account `name` acts as: a maintainer of MAINTAINERS, else a contributor."""
+    return person(hub, name, "maintainer" if name in MAINTAINERS else "contributor")
 
 
 def model(hub: Hub, name: str = "m") -> int:
@@ -90,7 +99,7 @@ def report(hub: Hub, model_id: int, reporter: str, *confirmers: str) -> int:
         s.flush()
         rid = r.id
     for user in confirmers:
-        triage.confirm(hub, rid, user)
+        triage.confirm(hub, rid, who(hub, user))
     return rid
 
 
@@ -171,18 +180,22 @@ def by_role(entries: list[dict[str, Any]]) -> dict[str, set[tuple[str, str]]]:
 def test_every_role_is_credited(hub: Hub) -> None:
     m = model(hub)
     fixed = report(hub, m, "ana", "bo")
-    with pytest.raises(InvalidInput, match="its reporter"):
-        triage.confirm(hub, fixed, "ana")  # nobody confirms their own report
-    triage.confirm(hub, fixed, "cy")  # the second of two others: confirmed
+    with pytest.raises(Forbidden, match="its reporter"):
+        triage.confirm(hub, fixed, who(hub, "ana"))  # nobody confirms their own report
+    triage.confirm(hub, fixed, who(hub, "cy"))  # the second of two others: confirmed
     move(hub, fixed, "fixed", "passes in release 1")
     other = report(hub, m, "dee", "maia")  # a maintainer confirms: reporter credit only
     report(hub, m, "eve", "bo")  # one confirmation of two: unconfirmed, nothing
     closed = report(hub, m, "fay")
-    triage.close(hub, closed, "maia", "not a bug")
+    triage.close(hub, closed, who(hub, "maia"), "not a bug")
     cid = contribution(hub, m, "gil", [fixed], "failed")
-    with pytest.raises(Forbidden, match="only a maintainer may approve"):
-        prs.approve(hub, cid, "gil", override="mine")
-    prs.approve(hub, cid, "maia", override="the guard case is flaky")  # overridden, approved
+    with pytest.raises(Forbidden, match="only a maintainer of m may approve"):
+        prs.approve(hub, cid, who(hub, "bo"), override="looks fine to me")
+    with pytest.raises(Forbidden, match="gil may not approve their own work"):
+        prs.approve(hub, cid, who(hub, "gil"), override="mine")
+    prs.approve(
+        hub, cid, who(hub, "maia"), override="the guard case is flaky"
+    )  # overridden, approved
     merge(hub, cid)
     rel = release(hub, m, [cid])
     retention = {cid: {"fixed_alone": 4, "retained": 3, "retention": 0.75}}
@@ -218,10 +231,10 @@ def test_maintainers_are_credited_for_confirming_and_reviewing_others_work(hub: 
     move(hub, fixed, "fixed", "passes in release 1")
     first = contribution(hub, m, "gil", [fixed], "passed")
     second = contribution(hub, m, "rex", [], "passed")  # a maintainer's own
-    with pytest.raises(Forbidden, match="own contribution"):
-        prs.approve(hub, second, "rex")
-    prs.approve(hub, first, "rex")
-    prs.approve(hub, second, "maia")
+    with pytest.raises(Forbidden, match="rex may not approve their own work"):
+        prs.approve(hub, second, who(hub, "rex"))
+    prs.approve(hub, first, who(hub, "rex"))
+    prs.approve(hub, second, who(hub, "maia"))
     merge(hub, first)
     merge(hub, second)
     rel = release(hub, m, [first, second])
@@ -238,9 +251,9 @@ def test_maintainers_are_credited_for_confirming_and_reviewing_others_work(hub: 
 def test_only_merged_contributions_and_fixed_reports_earn_credit(hub: Hub) -> None:
     m = model(hub)
     cid = contribution(hub, m, "gil", [], "passed")
-    prs.reject(hub, cid, "rex", "it teaches the wrong answer")
+    prs.reject(hub, cid, who(hub, "rex"), "it teaches the wrong answer")
     with pytest.raises(Conflict, match="rejected; it cannot"):
-        prs.close(hub, cid, "gil")
+        prs.close(hub, cid, who(hub, "gil"))
     rel = release(hub, m, [cid])
     with pytest.raises(InvalidInput, match=f"contribution {cid} is rejected, not merged"):
         record(hub, rel, [], [cid])
@@ -256,7 +269,7 @@ def test_contributor_points_are_capped_and_need_no_retention(hub: Hub) -> None:
     big = contribution(hub, m, "gil", [], "passed")
     unmeasured = contribution(hub, m, "hal", [], "passed")
     for cid in (big, unmeasured):
-        prs.approve(hub, cid, "maia")
+        prs.approve(hub, cid, who(hub, "maia"))
         merge(hub, cid)
     rel = release(hub, m, [big, unmeasured])
     retention = {big: {"fixed_alone": 500, "retained": 500, "retention": 1.0}}
@@ -306,7 +319,7 @@ def test_recording_twice_adds_nothing(hub: Hub) -> None:
     r = report(hub, m, "ana", "bo", "cy")
     move(hub, r, "fixed", "passes in release 1")
     cid = contribution(hub, m, "gil", [r], "passed")
-    prs.approve(hub, cid, "maia")
+    prs.approve(hub, cid, who(hub, "maia"))
     merge(hub, cid)
     rel = release(hub, m, [cid])
     retention = {cid: {"fixed_alone": 1, "retained": 1, "retention": 1.0}}
@@ -345,7 +358,7 @@ def test_credits_table_adds_up_per_user_and_filters_by_model(hub: Hub) -> None:
     r1 = report(hub, m, "ana", "bo", "cy")
     move(hub, r1, "fixed", "passes in release 1")
     cid = contribution(hub, m, "bo", [r1], "passed")
-    prs.approve(hub, cid, "maia")
+    prs.approve(hub, cid, who(hub, "maia"))
     merge(hub, cid)
     record(hub, release(hub, m, [cid]), [r1], [cid], {cid: {"fixed_alone": 2, "retained": 2}})
     report(hub, m, "ana", "rex")

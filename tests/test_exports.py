@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.people import owner, person
 from upstream import suites
 from upstream.checks import parse_check
 from upstream.db.schema import EvalRun
 from upstream.engines.base import GenResult
-from upstream.errors import InvalidInput, NotFound
+from upstream.errors import Forbidden, InvalidInput, NotFound
 from upstream.evals import run_eval
 from upstream.exports import export_suite, task_name
 from upstream.hub import Hub
@@ -40,9 +41,10 @@ def some_cases(n: int) -> list[suites.CaseIn]:
 def ids_by_split(hub: Hub, name: str) -> dict[str, list[str]]:
     with hub.session() as s:
         cases = suites.version_cases(s, suites.get_version(s, name))
+        secret = suites.split_secret(s)
     out: dict[str, list[str]] = {"public": [], "heldout": []}
     for c in cases:
-        out[suites.case_split(c, 30)].append(c.id)
+        out[suites.case_split(c, 30, secret)].append(c.id)
     return out
 
 
@@ -58,7 +60,7 @@ def test_jsonl_exports_public_cases_and_imports_back(hub: Hub, tmp_path: Path) -
     split = ids_by_split(hub, "s")
     assert split["public"] and split["heldout"]
 
-    result = export_suite(hub, "s", "jsonl", tmp_path / "out")
+    result = export_suite(hub, owner(hub), "s", "jsonl", tmp_path / "out")
     assert result["files"] == ["cases.jsonl", "suite.json"]
     assert (result["suite"], result["version"], result["format"]) == ("s", 1, "jsonl")
     assert result["cases"] == len(split["public"])
@@ -75,7 +77,7 @@ def test_jsonl_exports_public_cases_and_imports_back(hub: Hub, tmp_path: Path) -
 
     assert reimport(hub, tmp_path / "out" / "cases.jsonl", "copy") == split["public"]
 
-    everything = export_suite(hub, "s", "jsonl", tmp_path / "all", include_heldout=True)
+    everything = export_suite(hub, owner(hub), "s", "jsonl", tmp_path / "all", include_heldout=True)
     assert everything["splits"] == {
         "public": len(split["public"]),
         "heldout": len(split["heldout"]),
@@ -83,6 +85,13 @@ def test_jsonl_exports_public_cases_and_imports_back(hub: Hub, tmp_path: Path) -
     with hub.session() as s:
         manifest = list(suites.get_version(s, "s").case_ids)
     assert reimport(hub, tmp_path / "all" / "cases.jsonl", "copy-all") == manifest
+
+    # held-out cases are a maintainer's to export; anyone may export the public ones
+    bo = person(hub, "bo")
+    with pytest.raises(Forbidden, match="only a maintainer may see held-out cases"):
+        export_suite(hub, bo, "s", "jsonl", tmp_path / "bo-all", include_heldout=True)
+    assert not (tmp_path / "bo-all").exists()
+    assert export_suite(hub, bo, "s", "jsonl", tmp_path / "bo")["cases"] == len(split["public"])
 
 
 def test_export_refuses_bad_requests_and_leaves_nothing_behind(
@@ -94,39 +103,42 @@ def test_export_refuses_bad_requests_and_leaves_nothing_behind(
     tmp_path.mkdir()
     suites.add_cases(hub, "s", some_cases(6))
     with pytest.raises(InvalidInput, match="allowed formats are jsonl, hf, lm-eval"):
-        export_suite(hub, "s", "csv", tmp_path / "a")
+        export_suite(hub, owner(hub), "s", "csv", tmp_path / "a")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("mine")
     with pytest.raises(InvalidInput, match="not an empty directory"):
-        export_suite(hub, "s", "jsonl", tmp_path / "full")
+        export_suite(hub, owner(hub), "s", "jsonl", tmp_path / "full")
     with pytest.raises(NotFound, match="unknown suite 'nope'"):
-        export_suite(hub, "nope", "jsonl", tmp_path / "b")
+        export_suite(hub, owner(hub), "nope", "jsonl", tmp_path / "b")
     with pytest.raises(NotFound, match="no version 7"):
-        export_suite(hub, "s", "jsonl", tmp_path / "b", version=7)
+        export_suite(hub, owner(hub), "s", "jsonl", tmp_path / "b", version=7)
 
     # a suite whose cases are all held out has nothing to give everyone
+    with hub.session() as s:
+        secret = suites.split_secret(s)
     hidden = [
         c
         for c in some_cases(40)
-        if suites.split_of(suites.split_key(None, suites.input_hash(c.messages)), 90) == "heldout"
+        if suites.split_of(suites.split_key(None, suites.input_hash(c.messages)), 90, secret)
+        == "heldout"
     ]
     suites.add_cases(hub, "hidden", hidden, heldout_percent=90)
     with pytest.raises(InvalidInput, match="no case that may be exported .*--include-heldout"):
-        export_suite(hub, "hidden", "hf", tmp_path / "b")
+        export_suite(hub, owner(hub), "hidden", "hf", tmp_path / "b")
 
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(exports, "_write_jsonl", crash)
     with pytest.raises(OSError, match="disk full"):
-        export_suite(hub, "s", "jsonl", tmp_path / "c")
+        export_suite(hub, owner(hub), "s", "jsonl", tmp_path / "c")
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing half-written
 
     (tmp_path / "empty").mkdir()  # an existing empty directory is fine
-    assert export_suite(hub, "hidden", "jsonl", tmp_path / "empty", include_heldout=True)[
-        "cases"
-    ] == len(hidden)
+    assert export_suite(
+        hub, owner(hub), "hidden", "jsonl", tmp_path / "empty", include_heldout=True
+    )["cases"] == len(hidden)
 
 
 def test_hf_export_reads_with_datasets_and_imports_back(hub: Hub, tmp_path: Path) -> None:
@@ -151,7 +163,7 @@ def test_hf_export_reads_with_datasets_and_imports_back(hub: Hub, tmp_path: Path
     suites.add_cases(hub, "s", cases)
     public = ids_by_split(hub, "s")["public"]
     out = tmp_path / "hf"
-    result = export_suite(hub, "s", "hf", out)
+    result = export_suite(hub, owner(hub), "s", "hf", out)
     assert {"README.md", "data/test.parquet", "suite.json", "dataset_info.json"} <= set(
         result["files"]
     )
@@ -179,7 +191,7 @@ def test_hf_export_reads_with_datasets_and_imports_back(hub: Hub, tmp_path: Path
 
     assert reimport(hub, out, "copy") == public  # `upstream suites import` reads it
     assert "Private" not in card
-    private = export_suite(hub, "s", "hf", tmp_path / "private", include_heldout=True)
+    private = export_suite(hub, owner(hub), "s", "hf", tmp_path / "private", include_heldout=True)
     assert private["splits"]["heldout"] > 0
     assert "Do not publish it" in (tmp_path / "private" / "README.md").read_text()
 
@@ -188,7 +200,8 @@ def test_exports_link_reports_and_keep_unshared_ones_home(tiny_hub: Hub, tmp_pat
     from upstream import reports
     from upstream.triage import confirm
 
-    maintainer = next(iter(tiny_hub.settings.maintainer_names))
+    maintainer = owner(tiny_hub)
+    ana = person(tiny_hub, "ana", "reporter")
     filed = []
     for prompt, consent in (("What is the capital of France?", True), ("Name a colour.", False)):
         data = {
@@ -201,12 +214,12 @@ def test_exports_link_reports_and_keep_unshared_ones_home(tiny_hub: Hub, tmp_pat
             "license": "CC-BY-4.0",
             "consent": consent,
         }
-        report = reports.submit_one(tiny_hub, reports.parse_report(data), "ana", "cli").filed[0]
+        report = reports.submit_one(tiny_hub, reports.parse_report(data), ana, "cli").filed[0]
         confirm(tiny_hub, report.id, maintainer)
         filed.append(report.id)
-    suites.build_from_reports(tiny_hub, "caps", "caps", heldout_percent=0)
+    suites.build_from_reports(tiny_hub, maintainer, "caps", "caps", heldout_percent=0)
 
-    result = export_suite(tiny_hub, "caps", "hf", tmp_path / "hf")
+    result = export_suite(tiny_hub, owner(tiny_hub), "caps", "hf", tmp_path / "hf")
     assert result["cases"] == 2  # the prompt and variant of the shared report only
     info = json.loads((tmp_path / "hf" / "suite.json").read_text())
     assert set(info["reports"].values()) == {filed[0]} and len(info["reports"]) == 2
@@ -216,7 +229,10 @@ def test_exports_link_reports_and_keep_unshared_ones_home(tiny_hub: Hub, tmp_pat
     assert yaml.safe_load(card.split("---\n")[1])["license"] == "cc-by-4.0"
     assert "Private" not in card
 
-    maintainers = export_suite(tiny_hub, "caps", "jsonl", tmp_path / "j", include_heldout=True)
+    tiny_maintainer = person(tiny_hub, "maia", "maintainer", model="tiny")
+    maintainers = export_suite(
+        tiny_hub, tiny_maintainer, "caps", "jsonl", tmp_path / "j", include_heldout=True
+    )
     assert maintainers["cases"] == 2  # held-out or not, unshared reports stay home
 
 
@@ -230,7 +246,7 @@ def load_scorer(export_dir: Path) -> Any:
 
 def test_lm_eval_scorer_is_the_hubs_checks_copied(hub: Hub, tmp_path: Path) -> None:
     suites.add_cases(hub, "s", some_cases(6), heldout_percent=0)
-    export_suite(hub, "s", "lm-eval", tmp_path / "task")
+    export_suite(hub, owner(hub), "s", "lm-eval", tmp_path / "task")
     copied = (tmp_path / "task" / "upstream_checks.py").read_text()
     from upstream import checks
 
@@ -276,7 +292,7 @@ def test_lm_eval_leaves_out_cases_it_cannot_pose(hub: Hub, tmp_path: Path) -> No
         ),
     ]
     suites.add_cases(hub, "s", cases, heldout_percent=0)
-    result = export_suite(hub, "s", "lm-eval", tmp_path / "task")
+    result = export_suite(hub, owner(hub), "s", "lm-eval", tmp_path / "task")
     assert result["cases"] == 1 and result["task"] == "upstream_s"
     assert [s["reason"][:20] for s in result["skipped"]] == [
         "lm-eval poses one us",
@@ -288,7 +304,7 @@ def test_lm_eval_leaves_out_cases_it_cannot_pose(hub: Hub, tmp_path: Path) -> No
 
     suites.add_cases(hub, "odd", cases[1:], heldout_percent=0)
     with pytest.raises(InvalidInput, match="can run in lm-eval.*export jsonl or hf instead"):
-        export_suite(hub, "odd", "lm-eval", tmp_path / "none")
+        export_suite(hub, owner(hub), "odd", "lm-eval", tmp_path / "none")
     assert task_name("my.suite-2") == "upstream_my_suite_2"
 
 
@@ -350,7 +366,9 @@ def test_lm_eval_scores_the_export_as_upstream_does(
     assert ended & set(our_pass)  # a public reply stopped at EOS: both must cut it there
 
     export = tmp_path / "task"
-    result = export_suite(tiny_hub, "s", "lm-eval", export, max_new_tokens=MAX_NEW_TOKENS)
+    result = export_suite(
+        tiny_hub, owner(tiny_hub), "s", "lm-eval", export, max_new_tokens=MAX_NEW_TOKENS
+    )
     assert result["cases"] == len(our_pass) and not result["skipped"]
 
     env = {

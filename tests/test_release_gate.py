@@ -19,9 +19,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tests.people import owner, person
 from tests.tiny_models import build_keyed_model, keyed_adapter
 from upstream import contributions as prs
 from upstream import releases
+from upstream.access import Actor
 from upstream.credits import credits_table
 from upstream.db.schema import Job, Tag
 from upstream.demo import DATA
@@ -32,7 +34,6 @@ from upstream.hub import Hub
 from upstream.jobs import JobFailed
 from upstream.registry import import_model, resolve
 from upstream.reports import get_report, parse_report, submit_one
-from upstream.reproduction import reproduce
 from upstream.suites import CaseIn, add_cases
 from upstream.training import Conversation, Recipe, train_adapter
 from upstream.triage import confirm
@@ -79,11 +80,11 @@ def hub(tmp_path: Path, keyed_dir: Path) -> Iterator[Hub]:
 
 
 @pytest.fixture
-def maintainer(hub: Hub) -> str:
-    return next(iter(hub.settings.maintainer_names))
+def maintainer(hub: Hub) -> Actor:
+    return owner(hub)
 
 
-def fixable_report(hub: Hub, maintainer: str, name: str, adapter: Path) -> int:
+def fixable_report(hub: Hub, maintainer: Actor, name: str, adapter: Path) -> int:
     """A confirmed report that the base fails and `adapter` passes: it expects exactly the
     adapter's answer, as the CI generates it."""
     messages = [{"role": "user", "content": PROMPTS[name]}]
@@ -95,21 +96,24 @@ def fixable_report(hub: Hub, maintainer: str, name: str, adapter: Path) -> int:
         "expected": {"type": "exact", "value": answer, "strict": True},
         "max_new_tokens": tokens,
     }
-    rid = submit_one(hub, parse_report(data), f"reporter-{name}", "cli").filed[0].id
-    assert reproduce(hub, [rid])["reports"][rid]["result"] == "reproduced"
+    reporter = person(hub, f"reporter-{name}", "reporter")
+    filed = submit_one(hub, parse_report(data), reporter, "cli")
+    rid = filed.filed[0].id
+    assert filed.job is not None  # filing queued its reproduction
+    assert hub.jobs.run_now(filed.job)["reports"][str(rid)]["result"] == "reproduced"
     confirm(hub, rid, maintainer)
     return rid
 
 
 def contribution(hub: Hub, adapter: Path, fixes: list[int], author: str = "bo") -> int:
     data = prs.ContributionIn("tiny", adapter.name, prs.Content(adapter_dir=adapter), fixes)
-    cid = prs.open_contribution(hub, data, author)["id"]
-    hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
-    return cid
+    opened = prs.open_contribution(hub, data, person(hub, author), attempts=1)
+    hub.jobs.run_now(opened["job"])
+    return int(opened["id"])
 
 
 def claimed_fix(
-    hub: Hub, maintainer: str, adapters: dict[str, Path], name: str, author: str = "bo"
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path], name: str, author: str = "bo"
 ) -> tuple[int, int]:
     """A fixable report for adapter `name`, and its checked contribution claiming it."""
     rid = fixable_report(hub, maintainer, name, adapters[name])
@@ -132,7 +136,7 @@ def suite_line(lines: list[str], suite: str) -> str:
     return line
 
 
-def release(hub: Hub, maintainer: str, ids: list[int], progress: Any = None) -> dict[str, Any]:
+def release(hub: Hub, maintainer: Actor, ids: list[int], progress: Any = None) -> dict[str, Any]:
     planned = releases.plan_release(hub, releases.ReleaseIn("tiny", ids), maintainer)
     return hub.jobs.run_now(releases.queue_release(hub, planned["id"]), progress)
 
@@ -176,7 +180,7 @@ def worker_killed_in(hub: Hub, job_id: int) -> Iterator[Session]:
 
 
 def test_fixes_that_break_nothing_pass_alone_and_ship_together(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     swim, a = claimed_fix(hub, maintainer, adapters, "swim-a")
     cherry, b = claimed_fix(hub, maintainer, adapters, "cherry", author="cy")
@@ -207,7 +211,7 @@ def test_fixes_that_break_nothing_pass_alone_and_ship_together(
         "reporter-cherry": {"reporter": 1, "fixed": 1},
         "bo": {"contributor": 1},
         "cy": {"contributor": 1},
-        maintainer: {"confirmer": 2, "reviewer": 2},
+        maintainer.name: {"confirmer": 2, "reviewer": 2},
     }
 
 
@@ -215,7 +219,7 @@ def test_fixes_that_break_nothing_pass_alone_and_ship_together(
 
 
 def test_fixes_that_pass_alone_but_not_together_stay_a_candidate(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     first, a = claimed_fix(hub, maintainer, adapters, "swim-a")
     second, b = claimed_fix(hub, maintainer, adapters, "swim-b", author="cy")
@@ -237,7 +241,7 @@ def test_fixes_that_pass_alone_but_not_together_stay_a_candidate(
 
 
 def test_a_release_that_breaks_the_guard_stays_a_candidate(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     # the terse adapter fixes its report, and cuts every guard answer to a word or two
     rid, cid = claimed_fix(hub, maintainer, adapters, "harmful")
@@ -265,7 +269,7 @@ def test_a_release_that_breaks_the_guard_stays_a_candidate(
 
 
 def test_a_contribution_pushed_while_its_release_is_built_is_not_merged(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     rid, cid = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, cid, maintainer)
@@ -275,7 +279,7 @@ def test_a_contribution_pushed_while_its_release_is_built_is_not_merged(
     def push_while_checking(done: float, total: float, message: str) -> None:
         if message.startswith("guard-tiny") and not pushed:  # merged, now being checked
             content = prs.Content(adapter_dir=adapters["swim-c"])
-            pushed.append(prs.push(hub, cid, content, "bo")["push"])
+            pushed.append(prs.push(hub, cid, content, person(hub, "bo"))["push"])
 
     result = release(hub, maintainer, [cid], push_while_checking)
 
@@ -293,7 +297,7 @@ def test_a_contribution_pushed_while_its_release_is_built_is_not_merged(
 
 
 def test_a_crashed_release_leaves_nothing_half_done_and_runs_again(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     rid, cid = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, cid, maintainer)
@@ -318,7 +322,7 @@ def test_a_crashed_release_leaves_nothing_half_done_and_runs_again(
 
 
 def test_a_release_whose_worker_died_does_not_hold_its_contributions(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     _, cid = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, cid, maintainer)
@@ -337,31 +341,33 @@ def test_a_release_whose_worker_died_does_not_hold_its_contributions(
 
 
 def test_a_crashed_check_runs_again_to_a_verdict(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     rid = fixable_report(hub, maintainer, "swim-a", adapters["swim-a"])
     data = prs.ContributionIn("tiny", "swim", prs.Content(adapter_dir=adapters["swim-a"]), [rid])
-    cid = prs.open_contribution(hub, data, "bo")["id"]
+    bo = person(hub, "bo")
+    opened = prs.open_contribution(hub, data, bo, attempts=1)
+    cid = opened["id"]
 
     def power_cut(done: float, total: float, message: str) -> None:
         if message.startswith("guard-tiny"):
             raise RuntimeError("power cut")
 
     with pytest.raises(JobFailed, match="power cut"):
-        hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1), power_cut)
+        hub.jobs.run_now(opened["job"], power_cut)
     assert state(hub, cid) == "open"  # back to open, not stuck checking
     with pytest.raises(Conflict, match="only a passed"):
         prs.approve(hub, cid, maintainer)
-    hub.jobs.run_now(prs.queue_checks(hub, cid, "bo"))
+    hub.jobs.run_now(prs.queue_checks(hub, cid, bo))
     assert state(hub, cid) == "passed"
 
     # a worker killed in the middle of a check: its job gives up, and the author checks again
-    second = prs.push(hub, cid, prs.Content(adapter_dir=adapters["swim-c"]), "bo")["push"]
-    job_id = prs.queue_checks(hub, cid, max_attempts=1)
+    pushed = prs.push(hub, cid, prs.Content(adapter_dir=adapters["swim-c"]), bo, attempts=1)
+    second, job_id = pushed["push"], pushed["job"]
     with worker_killed_in(hub, job_id) as s:
         prs.set_state(s, prs.get_contribution(s, cid), "checking", "ci", f"push {second}")
     # no other worker came: the author's re-check finds the job given up, the state open
-    hub.jobs.run_now(prs.queue_checks(hub, cid, "bo"))
+    hub.jobs.run_now(prs.queue_checks(hub, cid, bo))
     assert hub.jobs.get(job_id).state == "failed"
     with hub.session() as s:
         c = prs.get_contribution(s, cid)
@@ -374,7 +380,7 @@ def test_a_crashed_check_runs_again_to_a_verdict(
 
 
 def test_a_release_that_breaks_a_fixed_report_within_the_margin_reopens_it(
-    hub: Hub, maintainer: str, adapters: dict[str, Path]
+    hub: Hub, maintainer: Actor, adapters: dict[str, Path]
 ) -> None:
     first, a = claimed_fix(hub, maintainer, adapters, "swim-a")
     prs.approve(hub, a, maintainer)

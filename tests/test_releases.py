@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.people import owner, person
 from tests.test_contributions import make_adapter
 from upstream import contributions as prs
 from upstream import releases
+from upstream.access import Actor
 from upstream.errors import Conflict, Forbidden, InvalidInput
 from upstream.hub import Hub
 from upstream.registry import import_model, materialize, resolve
@@ -30,19 +32,19 @@ def hub(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Hub]:
 
 
 @pytest.fixture
-def maintainer(hub: Hub) -> str:
-    return next(iter(hub.settings.maintainer_names))
+def maintainer(hub: Hub) -> Actor:
+    return owner(hub)
 
 
-def approved(hub: Hub, maintainer: str, adapter: Path, author: str = "bo") -> int:
+def approved(hub: Hub, maintainer: Actor, adapter: Path, author: str = "bo") -> int:
     data = prs.ContributionIn("tiny", f"fix {adapter.name}", prs.Content(adapter_dir=adapter))
-    cid = prs.open_contribution(hub, data, author)["id"]
-    hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
-    return prs.approve(hub, cid, maintainer)["id"]  # refused unless its checks passed
+    opened = prs.open_contribution(hub, data, person(hub, author), attempts=1)
+    hub.jobs.run_now(opened["job"])
+    return prs.approve(hub, opened["id"], maintainer)["id"]  # refused unless its checks passed
 
 
 @pytest.fixture
-def two(hub: Hub, maintainer: str, tmp_path: Path) -> tuple[list[int], list[Path]]:
+def two(hub: Hub, maintainer: Actor, tmp_path: Path) -> tuple[list[int], list[Path]]:
     with hub.session() as s:
         base = materialize(hub, resolve(s, "tiny"))
     dirs = [make_adapter(base, tmp_path / f"a{i}", seed=i) for i in range(2)]
@@ -50,7 +52,7 @@ def two(hub: Hub, maintainer: str, tmp_path: Path) -> tuple[list[int], list[Path
 
 
 def test_a_linear_release_is_checked_tagged_credited_and_exported(
-    hub: Hub, maintainer: str, two: tuple[list[int], list[Path]], tmp_path: Path
+    hub: Hub, maintainer: Actor, two: tuple[list[int], list[Path]], tmp_path: Path
 ) -> None:
     import torch
     from safetensors.torch import load_file
@@ -86,7 +88,9 @@ def test_a_linear_release_is_checked_tagged_credited_and_exported(
         assert latest.card.startswith("---\n") and "model-index" in latest.card
     assert result["versions"]["torch"] and result["inputs"]["base"] == result["base"]
 
-    out = releases.export_revision(hub, "tiny@v2", tmp_path / "export")
+    with pytest.raises(Forbidden, match="only a maintainer of tiny may export revisions"):
+        releases.export_revision(hub, person(hub, "bo"), "tiny@v2", tmp_path / "export")
+    out = releases.export_revision(hub, maintainer, "tiny@v2", tmp_path / "export")
     export = Path(out["out"])
     assert (export / "README.md").read_text().startswith("---\n")
     merged = AutoModelForCausalLM.from_pretrained(export, local_files_only=True)
@@ -111,7 +115,7 @@ def test_a_linear_release_is_checked_tagged_credited_and_exported(
 
     with hub.session() as s:
         table = {r["user"]: r for r in credits_table(s, "tiny")}
-    assert "contributor" in table["bo"]["roles"] and "reviewer" in table[maintainer]["roles"]
+    assert "contributor" in table["bo"]["roles"] and "reviewer" in table[maintainer.name]["roles"]
 
 
 def _base(hub: Hub, rev: str):  # type: ignore[no-untyped-def]
@@ -121,7 +125,7 @@ def _base(hub: Hub, rev: str):  # type: ignore[no-untyped-def]
 
 def test_preflight_refuses_before_any_merge(
     hub: Hub,
-    maintainer: str,
+    maintainer: Actor,
     two: tuple[list[int], list[Path]],
     tiny_model_dir: Path,
     tmp_path: Path,
@@ -129,7 +133,7 @@ def test_preflight_refuses_before_any_merge(
     ids, dirs = two
     plan = releases.plan_release
     with pytest.raises(Forbidden, match="only a maintainer"):
-        plan(hub, releases.ReleaseIn("tiny", ids), "bo")
+        plan(hub, releases.ReleaseIn("tiny", ids), person(hub, "bo"))
     with pytest.raises(InvalidInput, match="allowed linear, ties, dare_ties, retrain"):
         plan(hub, releases.ReleaseIn("tiny", ids, "average"), maintainer)
     with pytest.raises(InvalidInput, match="weight"):
@@ -170,7 +174,7 @@ def test_preflight_refuses_before_any_merge(
         assert s.query(releases.Release).count() == 0  # nothing recorded, nothing merged
 
 
-def test_retrain_trains_one_adapter_on_every_dataset(hub: Hub, maintainer: str) -> None:
+def test_retrain_trains_one_adapter_on_every_dataset(hub: Hub, maintainer: Actor) -> None:
     from tests.test_contributions import DATASET
 
     ids = []
@@ -178,8 +182,9 @@ def test_retrain_trains_one_adapter_on_every_dataset(hub: Hub, maintainer: str) 
         data = prs.ContributionIn(
             "tiny", title, prs.Content(dataset=DATASET), recipe={"epochs": 1, "rank": 2}
         )
-        cid = prs.open_contribution(hub, data, "bo")["id"]
-        hub.jobs.run_now(prs.queue_checks(hub, cid, max_attempts=1))
+        opened = prs.open_contribution(hub, data, person(hub, "bo"), attempts=1)
+        cid = opened["id"]
+        hub.jobs.run_now(opened["job"])
         with hub.session() as s:
             failed = prs.get_contribution(s, cid).state == "failed"
         prs.approve(hub, cid, maintainer, override="test" if failed else "")
@@ -193,13 +198,15 @@ def test_retrain_trains_one_adapter_on_every_dataset(hub: Hub, maintainer: str) 
 
 
 def test_search_builds_every_candidate_and_ships_only_the_chosen(
-    hub: Hub, maintainer: str, two: tuple[list[int], list[Path]]
+    hub: Hub, maintainer: Actor, two: tuple[list[int], list[Path]]
 ) -> None:
     ids, _ = two
     with hub.session() as s:
         before = resolve(s, "tiny").hash
     with pytest.raises(Forbidden, match="only a maintainer"):
-        releases.search_release(hub, "tiny", ids, "bo", dry_run=True, methods=["linear"])
+        releases.search_release(
+            hub, "tiny", ids, person(hub, "bo"), dry_run=True, methods=["linear"]
+        )
     with pytest.raises(InvalidInput, match="no candidate left"):
         releases.search_release(hub, "tiny", ids, maintainer, methods=["retrain"])
 
@@ -216,7 +223,7 @@ def test_search_builds_every_candidate_and_ships_only_the_chosen(
         assert all(prs.get_contribution(s, i).state == "approved" for i in ids)
 
     with pytest.raises(Forbidden):
-        releases.ship_release(hub, dry["chosen"], "bo")
+        releases.ship_release(hub, dry["chosen"], person(hub, "bo"))
     with pytest.raises(InvalidInput, match="is a release of tiny, not other"):
         releases.ship_release(hub, dry["chosen"], maintainer, "other")
     shipped = releases.ship_release(hub, dry["chosen"], maintainer)
@@ -234,7 +241,7 @@ def test_search_builds_every_candidate_and_ships_only_the_chosen(
 
 
 def test_search_ships_the_passing_candidate_with_the_best_retention(
-    hub: Hub, maintainer: str, two: tuple[list[int], list[Path]]
+    hub: Hub, maintainer: Actor, two: tuple[list[int], list[Path]]
 ) -> None:
     ids, _ = two
     result = releases.search_release(hub, "tiny", ids, maintainer, methods=["linear"])

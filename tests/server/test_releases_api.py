@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.people import owner, person
 from tests.test_contributions import make_adapter
 from upstream import contributions as prs
 from upstream import releases
@@ -27,13 +28,13 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 
 
 def test_releases_and_credits_are_readable(server: str, tiny_hub: Hub, tmp_path: Path) -> None:
-    maintainer = next(iter(tiny_hub.settings.maintainer_names))
+    maintainer = owner(tiny_hub)
     with tiny_hub.session() as s:
         adapter = make_adapter(materialize(tiny_hub, resolve(s, "tiny")), tmp_path / "a")
-    cid = prs.open_contribution(
-        tiny_hub, prs.ContributionIn("tiny", "a fix", prs.Content(adapter_dir=adapter)), "bo"
-    )["id"]
-    tiny_hub.jobs.run_now(prs.queue_checks(tiny_hub, cid, max_attempts=1))
+    data = prs.ContributionIn("tiny", "a fix", prs.Content(adapter_dir=adapter))
+    opened = prs.open_contribution(tiny_hub, data, person(tiny_hub, "bo"), attempts=1)
+    cid = opened["id"]
+    tiny_hub.jobs.run_now(opened["job"])
     prs.approve(tiny_hub, cid, maintainer)  # refused unless its checks passed
     planned = releases.plan_release(tiny_hub, releases.ReleaseIn("tiny", [cid]), maintainer)
     built = tiny_hub.jobs.run_now(releases.queue_release(tiny_hub, planned["id"]))
@@ -45,12 +46,12 @@ def test_releases_and_credits_are_readable(server: str, tiny_hub: Hub, tmp_path:
     assert one["reasons"] == built["reasons"] and one["contributions"] == [cid]
     assert {(e["user"], e["role"]) for e in one["credits"]} == {
         ("bo", "contributor"),
-        (maintainer, "reviewer"),
+        (maintainer.name, "reviewer"),
     }
     credits = httpx.get(f"{server}/api/credits", params={"model": "tiny"}).json()["credits"]
     assert {c["user"]: c["roles"] for c in credits} == {
         "bo": {"contributor": 1},
-        maintainer: {"reviewer": 1},
+        maintainer.name: {"reviewer": 1},
     }
     assert httpx.get(f"{server}/api/releases/99").status_code == 404
     assert httpx.get(f"{server}/api/credits", params={"model": "nope"}).status_code == 404
