@@ -423,14 +423,16 @@ def seed_outputs(hub: Hub, ref: str, answers: dict[str, str], max_new_tokens: in
             )
 
 
-def prompt_in(split: str, stem: str) -> str:
-    """The first "STEM #i" whose case lands in `split` of a suite holding out 50 %."""
-    from upstream.suites import input_hash, split_key, split_of
+def prompt_in(hub: Hub, split: str, stem: str) -> str:
+    """The first "STEM #i" whose case lands in `split` of a suite of `hub` holding out 50 %."""
+    from upstream.suites import input_hash, split_key, split_of, split_secret
 
+    with hub.session() as s:
+        secret = split_secret(s)
     for i in itertools.count():
         prompt = f"{stem} #{i}"
         key = split_key(None, input_hash([{"role": "user", "content": prompt}]))
-        if split_of(key, 50) == split:
+        if split_of(key, 50, secret) == split:
             return prompt
     raise AssertionError("unreachable")
 
@@ -454,7 +456,7 @@ def test_compare_counts_knowledge_kept_and_lost_and_the_ci_counts_it_as_broken(
         ("neither", "public", {"type": "number", "value": 4}, "many", "lots"),
         ("no-answer", "public", {"type": "max_words", "value": 3}, "ok", "ok"),
     ]
-    prompts = {name: prompt_in(split, f"question {name}") for name, split, *_ in rows}
+    prompts = {name: prompt_in(tiny_hub, split, f"question {name}") for name, split, *_ in rows}
     tokens = tiny_hub.settings.check_max_new_tokens  # what compare_on generates
     seed_outputs(tiny_hub, "tiny", {prompts[r[0]]: r[3] for r in rows}, tokens)
     seed_outputs(tiny_hub, "other", {prompts[r[0]]: r[4] for r in rows}, tokens)

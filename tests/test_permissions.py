@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.people import owner, person
-from tests.server.conftest import free_port
+from tests.server.conftest import serve
 from tests.test_cli import all_commands
 from upstream import accounts, suites
 from upstream import contributions as prs
@@ -253,25 +249,6 @@ def _actor(hub: Hub, name: str | None, scopes: list[str] | None) -> Actor:
         return ANONYMOUS
     actor = accounts.actor_named(hub, name)
     return Actor(actor.name, actor.role, frozenset(scopes) if scopes else None, actor.model_roles)
-
-
-@contextmanager
-def serve(hub: Hub) -> Iterator[str]:
-    """The app over real HTTP, without a worker (queued jobs stay queued)."""
-    port = free_port()
-    config = uvicorn.Config(create_app(hub), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_every_write_route_for_every_role(tiny_hub: Hub) -> None:

@@ -36,9 +36,11 @@ def test_case_ids_versions_and_stable_split(tiny_hub: Hub) -> None:
         v1, v2 = (suites.get_version(s, "s", n) for n in (1, 2))
         assert v2.case_ids[:20] == v1.case_ids  # v1 stays frozen
         v2_cases = suites.version_cases(s, v2)
-        splits = [suites.case_split(c, 30) for c in v2_cases]
+        key = suites.split_secret(s)
+        splits = [suites.case_split(c, 30, key) for c in v2_cases]
+    assert len(key) == 64  # a new hub's own secret
     assert 0 < splits.count("heldout") < 25
-    assert splits == [suites.case_split(c, 30) for c in v2_cases]  # stable
+    assert splits == [suites.case_split(c, 30, key) for c in v2_cases]  # stable
     a = suites.case_id([{"role": "user", "content": "x"}], NEVER)
     assert a == suites.case_id([{"role": "user", "content": "x"}], NEVER)
     assert a != suites.case_id([{"role": "user", "content": "x"}], ALWAYS)
@@ -69,7 +71,8 @@ def test_build_from_confirmed_reports_links_each_variant(tiny_hub: Hub) -> None:
         assert {c.report_id for c in built_cases} == {filed.id}
         # a report's variants share a side of the split, whatever the percentage
         for percent in range(0, 100, 7):
-            assert len({suites.case_split(c, percent) for c in built_cases}) == 1
+            key = suites.split_secret(s)
+            assert len({suites.case_split(c, percent, key) for c in built_cases}) == 1
 
 
 def test_eval_is_incremental_and_rescoring_generates_nothing(
@@ -200,7 +203,7 @@ def test_compare_lists_fixed_and_broken_and_hides_heldout_ids(
         heldout = {
             c.id
             for c in suites.version_cases(s, suites.get_version(s, "s"))
-            if suites.case_split(c, 30) == "heldout"
+            if suites.case_split(c, 30, suites.split_secret(s)) == "heldout"
         }
     assert heldout and len(heldout) < 16
 

@@ -49,12 +49,15 @@ class Rule(NamedTuple):
     what: str  # said in the refusal: "only a maintainer may {what}"
     or_owner: str | None = None
     not_owner: bool = False
+    own: str = "their own work"  # what the owner is refused, with not_owner
 
 
 RULES: dict[str, Rule] = {
     # reports
     "reports.file": Rule("reporter", "report", "file reports"),
-    "reports.confirm": Rule("reporter", "report", "confirm reports", not_owner=True),
+    "reports.confirm": Rule(
+        "reporter", "report", "confirm reports", not_owner=True, own="their own report"
+    ),
     "reports.triage": Rule("maintainer", "review", "confirm reports directly"),
     "reports.close": Rule("maintainer", "review", "close reports", or_owner="report"),
     "reports.reproduce": Rule("maintainer", "review", "reproduce reports again"),
@@ -140,7 +143,8 @@ def require(actor: Actor, action: str, model: str | None = None, owner: str | No
     if actor.anonymous:
         raise Unauthorized(f"sign in to {rule.what}: send `Authorization: Bearer <token>`")
     if rule.not_owner and owner == actor.name:
-        raise Forbidden(f"{actor.name} may not {rule.what} their own work")
+        verb = rule.what.split(" ", 1)[0]
+        raise Forbidden(f"{actor.name} may not {verb} {rule.own}")
     role = actor.role_on(model)
     where = f" of {model}" if model else ""
     if role is not None and ROLES.index(role) >= ROLES.index(rule.role):

@@ -206,6 +206,23 @@ def validate_adapter(
     )
 
 
+def adapter_files(adapter_dir: Path, max_bytes: int) -> list[Path]:
+    """The files of an adapter folder to take, checked before any is read or copied:
+    only the adapter's own files, regular (not links), the weights within `max_bytes`."""
+    _check_files(adapter_dir)
+    files = [adapter_dir / n for n in ADAPTER_FILES + OPTIONAL_FILES if (adapter_dir / n).exists()]
+    links = [f.name for f in files if f.is_symlink() or not f.is_file()]
+    if links:
+        raise InvalidInput(f"{adapter_dir}: {', '.join(links)}: not regular files (links refused)")
+    size = (adapter_dir / ADAPTER_FILES[1]).stat().st_size
+    if size > max_bytes:
+        raise InvalidInput(
+            f"{adapter_dir / ADAPTER_FILES[1]}: {size} bytes; adapters may be at most "
+            f"{max_bytes} bytes ({max_bytes / 2**20:g} MiB)"
+        )
+    return files
+
+
 def _check_files(adapter_dir: Path) -> None:
     """Exactly the adapter files (and harmless text); pickles and anything else refused."""
     if not adapter_dir.is_dir():

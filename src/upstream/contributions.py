@@ -429,23 +429,24 @@ def _store(hub: Hub, revision: Revision, content: Content) -> tuple[dict[str, An
         read_dataset(hub, content.dataset, content.dataset_name)
         blob = hub.blobs.put_bytes(content.dataset)
         return {DATASET_FILE: {"sha256": blob.sha256, "size": blob.size}}, None
-    from upstream.adapters import validate_adapter
+    from upstream.adapters import adapter_files, validate_adapter
     from upstream.registry import materialize
 
     assert content.adapter_dir is not None
     source = Path(content.adapter_dir)
+    if not source.is_dir():
+        raise NotFound(f"adapter {source}: no such directory")
+    max_bytes = int(settings.adapter_max_mb * 2**20)
+    taken = adapter_files(source, max_bytes)  # an adapter folder, not any tree
     base_dir = materialize(hub, revision)
     # Validate a private copy, then store that copy: what was checked is what is kept.
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
         copy = Path(tmp) / "adapter"
-        if not source.is_dir():
-            raise NotFound(f"adapter {source}: no such directory")
-        shutil.copytree(source, copy, symlinks=False)  # the files themselves
+        copy.mkdir()
+        for f in taken:
+            shutil.copyfile(f, copy / f.name)
         info = validate_adapter(
-            copy,
-            base_dir,
-            max_rank=settings.adapter_max_rank,
-            max_bytes=int(settings.adapter_max_mb * 2**20),
+            copy, base_dir, max_rank=settings.adapter_max_rank, max_bytes=max_bytes
         )
         files = store_adapter(hub, copy)
     return files, info.as_dict()

@@ -29,7 +29,7 @@ from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, 
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
 from upstream.errors import InvalidInput, NotFound
-from upstream.suites import SPLITS, case_split, get_version, version_cases
+from upstream.suites import SPLITS, case_split, get_version, split_secret, version_cases
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -103,11 +103,11 @@ def run_eval(
     with hub.session() as s:
         revision = resolve(s, ref)
         v = get_version(s, suite, version)
-        heldout_percent = _heldout_percent(s, v.suite_id)
+        heldout_percent, secret = _heldout_percent(s, v.suite_id), split_secret(s)
         cases = [
             c
             for c in version_cases(s, v)
-            if split == "all" or case_split(c, heldout_percent) == split
+            if split == "all" or case_split(c, heldout_percent, secret) == split
         ]
         if not cases:
             raise InvalidInput(f"suite {suite} v{v.number} has no {split} cases")
@@ -151,7 +151,7 @@ def run_eval(
         assert stored is not None
         run = stored
         rows = [
-            _score(run_id, c, case_split(c, heldout_percent), outputs.get(c.input_hash))
+            _score(run_id, c, case_split(c, heldout_percent, secret), outputs.get(c.input_hash))
             for c in cases
         ]
         s.add_all(rows)

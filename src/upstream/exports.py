@@ -151,7 +151,7 @@ def select_cases(
     from sqlalchemy import select
 
     from upstream.db.schema import Model, Report, Suite
-    from upstream.suites import case_split, get_version, version_cases
+    from upstream.suites import case_split, get_version, split_secret, version_cases
 
     with hub.session() as s:
         v = get_version(s, name, version)
@@ -161,10 +161,11 @@ def select_cases(
         cases = version_cases(s, v)
         report_ids = {c.report_id for c in cases if c.report_id is not None}
         reports = {r.id: r for r in s.scalars(select(Report).where(Report.id.in_(report_ids)))}
+        secret = split_secret(s)
         withheld: Counter[str] = Counter()
         rows = []
         for c in cases:
-            split = case_split(c, suite.heldout_percent)
+            split = case_split(c, suite.heldout_percent, secret)
             report = reports.get(c.report_id) if c.report_id is not None else None
             if split == "heldout" and not include_heldout:
                 withheld["heldout"] += 1

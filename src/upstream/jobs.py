@@ -126,8 +126,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """The JSON shape of a job, shared by `jobs list --json` and the API."""
+def job_json(job: Job, viewer: Actor = HUB) -> dict[str, Any]:
+    """The JSON shape of a job, shared by `jobs list --json` and the API. A crash's
+    traceback (the lines after its first) is shown to admins only: it names the hub's
+    paths and code."""
+    error = job.error if viewer.has("admin") else job.error.split("\n", 1)[0]
     return {
         "id": job.id,
         "kind": job.kind,
@@ -138,7 +141,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "message": job.message,
         "attempts": job.attempts,
         "result": job.result,
-        "error": job.error,
+        "error": error,
         "owner": job.owner or None,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

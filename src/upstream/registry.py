@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from upstream.access import Actor, require
@@ -133,12 +134,21 @@ def list_models(session: Session) -> list[Model]:
 
 
 def tag(hub: Hub, actor: Actor, ref: str, name: str) -> dict[str, Any]:
-    """Point tag `name` of the model at revision `ref` (moving it if it exists)."""
-    with hub.session() as s, s.begin():
-        revision = resolve(s, ref)
-        require(actor, "models.tag", revision.model.name)
-        set_tag(s, revision, name)
-        return {"model": revision.model.name, "tag": name, "revision": revision.hash}
+    """Point tag `name` of the model at revision `ref` (moving it if it exists).
+
+    Two writers making the same new tag at once: one inserts, the other's insert fails
+    on the unique key and is tried again as the move it now is."""
+    for attempt in (1, 2):
+        try:
+            with hub.session() as s, s.begin():
+                revision = resolve(s, ref)
+                require(actor, "models.tag", revision.model.name)
+                set_tag(s, revision, name)
+                return {"model": revision.model.name, "tag": name, "revision": revision.hash}
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def untag(hub: Hub, actor: Actor, model_name: str, name: str) -> None:
@@ -446,20 +456,43 @@ def validate_hf_dir(path: Path) -> tuple[dict[str, Any], list[Path]]:
                 "because loading a pickle can run arbitrary code. Convert them to safetensors "
                 "(e.g. model.save_pretrained(dir, safe_serialization=True)) and import that."
             )
+        foreign = sorted(p.name for p in path.iterdir() if p.name in FOREIGN_WEIGHTS)
+        if foreign:
+            raise InvalidInput(
+                f"{path}: only {FOREIGN_WEIGHTS[foreign[0]]} weights ({', '.join(foreign)}); "
+                "Upstream imports PyTorch safetensors. Convert them with transformers, e.g. "
+                f"AutoModelForCausalLM.from_pretrained(dir, {FOREIGN_FLAGS[foreign[0]]}=True)"
+                ".save_pretrained(out), and import `out`."
+            )
         raise InvalidInput(f"{path}: no weights found (expected *.safetensors files)")
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise InvalidInput(f"{path}: no tokenizer (tokenizer.json or tokenizer_config.json)")
     return config, weights
 
 
+FOREIGN_WEIGHTS = {"tf_model.h5": "TensorFlow", "flax_model.msgpack": "Flax"}
+FOREIGN_FLAGS = {"tf_model.h5": "from_tf", "flax_model.msgpack": "from_flax"}
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.safetensors$")
+
+
 def _weight_files(path: Path) -> list[Path]:
-    """The safetensors files transformers would load: those the index names, or model*."""
+    """The safetensors files transformers would load: those the index names, or model*.
+
+    An index names its shards by bare file name in the model's folder: a name with a
+    directory part (`../x.safetensors`, `/etc/…`) is refused, never followed."""
     index = path / "model.safetensors.index.json"
     if index.exists():
         try:
-            names = set(json.loads(index.read_text("utf-8"))["weight_map"].values())
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
+            names = set(weight_map.values())
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise InvalidInput(f"{index}: not a valid safetensors index: {e}") from e
+        bad = sorted(str(n) for n in names if not isinstance(n, str) or not SHARD_NAME.match(n))
+        if bad:
+            raise InvalidInput(
+                f"{index}: shard name {bad[0]!r} is not a file name in the model's folder "
+                "(letters, digits, . _ -, ending in .safetensors)"
+            )
         missing = sorted(n for n in names if not (path / n).is_file())
         if missing:
             raise InvalidInput(f"{index}: names missing shard(s) {', '.join(missing)}")

@@ -22,22 +22,26 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import Text, func, or_, select
+from sqlalchemy import ColumnElement, Text, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from upstream.access import Actor, require
+from upstream.access import HUB, Actor, may, require
 from upstream.checks import parse_check
 from upstream.db.schema import (
+    Case,
+    Model,
     Report,
     ReportEvent,
     ReportFiling,
     ReportVariant,
     Revision,
+    Suite,
     utcnow,
 )
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, ROLES
 from upstream.errors import InvalidInput, NotFound
+from upstream.suites import split_key, split_of, split_secret
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -120,7 +124,9 @@ def parse_report(data: Any, where: str = "report") -> ReportIn:
     try:
         return ReportIn.model_validate(data)
     except ValidationError as e:
-        raise InvalidInput(f"{where}: {_pydantic_errors(e)}") from e
+        first = e.errors()[0]["loc"] if e.errors() else ()
+        field = ".".join(str(x) for x in first if x != "str" and not str(x).startswith("function-"))
+        raise InvalidInput(f"{where}: {_pydantic_errors(e)}", field=field or None) from e
 
 
 def _pydantic_errors(e: ValidationError) -> str:
@@ -392,17 +398,54 @@ class ReportQuery:
     text: str | None = None
     limit: int = 100
     offset: int = 0
+    viewer: Actor = HUB  # whose view: reports they may not see are left out
+
+
+def hidden_from(session: Session, viewer: Actor) -> ColumnElement[bool] | None:
+    """The WHERE clause of the reports `viewer` may see, or None for all of them.
+
+    Hidden, except from their reporter and the maintainers of their model: reports filed
+    without consent (kept in this hub, not shared), and reports behind held-out cases
+    (their prompts are the held-out inputs)."""
+    if may(viewer, "suites.heldout"):
+        return None
+    own_models = [
+        m.id
+        for m in session.scalars(select(Model).where(Model.name.in_(list(viewer.model_roles))))
+        if may(viewer, "suites.heldout", m.name)
+    ]
+    behind = _behind_heldout(session)
+    visible: ColumnElement[bool] = Report.consent.is_(True)
+    if behind:
+        visible = visible & Report.id.not_in(behind)
+    if not viewer.anonymous:
+        visible = visible | (Report.reporter == viewer.name)
+    if own_models:
+        visible = visible | Report.model_id.in_(own_models)
+    return visible
+
+
+def _behind_heldout(session: Session) -> list[int]:
+    """Reports some case of which may be held out (at the largest share any suite holds
+    out: hiding one report too many is safe, one too few is not)."""
+    most = session.scalar(select(func.max(Suite.heldout_percent))) or 0
+    secret = split_secret(session)
+    ids = session.scalars(select(Case.report_id).where(Case.report_id.is_not(None)).distinct())
+    return [
+        i for i in ids if i is not None and split_of(split_key(i, ""), most, secret) == "heldout"
+    ]
 
 
 def list_reports(session: Session, q: ReportQuery) -> list[Report]:
-    """Reports matching every given filter, newest first."""
-    from upstream.db.schema import Model
-
+    """Reports matching every given filter and visible to `q.viewer`, newest first."""
     stmt = (
         select(Report)
         .order_by(Report.id.desc())
         .options(selectinload(Report.model), selectinload(Report.filings))
     )
+    visible = hidden_from(session, q.viewer)
+    if visible is not None:
+        stmt = stmt.where(visible)
     if q.model:
         name, rev = q.model.partition("@")[::2]
         stmt = stmt.join(Model, Report.model_id == Model.id).where(Model.name == name)
@@ -432,8 +475,13 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
     return reports[q.offset : q.offset + q.limit]
 
 
-def get_report(session: Session, report_id: int) -> Report:
+def get_report(session: Session, report_id: int, viewer: Actor = HUB) -> Report:
+    """A report `viewer` may see (NotFound alike for one that is hidden from them)."""
     report = session.get(Report, report_id)
+    visible = hidden_from(session, viewer) if report is not None else None
+    if report is not None and visible is not None:
+        shown = session.scalar(select(Report.id).where(Report.id == report_id, visible))
+        report = report if shown is not None else None
     if report is None:
         raise NotFound(f"no report {report_id}")
     return report

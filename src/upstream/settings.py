@@ -44,6 +44,14 @@ class Settings:
     # Comma-separated folders the API may import models from (absolute paths); empty: the
     # API imports bundled models only. The CLI on the hub's machine imports from anywhere.
     import_dirs: str = ""
+    # The largest request body the API reads, in MiB (a bigger one answers 413 unread).
+    max_request_mb: float = 16.0
+    # Comma-separated Host names the API answers (others get 400); empty: the loopback
+    # names and the `host` it binds to.
+    allowed_hosts: str = ""
+    # Writes (POST, PUT, DELETE) one token, and one client address, may send per minute;
+    # more answer 429 with Retry-After. 0 turns the limit off.
+    write_rate_per_minute: int = 120
     # A new report this close (cosine distance of embeddings) to an open report of the
     # same model is linked to it as a likely duplicate.
     duplicate_distance: float = 0.2
@@ -73,6 +81,14 @@ class Settings:
     # Per-model overrides of the four policy_* values: {"model": {"min_fixed": 2, ...}},
     # written in config.toml as [policy.MODEL] tables.
     policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def host_names(self) -> list[str]:
+        """The Host names the API answers: `allowed_hosts`, else loopback and `host`."""
+        given = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        if given:
+            return given
+        return sorted({"127.0.0.1", "localhost", "::1", "[::1]", self.host})
 
     @property
     def import_roots(self) -> list[Path]:

@@ -14,6 +14,7 @@ confirmed report with a tag), from JSONL files or Hugging Face dataset directori
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from upstream.access import Actor, may, require
 from upstream.checks import parse_check
-from upstream.db.schema import Case, Model, Report, Suite, SuiteVersion
+from upstream.db.schema import Case, HubSecret, Model, Report, Suite, SuiteVersion
 from upstream.errors import InvalidInput, NotFound
 from upstream.registry import NAME_RE
 
@@ -49,10 +50,24 @@ def case_id(messages: list[dict[str, str]], expected: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def split_of(key: str, heldout_percent: int) -> str:
-    """`heldout` for a stable `heldout_percent` share of split keys, else `public`."""
-    bucket = int(hashlib.sha256(f"split:{key}".encode()).hexdigest()[:8], 16) % 100
+def split_of(key: str, heldout_percent: int, secret: str = "") -> str:
+    """`heldout` for a stable `heldout_percent` share of split keys, else `public`.
+
+    Keyed by the hub's `secret` (an HMAC), so that which reports are held out cannot be
+    worked out from their public ids; an empty secret is the unkeyed rule of hubs whose
+    suites predate it."""
+    if secret:
+        digest = hmac.new(secret.encode(), f"split:{key}".encode(), hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(f"split:{key}".encode()).hexdigest()
+    bucket = int(digest[:8], 16) % 100
     return "heldout" if bucket < heldout_percent else "public"
+
+
+def split_secret(session: Session) -> str:
+    """The hub's secret the held-out split is keyed by (made with its database)."""
+    found = session.get(HubSecret, "split")
+    return found.value if found else ""
 
 
 def split_key(report_id: int | None, input: str) -> str:
@@ -64,8 +79,8 @@ def split_key(report_id: int | None, input: str) -> str:
     return f"report:{report_id}" if report_id is not None else f"input:{input}"
 
 
-def case_split(case: Case, heldout_percent: int) -> str:
-    return split_of(split_key(case.report_id, case.input_hash), heldout_percent)
+def case_split(case: Case, heldout_percent: int, secret: str) -> str:
+    return split_of(split_key(case.report_id, case.input_hash), heldout_percent, secret)
 
 
 @dataclass
@@ -389,7 +404,8 @@ def version_cases(session: Session, version: SuiteVersion) -> list[Case]:
 def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
     latest = suite.versions[-1] if suite.versions else None
     cases = version_cases(session, latest) if latest else []
-    splits = [case_split(c, suite.heldout_percent) for c in cases]
+    secret = split_secret(session)
+    splits = [case_split(c, suite.heldout_percent, secret) for c in cases]
     model = session.get(Model, suite.model_id) if suite.model_id else None
     return {
         "name": suite.name,
@@ -419,8 +435,10 @@ def suite_view(session: Session, name: str, version: int | None, viewer: Actor) 
     model = session.get(Model, suite.model_id) if suite.model_id else None
     see = may(viewer, "suites.heldout", model.name if model else None)
     v = get_version(session, name, version)
+    secret = split_secret(session)
     cases = [
-        case_view(c, case_split(c, suite.heldout_percent), see) for c in version_cases(session, v)
+        case_view(c, case_split(c, suite.heldout_percent, secret), see)
+        for c in version_cases(session, v)
     ]
     return {**suite_summary(session, suite), "shown_version": v.number, "case_list": cases}
 

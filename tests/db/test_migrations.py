@@ -59,3 +59,36 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_a_hub_with_suites_keeps_its_unkeyed_split_and_a_new_one_gets_a_secret(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    def secret(engine: object) -> str:
+        with engine.connect() as conn:  # type: ignore[attr-defined]
+            return str(conn.execute(text("SELECT value FROM hub_secrets")).scalar())
+
+    fresh = open_database(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    migrate(fresh)
+    assert len(secret(fresh)) == 64
+    other = open_database(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    migrate(other)
+    assert secret(other) != secret(fresh)  # each hub its own
+
+    old = open_database(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with old.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0007")
+        conn.execute(
+            text(
+                "INSERT INTO suites (name, description, heldout_percent, kind, created_at) "
+                "VALUES ('s', '', 30, 'community', '2026-01-01')"
+            )
+        )
+    migrate(old)
+    assert secret(old) == ""  # its cases stay on the side they were measured on

@@ -4,6 +4,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
@@ -18,11 +19,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(tiny_hub: Hub) -> Iterator[str]:
+@contextmanager
+def serve(hub: Hub, worker: bool = False) -> Iterator[str]:
+    """The hub's app over real HTTP on loopback; with `worker`, queued jobs run too."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(tiny_hub, worker=True), host="127.0.0.1", port=port, log_level="warning"
+        create_app(hub, worker=worker), host="127.0.0.1", port=port, log_level="warning"
     )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -31,9 +33,17 @@ def server(tiny_hub: Hub) -> Iterator[str]:
     while not srv.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(tiny_hub: Hub) -> Iterator[str]:
+    with serve(tiny_hub, worker=True) as url:
+        yield url
 
 
 def wait_job(server: str, job_id: int, timeout: float = 60) -> dict:

@@ -103,9 +103,10 @@ def _marked_cases() -> list[suites.CaseIn]:
     return cases
 
 
-def _is_heldout(c: suites.CaseIn) -> bool:
+def _is_heldout(hub: Hub, c: suites.CaseIn) -> bool:
     key = suites.split_key(None, suites.input_hash(c.messages))
-    return suites.split_of(key, 50) == "heldout"
+    with hub.session() as s:
+        return suites.split_of(key, 50, suites.split_secret(s)) == "heldout"
 
 
 def _markers(c: suites.CaseIn) -> dict[str, str]:
@@ -228,8 +229,8 @@ def test_heldout_cases_are_hidden_on_every_get_route(
         "reporter": bearer(tiny_hub, REPORTER, "reporter"),
     }
     cases = _marked_cases()
-    heldout = [c for c in cases if _is_heldout(c)]
-    public = [c for c in cases if not _is_heldout(c)]
+    heldout = [c for c in cases if _is_heldout(tiny_hub, c)]
+    public = [c for c in cases if not _is_heldout(tiny_hub, c)]
     assert len(heldout) >= 3 and len(public) >= 3  # the split rule is stable
     suites.add_cases(tiny_hub, SUITE, cases[:8], "tiny", heldout_percent=50, note="first")
     suites.add_cases(tiny_hub, SUITE, cases[8:], "tiny", note="more")

@@ -498,6 +498,15 @@ class ModelRole(Base):
     model: Mapped[Model] = relationship()
 
 
+class HubSecret(Base):
+    """A secret of this hub, made when its database is: `split` keys the held-out split."""
+
+    __tablename__ = "hub_secrets"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(100))
+
+
 class ApiToken(Base):
     """An API token: only the sha256 of its secret is kept; the secret is shown once."""
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from upstream import __version__
 from upstream.errors import UpstreamError
 from upstream.hub import Hub
+from upstream.limits import RateLimiter
+from upstream.server.body import BodyLimit
 
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HTTP_CODES = {
     401: "unauthorized",
     403: "forbidden",
@@ -22,6 +28,14 @@ HTTP_CODES = {
     413: "too_large",
     429: "rate_limited",
 }
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8321` → `[::1]`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def error_response(
@@ -75,10 +89,53 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
 
     # The interactive /docs pages load scripts from a CDN; the hub works offline, so only the
     # OpenAPI document itself is served.
+    settings = hub.settings
     app = FastAPI(
-        title="Upstream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="Upstream",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    body_limit = int(settings.max_request_mb * 2**20)
+    app.add_middleware(BodyLimit, limit=body_limit)
     app.state.hub = hub
+    limiter = RateLimiter(settings.write_rate_per_minute)
+    hosts = frozenset(h.lower() for h in settings.host_names)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Any:
+        """Only the configured Host names (a DNS-rebinding page cannot reach the hub), a
+        body within `max_request_mb` (`BodyLimit` counts a body sent without a length),
+        and writes within `write_rate_per_minute` per token and client address."""
+        host = host_name(request.headers.get("host", ""))
+        if "*" not in hosts and host not in hosts:
+            return error_response(
+                400, "bad_host", f"Host {host!r} is not served here (setting allowed_hosts)"
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > body_limit:  # refused before it is read
+            return error_response(
+                413,
+                "too_large",
+                f"the body is {int(declared)} bytes; at most {body_limit} "
+                f"(setting max_request_mb = {settings.max_request_mb:g})",
+            )
+        if request.method in WRITES:
+            auth = request.headers.get("authorization", "")
+            keys = [f"addr:{request.client.host if request.client else '?'}"]
+            if auth:
+                keys.append("token:" + hashlib.sha256(auth.encode()).hexdigest())
+            wait = max(limiter.hit(k) for k in keys)
+            if wait:
+                return error_response(
+                    429,
+                    "rate_limited",
+                    f"more than {settings.write_rate_per_minute} writes a minute; "
+                    f"try again in {math.ceil(wait)} s",
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
+        return await call_next(request)
 
     @app.exception_handler(UpstreamError)
     async def _user_error(request: Request, exc: UpstreamError) -> JSONResponse:
@@ -88,10 +145,23 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_response(exc)
 
+    # Input no validator caught that the database cannot hold: still the client's to fix.
+    @app.exception_handler(UnicodeEncodeError)
+    async def _bad_text(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+        message = "text holds characters that are not valid Unicode (a lone surrogate?)"
+        return error_response(422, "invalid_text", message)
+
+    @app.exception_handler(OverflowError)
+    async def _too_big(request: Request, exc: OverflowError) -> JSONResponse:
+        return error_response(422, "invalid_input", "a number is too large (at most 2**63 - 1)")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "error")
-        return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
+        code = getattr(exc, "code", None) or HTTP_CODES.get(
+            exc.status_code, "bad_request" if exc.status_code < 500 else "error"
+        )
+        field = getattr(exc, "field", None)
+        return error_response(exc.status_code, code, str(exc.detail), field, exc.headers)
 
     @app.get("/health", tags=["hub"])
     def health() -> dict[str, object]:

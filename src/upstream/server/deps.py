@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, Request
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 
 from upstream import accounts
 from upstream.access import ANONYMOUS, Actor
 from upstream.errors import Unauthorized
 from upstream.hub import Hub
+
+# Ids are database keys: 1 to 2**63 - 1. A larger number is refused as input (422), never
+# handed to the database (where it would overflow).
+MAX_ID = 2**63 - 1
+PathId = Annotated[int, Path(ge=1, le=MAX_ID, description="an id")]
+QueryNumber = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+BodyId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 # auto_error off: no header is an anonymous visitor (who reads public data), not an error.
 bearer = HTTPBearer(

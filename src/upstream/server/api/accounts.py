@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 from upstream import accounts
 from upstream.access import Actor
 from upstream.hub import Hub
-from upstream.server.deps import get_actor, get_hub, get_signed_in
+from upstream.server.body import StrictRoute
+from upstream.server.deps import PathId, get_actor, get_hub, get_signed_in
 
-router = APIRouter(tags=["accounts"])
+router = APIRouter(tags=["accounts"], route_class=StrictRoute)
 
 
 class UserRequest(BaseModel):
@@ -89,7 +90,7 @@ def create_token(
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(
-    token_id: int, actor: Actor = Depends(get_signed_in), hub: Hub = Depends(get_hub)
+    token_id: PathId, actor: Actor = Depends(get_signed_in), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Revoke a token at once (yours, or anyone's for an admin)."""
     return accounts.revoke_token(hub, actor, token_id)

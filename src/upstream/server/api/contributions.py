@@ -20,9 +20,10 @@ from upstream import contributions as domain
 from upstream.access import Actor
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
-from upstream.server.deps import get_actor, get_hub
+from upstream.server.body import StrictRoute
+from upstream.server.deps import BodyId, PathId, get_actor, get_hub
 
-router = APIRouter(tags=["contributions"])
+router = APIRouter(tags=["contributions"], route_class=StrictRoute)
 
 
 class AdapterIn(BaseModel):
@@ -41,7 +42,7 @@ class ContributionRequest(ContentIn):
     model: str = Field(description="NAME@REV the change applies to")
     title: str = Field(max_length=domain.MAX_TITLE)
     description: str = Field("", max_length=20_000)
-    fixes: list[int] = Field(
+    fixes: list[BodyId] = Field(
         default_factory=list, max_length=1000, description="report ids it claims to fix"
     )
     recipe: dict[str, Any] = Field(default_factory=dict, description="training overrides")
@@ -78,7 +79,7 @@ def list_contributions(
 
 @router.get("/contributions/{contribution_id}")
 def show_contribution(
-    contribution_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+    contribution_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """A contribution with its check report (held-out cases as counts unless maintainer)."""
     with hub.session() as s:
@@ -87,7 +88,7 @@ def show_contribution(
 
 @router.post("/contributions/{contribution_id}/push")
 def push(
-    contribution_id: int,
+    contribution_id: PathId,
     body: ContentIn,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
@@ -99,7 +100,7 @@ def push(
 
 @router.post("/contributions/{contribution_id}/check", status_code=202)
 def check(
-    contribution_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+    contribution_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Queue the checks of the newest push again (its author or a maintainer)."""
     return {
@@ -110,7 +111,7 @@ def check(
 
 @router.post("/contributions/{contribution_id}/approve")
 def approve(
-    contribution_id: int,
+    contribution_id: PathId,
     body: ReviewRequest,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
@@ -121,7 +122,7 @@ def approve(
 
 @router.post("/contributions/{contribution_id}/reject")
 def reject(
-    contribution_id: int,
+    contribution_id: PathId,
     body: ReviewRequest,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
@@ -132,7 +133,7 @@ def reject(
 
 @router.post("/contributions/{contribution_id}/close")
 def close(
-    contribution_id: int,
+    contribution_id: PathId,
     body: ReviewRequest,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),

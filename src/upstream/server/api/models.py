@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 from upstream import registry
 from upstream.access import Actor
 from upstream.hub import Hub
+from upstream.server.body import StrictRoute
 from upstream.server.deps import get_actor, get_hub
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=StrictRoute)
 
 
 class ImportRequest(BaseModel):

@@ -21,9 +21,10 @@ from upstream.releases import (
     release_summary,
     ship_release,
 )
-from upstream.server.deps import get_actor, get_hub
+from upstream.server.body import StrictRoute
+from upstream.server.deps import BodyId, PathId, get_actor, get_hub
 
-router = APIRouter(tags=["releases"])
+router = APIRouter(tags=["releases"], route_class=StrictRoute)
 
 
 @router.get("/releases")
@@ -39,7 +40,7 @@ def list_releases(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict
 
 
 @router.get("/releases/{release_id}")
-def show_release(release_id: int, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
+def show_release(release_id: PathId, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """One release with its reasons, retention and credits ledger."""
     with hub.session() as s:
         return {**release_summary(get_release(s, release_id)), "credits": ledger(s, release_id)}
@@ -55,7 +56,7 @@ def credits(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, 
 class ReleaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=200, description="the model to release")
-    contributions: list[int] = Field(
+    contributions: list[BodyId] = Field(
         min_length=1, max_length=50, description="approved contribution ids"
     )
     method: str = Field("linear", description=f"one of {', '.join(METHODS)}")
@@ -78,7 +79,7 @@ def cut(
 
 @router.post("/releases/{release_id}/ship")
 def ship(
-    release_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+    release_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Release a candidate that passed its checks (one built without shipping)."""
     return ship_release(hub, release_id, actor)

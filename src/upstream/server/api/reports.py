@@ -12,11 +12,12 @@ from upstream.access import Actor
 from upstream.duplicates import clusters as group
 from upstream.hub import Hub
 from upstream.reproduction import queue_reproduction, rescore
-from upstream.server.deps import get_actor, get_hub
+from upstream.server.body import StrictRoute
+from upstream.server.deps import MAX_ID, BodyId, PathId, get_actor, get_hub
 from upstream.triage import close as close_report
 from upstream.triage import confirm as confirm_report
 
-router = APIRouter(tags=["reports"])
+router = APIRouter(tags=["reports"], route_class=StrictRoute)
 
 
 @router.post("/reports", status_code=201)
@@ -38,30 +39,36 @@ def list_reports(
     text: str | None = None,
     clusters: bool = False,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_ID),
+    actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
-    """Reports matching the filters, newest first; or, with clusters, likely duplicates."""
+    """Reports matching the filters, newest first; or, with clusters, likely duplicates.
+    Reports filed without consent, or behind held-out cases, only for their reporter and
+    the model's maintainers."""
     with hub.session() as s:
         if clusters:
-            found = domain.list_reports(
-                s, domain.ReportQuery(model, status, tag, severity, text, limit=1_000_000)
+            everything = domain.ReportQuery(
+                model, status, tag, severity, text, limit=1_000_000, viewer=actor
             )
-            return {"clusters": group(found)[offset : offset + limit]}
-        query = domain.ReportQuery(model, status, tag, severity, text, limit, offset)
+            return {"clusters": group(domain.list_reports(s, everything))[offset : offset + limit]}
+        query = domain.ReportQuery(model, status, tag, severity, text, limit, offset, actor)
         return {"reports": [domain.report_summary(r) for r in domain.list_reports(s, query)]}
 
 
 @router.get("/reports/{report_id}")
-def show_report(report_id: int, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
-    """The whole report: input, check, reproduction outputs, history."""
+def show_report(
+    report_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """The whole report: input, check, reproduction outputs, history (404 for one hidden
+    from the caller, as for one that does not exist)."""
     with hub.session() as s:
-        return domain.report_detail(s, domain.get_report(s, report_id))
+        return domain.report_detail(s, domain.get_report(s, report_id, actor))
 
 
 @router.post("/reports/{report_id}/confirm")
 def confirm(
-    report_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+    report_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Confirm (a maintainer) or add a confirmation (anyone but the reporter)."""
     return confirm_report(hub, report_id, actor)
@@ -70,12 +77,12 @@ def confirm(
 class CloseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=10_000)
-    duplicate_of: int | None = Field(None, description="close as a duplicate of this report")
+    duplicate_of: BodyId | None = Field(None, description="close as a duplicate of this report")
 
 
 @router.post("/reports/{report_id}/close")
 def close(
-    report_id: int,
+    report_id: PathId,
     body: CloseRequest,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
@@ -86,7 +93,7 @@ def close(
 
 @router.post("/reports/{report_id}/reproduce", status_code=202)
 def reproduce(
-    report_id: int, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+    report_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Queue reproducing the report again (a maintainer of its model); poll the job."""
     return {"report": report_id, "job": queue_reproduction(hub, actor, [report_id])}
@@ -99,7 +106,7 @@ class RescoreRequest(BaseModel):
 
 @router.post("/reports/{report_id}/rescore")
 def rescore_report(
-    report_id: int,
+    report_id: PathId,
     body: RescoreRequest,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),

@@ -13,9 +13,10 @@ from upstream.comparisons import leaderboard as board
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.evals import queue_eval
 from upstream.hub import Hub
-from upstream.server.deps import get_actor, get_hub
+from upstream.server.body import StrictRoute
+from upstream.server.deps import MAX_ID, QueryNumber, get_actor, get_hub
 
-router = APIRouter(tags=["suites"])
+router = APIRouter(tags=["suites"], route_class=StrictRoute)
 
 
 @router.get("/suites")
@@ -67,7 +68,7 @@ def import_cases(
 @router.get("/suites/{name}")
 def show_suite(
     name: str,
-    version: int | None = None,
+    version: QueryNumber = None,
     actor: Actor = Depends(get_actor),
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
@@ -80,7 +81,7 @@ class EvalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(description="NAME or NAME@REV")
     suite: str
-    version: int | None = None
+    version: int | None = Field(None, ge=1, le=MAX_ID)
     split: Literal["public", "heldout", "all"] = "all"
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
 

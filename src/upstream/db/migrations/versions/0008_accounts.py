@@ -4,6 +4,8 @@ Revision ID: 0008
 Revises: 0007
 """
 
+import secrets
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -14,6 +16,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    secrets_table = op.create_table(
+        "hub_secrets",
+        sa.Column("name", sa.String(length=40), nullable=False),
+        sa.Column("value", sa.String(length=100), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+    # The held-out split is keyed by this secret. A hub that has suites already keeps the
+    # unkeyed split its cases were measured on (an empty secret); a new hub gets its own.
+    has_suites = op.get_bind().execute(sa.text("SELECT COUNT(*) FROM suites")).scalar()
+    split = "" if has_suites else secrets.token_hex(32)
+    op.bulk_insert(secrets_table, [{"name": "split", "value": split}])
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -64,6 +77,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("hub_secrets")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("cancelled_by")
         batch_op.drop_column("owner")
