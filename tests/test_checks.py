@@ -264,3 +264,44 @@ def test_lenient_is_the_strict_check_for_contains_and_refuses_bad_specs() -> Non
     assert lenient(spec) == parse_check(spec)
     with pytest.raises(InvalidInput, match="unknown check type"):
         lenient({"type": "fuzzy"})
+
+
+def test_a_regex_cannot_hang_a_worker_and_backreferences_are_refused() -> None:
+    import time
+
+    from upstream.checks import parse_check
+
+    check = parse_check({"type": "regex", "pattern": "(a+)+$"}, "expected")
+    started = time.perf_counter()
+    outcome = check.score("a" * 50_000 + "b")  # backtracking engines take ages here
+    assert outcome.passed is False
+    assert time.perf_counter() - started < 0.5
+    for pattern in (r"(a)\1", r"(?=x)y", "x" * 1001):
+        with pytest.raises(InvalidInput, match="expected.pattern"):
+            parse_check({"type": "regex", "pattern": pattern}, "expected")
+    case = parse_check({"type": "regex", "pattern": "paris"}, "expected")
+    assert case.score("PARIS!").passed is True
+    strict = parse_check({"type": "regex", "pattern": "paris", "case_sensitive": True}, "e")
+    assert strict.score("PARIS!").passed is False
+
+
+def test_a_json_schema_never_makes_the_hub_fetch_anything() -> None:
+    from upstream.checks import parse_check
+
+    for ref in ("https://example.com/s.json", "file:///etc/passwd", "other.json#/x"):
+        with pytest.raises(InvalidInput, match=r"only references inside the schema"):
+            parse_check({"type": "json", "schema": {"$ref": ref}}, "expected")
+        nested = {"type": "object", "properties": {"a": {"$ref": ref}}}
+        with pytest.raises(InvalidInput, match=r"expected.schema.properties.a.\$ref"):
+            parse_check({"type": "json", "schema": nested}, "expected")
+    local = {
+        "$defs": {"n": {"type": "integer"}},
+        "type": "object",
+        "properties": {"n": {"$ref": "#/$defs/n"}},
+    }
+    check = parse_check({"type": "json", "schema": local}, "expected")
+    assert check.score('{"n": 3}').passed is True
+    assert check.score('{"n": "x"}').passed is False
+    # a schema that names itself by URL still resolves only within itself
+    named = {**local, "$id": "https://example.com/root.json"}
+    assert parse_check({"type": "json", "schema": named}, "e").score('{"n": 1}').passed is True

@@ -27,6 +27,7 @@ but knows the answer; a candidate that answers "6" has lost it).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -37,6 +38,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2
+import referencing
+import referencing.exceptions
 
 from upstream.errors import InvalidInput
 
@@ -133,11 +138,32 @@ class NotContains(Check):
         )
 
 
+MAX_PATTERN_CHARS = 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str, case_sensitive: bool) -> Any:
+    """A regex check's pattern compiled by RE2, which matches in time linear in the text
+    (no backtracking: a pattern such as `(a+)+$` cannot hang a worker). RE2 has no
+    backreferences or lookaround; such a pattern is refused when the check is made."""
+    options = re2.Options()
+    options.case_sensitive = case_sensitive
+    options.log_errors = False
+    options.max_mem = 8 << 20  # bytes of compiled program: a huge pattern is refused
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        detail = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise InvalidInput(
+            f"pattern {pattern!r}: bad regex: {detail} (patterns are RE2: no backreferences "
+            "or lookaround)"
+        ) from e
+
+
 class Regex(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         exact_case = self.spec.get("case_sensitive", False) or self.spec.get("strict", False)
-        flags = 0 if exact_case else re.IGNORECASE
-        m = re.search(self.spec["pattern"], output, flags)
+        m = compile_pattern(self.spec["pattern"], bool(exact_case)).search(output)
         return _verdict(
             m is not None, f"pattern {'found' if m else 'not found'}: {self.spec['pattern']!r}"
         )
@@ -155,10 +181,38 @@ class Json(Check):
         if schema is not None:
             import jsonschema
 
-            errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+            validator = jsonschema.Draft202012Validator(schema, registry=_LOCAL_ONLY)
+            errors = list(validator.iter_errors(value))
             if errors:
                 return _verdict(False, f"JSON does not fit the schema: {errors[0].message}")
         return _verdict(True, "valid JSON" + (" fitting the schema" if schema else ""))
+
+
+def _refuse_retrieval(uri: str) -> Any:
+    """A json check's schema is all there is: nothing is ever fetched or read for it."""
+    raise referencing.exceptions.NoSuchResource(uri)
+
+
+_LOCAL_ONLY = referencing.Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+
+
+def _check_local_refs(schema: Any, where: str) -> None:
+    """Every `$ref` (and `$dynamicRef`) of a schema points inside it (`#…`)."""
+    stack = [(schema, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("$ref", "$dynamicRef") and not (
+                    isinstance(value, str) and value.startswith("#")
+                ):
+                    raise InvalidInput(
+                        f"{at}.{key} {value!r}: only references inside the schema (#/…) are "
+                        "allowed; the hub fetches nothing for a check"
+                    )
+                stack.append((value, f"{at}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((v, f"{at}.{i}") for i, v in enumerate(node))
 
 
 # A number not glued to a word or another number: "-3", "1,000", "3.14", ".5", "2e3"; in
@@ -495,13 +549,16 @@ def _validate_values(kind: str, spec: dict[str, Any], where: str) -> None:
                 "(it would match anything); use strict or drop it"
             )
     if kind == "regex":
+        if len(spec["pattern"]) > MAX_PATTERN_CHARS:
+            raise InvalidInput(f"{where}.pattern: at most {MAX_PATTERN_CHARS} characters")
         try:
-            re.compile(spec["pattern"])
-        except re.error as e:
-            raise InvalidInput(f"{where}.pattern {spec['pattern']!r}: bad regex: {e}") from e
+            compile_pattern(spec["pattern"], False)
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}.{e}") from e
     if kind == "json" and "schema" in spec:
         import jsonschema
 
+        _check_local_refs(spec["schema"], f"{where}.schema")
         try:
             jsonschema.Draft202012Validator.check_schema(spec["schema"])
         except jsonschema.SchemaError as e:
