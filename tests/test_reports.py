@@ -313,3 +313,15 @@ def test_duplicate_closing_is_checked(tiny_hub: Hub) -> None:
     close(tiny_hub, b.id, ana, "same as one", a.id)
     with pytest.raises(InvalidInput, match="itself a duplicate"):
         close(tiny_hub, c.id, ana, "chain", b.id)
+
+
+def test_a_prompt_holds_at_most_100_messages(tiny_hub: Hub) -> None:
+    from upstream.reports import MAX_MESSAGES, parse_report, prepare
+
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    fits = parse_report({"model": "tiny", "messages": turns * (MAX_MESSAGES // 2)})
+    many = parse_report({"model": "tiny", "messages": turns * (MAX_MESSAGES // 2) + turns[:1]})
+    with tiny_hub.session() as s:
+        prepare(s, fits, tiny_hub.settings.max_prompt_chars)
+        with pytest.raises(InvalidInput, match="101 messages; at most 100"):
+            prepare(s, many, tiny_hub.settings.max_prompt_chars)

@@ -62,6 +62,7 @@ STATUSES = (
 )
 CLOSED = ("fixed", "wontfix", "duplicate")
 MAX_VARIANTS = 50
+MAX_MESSAGES = 100  # per prompt (and per variant)
 MAX_TAGS = 20
 MAX_LINES = 10_000
 
@@ -220,6 +221,8 @@ def _messages(
         out = [{"role": "user", "content": prompt}]
     else:
         out = [{"role": m.role, "content": m.content} for m in messages or []]
+    if len(out) > MAX_MESSAGES:
+        raise InvalidInput(f"{where}.messages: {len(out)} messages; at most {MAX_MESSAGES}")
     if not out or not any(m["role"] == "user" for m in out):
         raise InvalidInput(f"{where}.messages: at least one user message is needed")
     if not any(m["content"].strip() for m in out if m["role"] == "user"):

@@ -122,13 +122,15 @@ class Recipe:
 
 # field: (low, high, low exclusive, high exclusive)
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "rank": (1, 256, False, False),
+    # bounds on what one contribution may make a worker do: a rank the adapter checks
+    # accept by default, at most 20 passes over the data, examples up to 4,096 tokens
+    "rank": (1, 64, False, False),
     "alpha": (1, 4096, False, False),
     "dropout": (0.0, 1.0, False, True),
     "learning_rate": (0.0, 1.0, True, True),
-    "epochs": (1, 50, False, False),
+    "epochs": (1, 20, False, False),
     "batch_size": (1, 256, False, False),
-    "max_length": (8, 32768, False, False),
+    "max_length": (8, 4096, False, False),
     "seed": (0, 2**32 - 1, False, False),
     "replay": (0.0, 4.0, False, False),
     "replay_max_new_tokens": (8, 512, False, False),
