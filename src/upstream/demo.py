@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from upstream.hub import Hub
 
@@ -44,7 +46,8 @@ def run_demo(
     started = time.perf_counter()
 
     def step(n: int, title: str) -> None:
-        console.rule(f"[bold]{n}. {title}[/]  [dim]{time.perf_counter() - started:.0f} s[/]")
+        elapsed = f"{time.perf_counter() - started:.0f} s"
+        console.rule(Text.from_markup(f"[bold]{escape(f'{n}. {title}')}[/]  [dim]{elapsed}[/]"))
 
     try:
         step(1, f"import the bundled model into a fresh hub at {home}")
@@ -144,7 +147,7 @@ def run_demo(
         for r in credits:
             roles = ", ".join(f"{n} {role}" for role, n in sorted(r["roles"].items()))
             console.print(f"  {r['user']:<10} {r['points']:>5g} points  ({roles})", highlight=False)
-        console.rule(f"[bold]done in {time.perf_counter() - started:.0f} s[/]")
+        console.rule(Text(f"done in {time.perf_counter() - started:.0f} s", style="bold"))
         if keep or not made:
             console.print(
                 f"the hub is kept at {home}: try `UPSTREAM_HOME={home} upstream prs show {pr}` "

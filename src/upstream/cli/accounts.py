@@ -10,7 +10,15 @@ from rich.text import Text
 
 from upstream import accounts
 from upstream.access import ROLES, SCOPES
-from upstream.cli.common import AsOption, JsonOption, console, current_actor, emit_json, open_hub
+from upstream.cli.common import (
+    MAX_ID,
+    AsOption,
+    JsonOption,
+    console,
+    current_actor,
+    emit_json,
+    open_hub,
+)
 
 users_app = typer.Typer(
     help=f"Accounts and their roles ({' < '.join(ROLES)}).", no_args_is_help=True
@@ -152,7 +160,9 @@ def tokens_list(
 
 @tokens_app.command("revoke")
 def tokens_revoke(
-    token_id: int = typer.Argument(..., help="The token's id (see `tokens list`)."),
+    token_id: int = typer.Argument(
+        ..., min=1, max=MAX_ID, help="The token's id (see `tokens list`)."
+    ),
     as_user: str | None = AsOption,
     json_out: bool = JsonOption,
 ) -> None:

@@ -24,10 +24,14 @@ from upstream.access import Actor
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.hub import Hub
 
-# Piped output is not cut to 80 columns: tables stay whole for logs and grep.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Piped output is not cut to 80 columns: tables stay whole for logs and grep. Markup is
+# off: what users wrote (a prompt "[/x]") is printed as written, never read as styling;
+# the few styled lines of our own say `markup=True` and escape what they quote.
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 # Progress and notes go to stderr, so that `--json` output on stdout stays one document.
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, markup=False)
+
+MAX_ID = 2**63 - 1  # ids are database keys; a larger number is refused as input
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
 
@@ -85,13 +89,14 @@ def run_job(
         handed.append(job_id)
         host, pid = [*worker.split(":"), "?", "?"][:2]
         err_console.print(
-            f"[dim]job {job_id} runs on the worker already running here (pid {pid} on {host}), "
-            "where models stay loaded; UPSTREAM_HAND_OVER_JOBS=false runs it in this process[/]"
+            f"job {job_id} runs on the worker already running here (pid {pid} on {host}), "
+            "where models stay loaded; UPSTREAM_HAND_OVER_JOBS=false runs it in this process",
+            style="dim",
         )
 
     def taken_back(job_id: int) -> None:
         handed.clear()
-        err_console.print(f"[dim]no worker took job {job_id}: running it in this process[/]")
+        err_console.print(f"no worker took job {job_id}: running it in this process", style="dim")
 
     with progress_bar(description) as update:
         if not hand_over:
@@ -111,9 +116,12 @@ def number_list(text: str, kind: type, option: str, what: str = "numbers") -> li
     from upstream.errors import InvalidInput
 
     try:
-        return [kind(x) for x in text.replace(" ", "").split(",") if x]
+        numbers = [kind(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError as e:
         raise InvalidInput(f"{option} {text!r}: give {what} separated by commas") from e
+    if kind is int and any(not 0 <= n <= MAX_ID for n in numbers):
+        raise InvalidInput(f"{option} {text!r}: each from 0 to {MAX_ID}")
+    return numbers
 
 
 def human_size(n: float) -> str:

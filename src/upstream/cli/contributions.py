@@ -13,6 +13,7 @@ from rich.table import Table
 from upstream import contributions as domain
 from upstream.access import Actor
 from upstream.cli.common import (
+    MAX_ID,
     AsOption,
     JsonOption,
     console,
@@ -98,14 +99,14 @@ def list_(
             r["state"],
             r["author"],
             ",".join(map(str, r["fixes"])),
-            escape(r["title"]),
+            r["title"],
         )
     console.print(table)
 
 
 @app.command("show")
 def show(
-    contribution_id: int = typer.Argument(..., help="The contribution's id."),
+    contribution_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The contribution's id."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -120,7 +121,7 @@ def show(
 
 @app.command("push")
 def push(
-    contribution_id: int = typer.Argument(..., help="The contribution's id."),
+    contribution_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The contribution's id."),
     adapter: Path = typer.Option(None, "--adapter", help="The new adapter directory."),
     dataset: Path = typer.Option(None, "--dataset", help="The new dataset file."),
     no_check: bool = NoCheckOption,
@@ -139,7 +140,7 @@ def push(
 
 @app.command("check")
 def check(
-    contribution_id: int = typer.Argument(..., help="The contribution's id."),
+    contribution_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The contribution's id."),
     no_check: bool = NoCheckOption,
     as_user: str = AsOption,
     json_out: bool = JsonOption,
@@ -153,7 +154,7 @@ def check(
 
 @app.command("approve")
 def approve(
-    contribution_id: int = typer.Argument(..., help="The contribution's id."),
+    contribution_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The contribution's id."),
     comment: str = typer.Option("", "--comment", help="A note for the author."),
     override: str = typer.Option(
         "", "--override", help="Approve a failed contribution; the written reason is kept."
@@ -169,7 +170,7 @@ def approve(
 
 @app.command("reject")
 def reject(
-    contribution_id: int = typer.Argument(..., help="The contribution's id."),
+    contribution_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The contribution's id."),
     reason: str = typer.Option(..., "--reason", help="Why it is rejected."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
@@ -181,7 +182,7 @@ def reject(
 
 @app.command("close")
 def close(
-    contribution_id: int = typer.Argument(..., help="The contribution's id."),
+    contribution_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The contribution's id."),
     reason: str = typer.Option("", "--reason", help="Why (optional)."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
@@ -252,7 +253,9 @@ def _say(result: dict[str, Any], json_out: bool) -> None:
 
 def print_detail(d: dict[str, Any]) -> None:
     """A contribution and its check report, for a terminal."""
-    console.print(f"[bold]#{d['id']} {escape(d['title'])}[/]  ({d['state']})", highlight=False)
+    console.print(
+        f"[bold]#{d['id']} {escape(d['title'])}[/]  ({d['state']})", markup=True, highlight=False
+    )
     console.print(
         f"{d['kind']} by {d['author']} against {d['model']}@{d['revision'][:12]}, "
         f"push {d['push']}" + (f", claims to fix reports {d['fixes']}" if d["fixes"] else ""),
@@ -276,7 +279,7 @@ def print_detail(d: dict[str, Any]) -> None:
         console.print("checks: not run yet" if d["state"] != "checking" else "checks: running")
     else:
         verdict = "[green]passed[/]" if checks["passed"] else "[red]failed[/]"
-        console.print(f"\nverdict: {verdict}")
+        console.print(f"\nverdict: {verdict}", markup=True)
         for reason in checks["reasons"]:
             console.print(f"  {reason}", markup=False, highlight=False)
         table = Table(

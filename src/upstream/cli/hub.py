@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from upstream.cli.common import (
+    MAX_ID,
     AsOption,
     JsonOption,
     console,
@@ -93,10 +95,12 @@ def fsck(json_out: bool = JsonOption) -> None:
     else:
         console.print(f"{report['blobs']} blobs checked")
         for sha in report["corrupt"]:
-            console.print(f"[red]corrupt[/] blob {sha}")
+            console.print(f"[red]corrupt[/] blob {sha}", markup=True)
         for m in report["missing"]:
-            console.print(f"[red]missing[/] {m['file']} of revision {m['revision']}")
-        console.print("[green]ok[/]" if report["ok"] else "[red]problems found[/]")
+            console.print(
+                f"[red]missing[/] {escape(m['file'])} of revision {m['revision']}", markup=True
+            )
+        console.print("[green]ok[/]" if report["ok"] else "[red]problems found[/]", markup=True)
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -127,7 +131,7 @@ def jobs_list(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: int = typer.Argument(..., help="The job's id (from `jobs list`)."),
+    job_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The job's id (from `jobs list`)."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -146,7 +150,9 @@ def jobs_cancel(
 
 @jobs_app.command("show")
 def jobs_show(
-    job_id: int = typer.Argument(..., help="The job's id (from `jobs list` or a command)."),
+    job_id: int = typer.Argument(
+        ..., min=1, max=MAX_ID, help="The job's id (from `jobs list` or a command)."
+    ),
     follow: bool = typer.Option(
         False, "--follow", help="Show its progress until it ends; exit 1 if it failed."
     ),
@@ -173,7 +179,7 @@ def jobs_show(
         if job["total"]:
             console.print(f"  progress {job['progress']:g} of {job['total']:g} {job['message']}")
         if job["error"]:
-            console.print(f"  [red]error[/] {job['error']}")
+            console.print(f"  [red]error[/] {escape(job['error'])}", markup=True)
         if job["result"] is not None:
             console.print(f"  result {job['result']}")
     if follow and job["state"] == "failed":

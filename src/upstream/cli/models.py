@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from upstream import registry
@@ -46,8 +47,9 @@ def import_(
     short = result["revision"][:12]
     if result["new"]:
         console.print(
-            f"imported [bold]{name}@{short}[/] ({human_size(result['total_bytes'])}, "
-            f"{human_size(result['stored_bytes'])} new in the blob store), tagged latest"
+            f"imported [bold]{escape(name)}@{short}[/] ({human_size(result['total_bytes'])}, "
+            f"{human_size(result['stored_bytes'])} new in the blob store), tagged latest",
+            markup=True,
         )
     else:
         console.print(f"already stored: {name}@{short} has exactly these files; nothing new stored")
@@ -93,7 +95,8 @@ def show(
         emit_json(info)
         return
     console.print(
-        f"[bold]{info['model']}@{info['short']}[/]  tags: {', '.join(info['tags']) or '-'}"
+        f"[bold]{info['model']}@{info['short']}[/]  tags: {', '.join(info['tags']) or '-'}",
+        markup=True,
     )
     console.print(f"revision     {info['revision']}")
     console.print(

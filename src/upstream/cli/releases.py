@@ -8,9 +8,11 @@ from typing import Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from upstream import releases as domain
 from upstream.cli.common import (
+    MAX_ID,
     AsOption,
     JsonOption,
     console,
@@ -28,7 +30,11 @@ def release(
     model: str = typer.Argument(..., help="The model's NAME."),
     from_: str = typer.Option("", "--from", help="Approved contribution ids, e.g. 3,5."),
     ship: int = typer.Option(
-        None, "--ship", help="Ship a passing candidate release by its id (from a --dry-run)."
+        None,
+        "--ship",
+        min=1,
+        max=MAX_ID,
+        help="Ship a passing candidate release by its id (from a --dry-run).",
     ),
     method: str = typer.Option(
         "linear", "--method", help="linear, ties, dare_ties, or retrain (one adapter on all data)."
@@ -101,7 +107,8 @@ def _print_release(result: dict[str, Any], json_out: bool) -> None:
     state = result["state"]
     head = f"[green]released {result['tag']}[/]" if state == "released" else f"[yellow]{state}[/]"
     console.print(
-        f"{head}: {result['model']}@{(result['revision'] or '')[:12]} ({result['method']})"
+        f"{head}: {result['model']}@{(result['revision'] or '')[:12]} ({result['method']})",
+        markup=True,
     )
     for reason in result["reasons"]:
         console.print(f"  {reason}", markup=False, highlight=False)
@@ -131,13 +138,13 @@ def _search(
         None,
     )
     if chosen is None:
-        console.print("[yellow]no candidate passed its checks; nothing released[/]")
+        console.print("[yellow]no candidate passed its checks; nothing released[/]", markup=True)
         for c in result["candidates"]:
             failed = [r for r in c["reasons"] if r.startswith("✗")]
             console.print(f"  {c['candidate']}: {'; '.join(failed)}", markup=False)
         return
     if result["ship_error"]:
-        console.print(f"[yellow]not shipped[/]: {escape(result['ship_error'])}")
+        console.print(f"[yellow]not shipped[/]: {escape(result['ship_error'])}", markup=True)
         return
     if result["release"] is None:
         console.print(
@@ -147,7 +154,9 @@ def _search(
         return
     r = result["release"]
     console.print(
-        f"[green]released {r['tag']}[/]: {r['model']}@{r['revision'][:12]} ({chosen['candidate']})"
+        f"[green]released {r['tag']}[/]: {r['model']}@{r['revision'][:12]} "
+        f"({escape(chosen['candidate'])})",
+        markup=True,
     )
     for reason in r["reasons"]:
         console.print(f"  {reason}", markup=False, highlight=False)
@@ -174,8 +183,8 @@ def candidates_table(candidates: list[dict[str, Any]], chosen: int | None) -> Ta
         mark = " ←" if c["id"] is not None and c["id"] == chosen else ""
         table.add_row(
             f"{c['id'] or '–'}{mark}",
-            escape(c["candidate"]),
-            "[green]passed[/]" if c["passed"] else "[red]failed[/]",
+            c["candidate"],
+            Text("passed", style="green") if c["passed"] else Text("failed", style="red"),
             str(f["fixed"]),
             str(f["broken"]),
             str(f["knowledge_lost"]),
@@ -204,7 +213,7 @@ def credits(
     table = Table("user", "points", "releases", "for")
     for r in rows:
         roles = ", ".join(f"{n} {role}" for role, n in sorted(r["roles"].items()))
-        table.add_row(escape(r["user"]), f"{r['points']:g}", str(r["releases"]), roles)
+        table.add_row(r["user"], f"{r['points']:g}", str(r["releases"]), roles)
     console.print(table)
 
 

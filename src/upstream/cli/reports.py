@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from upstream import reports as domain
 from upstream.cli.common import (
+    MAX_ID,
     AsOption,
     JsonOption,
     console,
@@ -112,7 +114,9 @@ def file_(
         )
         console.print(f"{what} report #{f.id}{near}")
     for n, error in submission.invalid:
-        err_console.print(f"[yellow]skipped[/] line {n}: {error}", highlight=False)
+        err_console.print(
+            f"[yellow]skipped[/] line {n}: {escape(error)}", markup=True, highlight=False
+        )
     _print_reproduction(result)
 
 
@@ -212,7 +216,8 @@ def _short(text: str, width: int = 60) -> str:
 
 @app.command("show")
 def show(
-    report_id: int = typer.Argument(..., help="Report id."), json_out: bool = JsonOption
+    report_id: int = typer.Argument(..., min=1, max=MAX_ID, help="Report id."),
+    json_out: bool = JsonOption,
 ) -> None:
     """Show a whole report: input, check, reproduction outputs and history."""
     hub = open_hub()
@@ -223,7 +228,8 @@ def show(
         return
     console.print(
         f"[bold]report #{d['id']}[/]  {d['status']}  severity {d['severity']}  "
-        f"model {d['model']}@{(d['revision'] or '')[:12]}"
+        f"model {d['model']}@{(d['revision'] or '')[:12]}",
+        markup=True,
     )
     console.print(
         f"reported by {d['reporter']} via {d['source']} "
@@ -261,7 +267,7 @@ def show(
 
 @app.command("confirm")
 def confirm(
-    report_ids: list[int] = typer.Argument(..., help="Report ids."),
+    report_ids: list[int] = typer.Argument(..., min=1, max=MAX_ID, help="Report ids."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -285,10 +291,10 @@ def confirm(
 
 @app.command("close")
 def close(
-    report_id: int = typer.Argument(..., help="Report id."),
+    report_id: int = typer.Argument(..., min=1, max=MAX_ID, help="Report id."),
     reason: str = typer.Option("", "--reason", help="Why it is closed."),
     duplicate_of: int = typer.Option(
-        None, "--duplicate-of", help="Close as a duplicate of this report."
+        None, "--duplicate-of", min=1, max=MAX_ID, help="Close as a duplicate of this report."
     ),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
@@ -306,7 +312,7 @@ def close(
 
 @app.command("reproduce")
 def reproduce(
-    report_ids: list[int] = typer.Argument(..., help="Report ids."),
+    report_ids: list[int] = typer.Argument(..., min=1, max=MAX_ID, help="Report ids."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -324,7 +330,7 @@ def reproduce(
 
 @app.command("rescore")
 def rescore(
-    report_ids: list[int] = typer.Argument(..., help="Report ids."),
+    report_ids: list[int] = typer.Argument(..., min=1, max=MAX_ID, help="Report ids."),
     expect: str = typer.Option(None, "--expect", help="Replace the report's check first."),
     as_user: str = AsOption,
     json_out: bool = JsonOption,

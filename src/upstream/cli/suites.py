@@ -71,7 +71,8 @@ def show(
     cases = view["case_list"]
     console.print(
         f"[bold]{escape(name)}[/] v{view['shown_version']}: {len(cases)} cases "
-        f"({view['public']} public, {view['heldout']} held-out)"
+        f"({view['public']} public, {view['heldout']} held-out)",
+        markup=True,
     )
     table = Table("case", "split", "tags", "prompt", "check")
     for c in cases:
