@@ -40,6 +40,8 @@ def test_mistakes_are_one_line_errors(tiny_hub: Hub, tmp_path: Path) -> None:
         (("tokens", "create", "--user", owner_name(home), "--expires", "1000y"), "expiry"),
         (("users", "add", "bad name", "--role", "admin"), "user name"),
         (("users", "add", "neo", "--role", "god"), "role 'god'"),
+        # refused before it binds: no admin could sign in, no Host name is allowed
+        (("up", "--host", "0.0.0.0", "--no-import"), "create the first admin token"),
     ]
     for args, message in cases:
         out = upstream(home, *args)

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from upstream.access import ROLE_SCOPES, SCOPES, Actor, check_role, require
+from upstream.access import ANONYMOUS, ROLE_SCOPES, RULES, SCOPES, Actor, check_role, may, require
 from upstream.db.schema import ApiToken, ModelRole, User, utcnow
 from upstream.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from upstream.registry import get_model
@@ -292,6 +292,41 @@ def authenticate(hub: Hub, secret: str) -> Actor:
             token.last_used_at = now
             s.commit()
         return actor
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_problems(hub: Hub, host: str) -> list[str]:
+    """Why serving on `host` would be unsafe or useless (none for a loopback address).
+
+    Beyond loopback, strangers can reach the hub: no write may be open to anonymous
+    visitors, someone must be able to sign in as an admin, and the Host names clients
+    will use must be allowed."""
+    if host in LOOPBACK or host.startswith("127."):
+        return []
+    problems = [
+        f"the rule book lets anonymous visitors {RULES[a].what} ({a})"
+        for a in RULES
+        if may(ANONYMOUS, a)
+    ]
+    now = utcnow()
+    with hub.session() as s:
+        admins = s.scalars(
+            select(ApiToken).join(User).where(User.role == "admin", ApiToken.revoked_at.is_(None))
+        ).all()
+        live = [t for t in admins if t.expires_at is None or _aware(t.expires_at) > now]
+        if not any("admin" in t.scopes for t in live):
+            problems.append(
+                "no admin can sign in yet: create the first admin token with "
+                f"`upstream tokens create --user {owner(hub).name}` and keep it safe"
+            )
+    if not hub.settings.allowed_hosts.strip():
+        problems.append(
+            "allowed_hosts is not set: requests naming this machine would be refused; set "
+            "UPSTREAM_ALLOWED_HOSTS to the names clients use (e.g. hub.example.org)"
+        )
+    return problems
 
 
 def _digest(secret: str) -> str:

@@ -49,10 +49,18 @@ def up(
     """Start the hub: the models page, the REST API under /api and a job worker."""
     import uvicorn
 
+    from upstream.accounts import exposure_problems
+    from upstream.errors import Conflict
     from upstream.registry import default_model_import
     from upstream.server.app import create_app
 
     hub = open_hub(create=True)
+    problems = exposure_problems(hub, host or hub.settings.host)
+    if problems:
+        raise Conflict(
+            f"not serving on {host or hub.settings.host}, which is reachable beyond this "
+            "machine: " + "; ".join(problems)
+        )
     args = None if no_import else default_model_import(hub)
     if args:
         err_console.print(f"no models yet: importing the bundled {args['name']} (once)")
