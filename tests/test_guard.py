@@ -3,6 +3,8 @@
 That the real base model passes it is tested with SmolLM2 in tests/test_smollm2.py.
 """
 
+from pathlib import Path
+
 import pytest
 
 from upstream.checks import parse_check
@@ -139,7 +141,8 @@ def test_a_new_guard_set_replaces_the_old_one_in_a_new_version(tiny_hub: Hub) ->
     from upstream.guard import guard_cases
     from upstream.suites import add_cases, get_version, version_cases
 
-    old = guard_cases()[:5]  # the import made version 1 with every guard case
+    ensure_guard_suite(tiny_hub, "tiny")  # as the import job does: version 1, every case
+    old = guard_cases()[:5]
     fragile = CaseIn(
         [{"role": "user", "content": "Tell me about the Moon."}],
         {"type": "min_words", "value": 5},
@@ -169,3 +172,11 @@ def test_a_fact_is_a_whole_word_not_a_substring() -> None:
     assert not parse_check(gold).score(because).passed
     sun = _spec("What is the Sun?")
     assert not parse_check(sun).score("The Sun is where the day starts for all of us here.").passed
+
+
+def test_the_import_job_gives_a_model_its_guard_suite(hub: Hub, tiny_model_dir: Path) -> None:
+    from upstream.suites import get_suite
+
+    hub.jobs.run_foreground("models.import", {"source": str(tiny_model_dir), "name": "tiny"})
+    with hub.session() as s:
+        assert get_suite(s, "guard-tiny").kind == "guard"

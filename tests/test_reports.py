@@ -8,7 +8,6 @@ import pytest
 from tests.people import owner, person
 from upstream import reports as domain
 from upstream.access import ANONYMOUS
-from upstream.duplicates import clusters
 from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from upstream.hub import Hub
 from upstream.reproduction import reproduce
@@ -75,7 +74,7 @@ def test_paraphrases_of_three_failures_form_three_clusters(tiny_hub: Hub) -> Non
     submission = domain.submit(tiny_hub, good, person(tiny_hub, "ana", "reporter"), "import")
     assert len(submission.to_reproduce) == 20 and submission.job is not None
     with tiny_hub.session() as s:
-        groups = clusters(domain.list_reports(s, domain.ReportQuery(limit=1000)))
+        groups = domain.clusters(domain.list_reports(s, domain.ReportQuery(limit=1000)))
         tags = {r.id: r.tags for r in domain.list_reports(s, domain.ReportQuery(limit=1000))}
     assert sorted(g["size"] for g in groups) == [6, 7, 7]
     for g in groups:  # each cluster holds the paraphrases of exactly one failure

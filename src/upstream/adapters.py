@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from upstream.errors import InvalidInput
-from upstream.registry import PICKLE_SUFFIXES, _weight_files
+from upstream.weights import PICKLE_SUFFIXES, weight_files
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # harmless text that tools write alongside, and the hub's own "materialized" marker
@@ -166,7 +166,7 @@ def _is_int(x: Any) -> bool:
 
 def base_weight_shapes(base_dir: Path) -> dict[str, list[int]]:
     """Every weight name -> shape in a HF model directory's safetensors, from headers only."""
-    files = _weight_files(base_dir)
+    files = weight_files(base_dir)
     if not files:
         raise InvalidInput(f"{base_dir}: no weights found (expected *.safetensors files)")
     shapes: dict[str, list[int]] = {}

@@ -21,7 +21,6 @@ from everyone but maintainers, who see counts and rates only otherwise.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import tempfile
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from upstream.access import HUB
+from upstream.comparisons import compare
 from upstream.contributions import (
     FINAL,
     adapter_dir,
@@ -42,8 +42,12 @@ from upstream.contributions import (
 from upstream.db.schema import Case, ContributionPush, Job, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
 from upstream.evals import Progress
+from upstream.guard import GUARD_MAX_NEW_TOKENS, ensure_guard_suite
+from upstream.registry import materialize
+from upstream.reports import prompt_text
 from upstream.settings import Policy, policy_for
 from upstream.stats import allowance, harm_passes, net_change
+from upstream.suites import CaseIn, add_cases
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -208,26 +212,6 @@ def _suite_reason(policy: Policy, r: dict[str, Any], hidden: set[str]) -> tuple[
     return not (regressed or inferior), line
 
 
-def checks_view(report: dict[str, Any], can_see_heldout: bool) -> dict[str, Any]:
-    """The check report as a viewer may see it: held-out cases as counts only."""
-    if can_see_heldout:
-        return report
-    view = copy.deepcopy(report)
-    # A case id names the same input in every suite, so a case held out anywhere (say a
-    # claimed report's case that a community suite holds out) is hidden everywhere.
-    hidden = {i for r in view.get("suites", []) for i in r.get("heldout_ids", [])}
-    for r in view.get("suites", []):
-        for d in r["splits"].values():
-            d["fixed"] = [i for i in d["fixed"] if i not in hidden]
-            d["broken"] = [i for i in d["broken"] if i not in hidden]
-            if "knowledge" in d:  # reports stored before issue 11 have none
-                d["knowledge"]["lost"] = [i for i in d["knowledge"]["lost"] if i not in hidden]
-        r["cases"] = {i: v for i, v in r["cases"].items() if i not in hidden}
-        r["heldout_hidden"] = bool(r.get("heldout_ids"))
-        r["heldout_ids"] = []
-    return view
-
-
 # ---------------------------------------------------------------- steps
 
 
@@ -235,7 +219,6 @@ def _train(
     hub: Hub, revision: Any, files: dict[str, Any], recipe: dict[str, Any], say: Progress
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the push's dataset into an adapter; (adapter files, training record)."""
-    from upstream.registry import materialize
     from upstream.training import recipe_from, train_adapter
 
     conversations = stored_dataset(hub, files)
@@ -259,8 +242,6 @@ def suites_to_check(
     hub: Hub, claims_suite: str, model_id: int, fixes: list[int]
 ) -> list[tuple[str, str]]:
     """(suite, kind): the claims suite first, then the model's guard and community suites."""
-    from upstream.guard import ensure_guard_suite
-    from upstream.suites import CaseIn, add_cases
 
     out: list[tuple[str, str]] = []
     with hub.session() as s:
@@ -311,9 +292,6 @@ def compare_on(
     say: Progress,
 ) -> dict[str, Any]:
     """Base vs candidate (+ adapters) on one suite, with the prompts of the changed cases."""
-    from upstream.comparisons import compare
-    from upstream.guard import GUARD_MAX_NEW_TOKENS
-    from upstream.reports import prompt_text
 
     tokens = GUARD_MAX_NEW_TOKENS if kind == "guard" else hub.settings.check_max_new_tokens
     result = compare(

@@ -32,6 +32,7 @@ from upstream.errors import InvalidInput
 from upstream.evals import Progress, _cached, run_eval, settings_of
 from upstream.registry import resolve
 from upstream.settings import Policy, policy_for
+from upstream.stats import Allowance
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -209,8 +210,6 @@ def detectable_note(d: dict[str, Any]) -> str:
     note += ". McNemar's p counts a report's variants as independent cases."
     harm = d.get("harm")
     if harm and "by_bound" in harm:
-        from upstream.stats import Allowance
-
         rule = Allowance(harm["resolvable"], harm["by_bound"])
         margin = harm["margin"]
         note += f" At the merge policy's margin of {margin:.0%}, {rule.describe(d['n'], margin)}."

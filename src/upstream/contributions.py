@@ -15,6 +15,7 @@ content changed, so it is checked and reviewed again.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from upstream.access import Actor, may, require
+from upstream.adapters import ADAPTER_FILES, adapter_files, validate_adapter
 from upstream.db import rows_of_model
 from upstream.db.schema import (
     Contribution,
@@ -38,6 +40,7 @@ from upstream.db.schema import (
     utcnow,
 )
 from upstream.errors import Conflict, InvalidInput, NotFound
+from upstream.registry import get_model, materialize, materialize_files, resolve
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -77,7 +80,6 @@ def open_contribution(
 ) -> dict[str, Any]:
     """Validate and store a new contribution and its first push, and queue its checks
     (tried `attempts` times; 1 for a CLI that runs them at once)."""
-    from upstream.registry import resolve
 
     require(actor, "contributions.open", data.model.partition("@")[0])
     author = actor.name
@@ -259,8 +261,6 @@ def list_contributions(
 ) -> list[Contribution]:
     q = select(Contribution).order_by(Contribution.id.desc())
     if model:
-        from upstream.registry import get_model
-
         q = q.where(Contribution.model_id == get_model(session, model.partition("@")[0]).id)
     if state:
         if state not in STATES:
@@ -287,10 +287,28 @@ def contribution_summary(c: Contribution) -> dict[str, Any]:
     }
 
 
+def checks_view(report: dict[str, Any], can_see_heldout: bool) -> dict[str, Any]:
+    """The check report as a viewer may see it: held-out cases as counts only."""
+    if can_see_heldout:
+        return report
+    view = copy.deepcopy(report)
+    # A case id names the same input in every suite, so a case held out anywhere (say a
+    # claimed report's case that a community suite holds out) is hidden everywhere.
+    hidden = {i for r in view.get("suites", []) for i in r.get("heldout_ids", [])}
+    for r in view.get("suites", []):
+        for d in r["splits"].values():
+            d["fixed"] = [i for i in d["fixed"] if i not in hidden]
+            d["broken"] = [i for i in d["broken"] if i not in hidden]
+            if "knowledge" in d:  # reports stored before issue 11 have none
+                d["knowledge"]["lost"] = [i for i in d["knowledge"]["lost"] if i not in hidden]
+        r["cases"] = {i: v for i, v in r["cases"].items() if i not in hidden}
+        r["heldout_hidden"] = bool(r.get("heldout_ids"))
+        r["heldout_ids"] = []
+    return view
+
+
 def contribution_detail(c: Contribution, viewer: Actor) -> dict[str, Any]:
     """Everything about a contribution; held-out case ids only for those who may see them."""
-    from upstream.ci import checks_view
-
     can_see_heldout = may(viewer, "suites.heldout", c.model.name)
     latest = c.pushes[-1]
     return {
@@ -319,7 +337,6 @@ def contribution_detail(c: Contribution, viewer: Actor) -> dict[str, Any]:
 
 def adapter_dir(hub: Hub, files: dict[str, Any]) -> Path:
     """A directory holding an adapter's files (made once per content)."""
-    from upstream.registry import materialize_files
 
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return materialize_files(hub, files, hub.settings.work_dir / "adapters" / digest)
@@ -413,7 +430,6 @@ def stored_dataset(hub: Hub, files: dict[str, Any], where: str = DATASET_FILE) -
 
 def store_adapter(hub: Hub, folder: Path) -> dict[str, Any]:
     """Put an adapter directory's two files in the blob store; file name → {sha256, size}."""
-    from upstream.adapters import ADAPTER_FILES
 
     files = {}
     for name in ADAPTER_FILES:
@@ -429,8 +445,6 @@ def _store(hub: Hub, revision: Revision, content: Content) -> tuple[dict[str, An
         read_dataset(hub, content.dataset, content.dataset_name)
         blob = hub.blobs.put_bytes(content.dataset)
         return {DATASET_FILE: {"sha256": blob.sha256, "size": blob.size}}, None
-    from upstream.adapters import adapter_files, validate_adapter
-    from upstream.registry import materialize
 
     assert content.adapter_dir is not None
     source = Path(content.adapter_dir)

@@ -34,6 +34,7 @@ from upstream.db.schema import (
     ReportEvent,
 )
 from upstream.errors import InvalidInput, NotFound
+from upstream.registry import get_model
 
 POINTS: dict[str, float] = {
     "reporter": 2.0,  # a confirmed failure: a new benchmark case for everyone
@@ -128,8 +129,6 @@ def credits_table(
     if release_id is not None:
         q = q.where(CreditEntry.release_id == release_id)
     if model is not None:
-        from upstream.registry import get_model
-
         q = q.where(CreditEntry.model_id == get_model(session, model.partition("@")[0]).id)
     points: dict[str, float] = defaultdict(float)
     roles: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

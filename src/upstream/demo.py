@@ -21,7 +21,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from upstream import accounts, contributions, releases, reports, suites
+from upstream.credits import credits_table
 from upstream.hub import Hub
+from upstream.reproduction import reproduce
+from upstream.triage import confirm
 
 MODEL = "smollm2-135m-instruct"
 DATA = Path(__file__).parent / "data"
@@ -33,10 +37,6 @@ def run_demo(
     console: Console, progress: Callable[[str], Any], home: Path | None = None, keep: bool = False
 ) -> dict[str, Any]:
     """Run the loop; `progress(label)` gives a context manager yielding a progress callback."""
-    from upstream import accounts, contributions, releases, reports, suites
-    from upstream.credits import credits_table
-    from upstream.reproduction import reproduce
-    from upstream.triage import confirm
 
     made = home is None
     home = Path(tempfile.mkdtemp(prefix="upstream-demo-")) if home is None else home

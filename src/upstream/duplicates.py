@@ -10,16 +10,15 @@ the nearest one. Linked reports form clusters (connected components).
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from upstream.db.schema import Report
+from upstream.db.schema import CLOSED_STATUSES, Report
 
 
 def find_same_content(session: Session, hashes: Iterable[str]) -> dict[str, Report]:
@@ -109,8 +108,6 @@ class SimilarityIndex:
 
         `pending` are (id, vector) of reports added in the current, uncommitted filing.
         """
-        from upstream.reports import CLOSED
-
         with self._lock:
             v = self._models.get(model_id) or _Vectors()
             ids, distances = v.ids[: v.n], 1.0 - v.matrix[: v.n] @ vector  # (n,)
@@ -126,47 +123,12 @@ class SimilarityIndex:
         candidates = [int(ids[i]) for i in order]
         open_ids = set(
             session.scalars(
-                select(Report.id).where(Report.id.in_(candidates), Report.status.not_in(CLOSED))
+                select(Report.id).where(
+                    Report.id.in_(candidates), Report.status.not_in(CLOSED_STATUSES)
+                )
             )
         )
         for i in order:
             if int(ids[i]) in open_ids:
                 return int(ids[i]), round(float(max(0.0, distances[i])), 4)
         return None
-
-
-def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
-    """Group reports linked as likely duplicates; biggest clusters first."""
-    from upstream.reports import prompt_text
-
-    parent = {r.id: r.id for r in reports}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for r in reports:
-        for other in (r.similar_to_id, r.duplicate_of_id):
-            if other is not None and other in parent:
-                parent[root(r.id)] = root(other)
-    groups: dict[int, list[Report]] = defaultdict(list)
-    for r in reports:
-        groups[root(r.id)].append(r)
-    out: list[dict[str, Any]] = []
-    for members in groups.values():
-        members.sort(key=lambda r: r.id)
-        first = members[0]
-        out.append(
-            {
-                "id": first.id,
-                "size": len(members),
-                "reporters": len({f.reporter for m in members for f in m.filings}),
-                "reports": [m.id for m in members],
-                "statuses": sorted({m.status for m in members}),
-                "prompt": prompt_text(first.messages),
-            }
-        )
-    out.sort(key=lambda c: (-int(c["size"]), int(c["id"])))
-    return out

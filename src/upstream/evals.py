@@ -24,11 +24,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from upstream.access import Actor, require
+from upstream.blobs import sha256_file
 from upstream.checks import parse_check
-from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, utcnow
+from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, Suite, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
 from upstream.errors import InvalidInput, NotFound
+from upstream.registry import resolve
+from upstream.stats import wilson
 from upstream.suites import SPLITS, case_split, get_version, split_secret, version_cases
 
 if TYPE_CHECKING:
@@ -50,7 +53,6 @@ Progress = Callable[[float, float, str], None]
 
 def subject_of(revision: Revision, adapters: Sequence[Path] = ()) -> tuple[dict[str, Any], str]:
     """What a result depends on, and its hash."""
-    from upstream.blobs import sha256_file
     from upstream.engines.hf import ENGINE_VERSION
 
     files = revision.manifest["files"]
@@ -96,7 +98,6 @@ def run_eval(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate `ref` (+ adapters) on a suite version; returns the run's summary."""
-    from upstream.registry import resolve
 
     if split not in SPLITS:
         raise InvalidInput(f"split {split!r}: allowed {', '.join(SPLITS)}")
@@ -164,7 +165,6 @@ def run_eval(
 
 
 def _heldout_percent(session: Any, suite_id: int) -> int:
-    from upstream.db.schema import Suite
 
     suite = session.get(Suite, suite_id)
     return int(suite.heldout_percent) if suite else 30
@@ -334,7 +334,6 @@ def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalR
 
 def metrics(rows: Sequence[EvalResult], tags: dict[str, list[str]]) -> dict[str, Any]:
     """Pass rate with a Wilson 95 % interval, overall, per split and per tag."""
-    from upstream.stats import wilson
 
     groups: dict[str, list[EvalResult]] = defaultdict(list)
     for r in rows:
@@ -397,7 +396,6 @@ def eval_job(
 ) -> dict[str, Any]:
     """Check an evaluation request (who asks, names, split, length) before any work; returns
     the arguments of its `evals.run` job. Adapters are paths on the hub's machine."""
-    from upstream.registry import resolve
 
     check_max_new_tokens(max_new_tokens)
     if split not in SPLITS:

@@ -43,11 +43,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from upstream import __version__, checks
 from upstream.access import Actor, require
-from upstream.db.schema import Model
+from upstream.checks import CHECK_VERSION, TYPES
+from upstream.db.schema import Model, Report, Suite
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, check_max_new_tokens
 from upstream.errors import InvalidInput
-from upstream.suites import CASE_SCHEMA, get_suite
+from upstream.suites import (
+    CASE_SCHEMA,
+    case_split,
+    get_suite,
+    get_version,
+    split_secret,
+    version_cases,
+)
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -150,9 +159,6 @@ def select_cases(
     """The cases of a suite version that may be exported, in manifest order."""
     from sqlalchemy import select
 
-    from upstream.db.schema import Model, Report, Suite
-    from upstream.suites import case_split, get_version, split_secret, version_cases
-
     with hub.session() as s:
         v = get_version(s, name, version)
         suite = s.get(Suite, v.suite_id)
@@ -204,8 +210,6 @@ def select_cases(
 
 def suite_info(sel: Selection, fmt: str, include_heldout: bool) -> dict[str, Any]:
     """The provenance record written as suite.json beside every export."""
-    from upstream import __version__
-    from upstream.checks import CHECK_VERSION
 
     return {
         "schema": EXPORT_SCHEMA,
@@ -284,7 +288,6 @@ def _write_hf(sel: Selection, out: Path) -> None:
 
 
 def _dataset_card(sel: Selection) -> str:
-    from upstream.checks import CHECK_VERSION, TYPES
 
     licenses = sorted({r.license for r in sel.rows if r.license})
     imported = sum(1 for r in sel.rows if r.report is None)
@@ -582,7 +585,6 @@ class InvalidInput(ValueError):
 
 def standalone_checks() -> str:
     """The source of `upstream/checks.py`, made importable without the hub."""
-    from upstream import checks
 
     source = Path(checks.__file__).read_text(encoding="utf-8")
     if source.count(_HUB_IMPORT) != 1:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from upstream.engines.base import GenRequest
 from upstream.errors import NotFound
+from upstream.registry import resolve
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -18,7 +19,6 @@ def generate_one(
 ) -> dict[str, Any]:
     """Answer one request with revision `ref` (plus adapters), greedily."""
     from upstream.engines.hf import HFEngine
-    from upstream.registry import resolve
 
     request.validate(hub.settings.max_prompt_chars)
     for a in adapters:

@@ -43,11 +43,12 @@ from sqlalchemy import select
 
 from upstream.db.schema import Suite
 from upstream.errors import InvalidInput
-from upstream.registry import NAME_RE
+from upstream.registry import NAME_RE, import_model
 from upstream.suites import CaseIn, add_cases
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
+    from upstream.jobs import JobContext
 
 # New tokens generated per guard case. At 96 the bundled model writes 60-85 words when it
 # has more to say, enough for a loop of up to ~35 words to show itself; at 128 it starts
@@ -202,3 +203,10 @@ def ensure_guard_suite(hub: Hub, model: str) -> str:
         exact=True,  # a new guard set replaces the old one (fragile cases leave)
     )
     return name
+
+
+def run_import_job(ctx: JobContext) -> dict[str, Any]:
+    """Job handler for `models.import`: the new revision, and its model's guard suite."""
+    result = import_model(ctx.hub, ctx.args["source"], ctx.args["name"], ctx.progress)
+    ensure_guard_suite(ctx.hub, ctx.args["name"])
+    return result.as_dict()

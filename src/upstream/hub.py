@@ -18,9 +18,11 @@ from upstream.blobs import BlobStore
 from upstream.db import migrate, open_database, session_factory
 from upstream.errors import NotFound
 from upstream.jobs import JobQueue
+from upstream.registry import materialize
 from upstream.settings import Settings
 
 if TYPE_CHECKING:
+    from upstream.db.schema import Revision
     from upstream.duplicates import SimilarityIndex
 
 
@@ -52,6 +54,10 @@ class Hub:
         from upstream.duplicates import SimilarityIndex
 
         return SimilarityIndex()
+
+    def revision_dir(self, revision: Revision) -> Path:
+        """A directory holding the revision's files (made once), for engines to load."""
+        return materialize(self, revision)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # kind -> "module:function"; imported only when a job of that kind runs, so that
 # claiming and listing jobs stays free of heavy imports.
 HANDLERS: dict[str, str] = {
-    "models.import": "upstream.registry:run_import_job",
+    "models.import": "upstream.guard:run_import_job",
     "reports.reproduce": "upstream.reproduction:run_reproduce_job",
     "evals.run": "upstream.evals:run_eval_job",
     "contributions.check": "upstream.ci:run_checks_job",

@@ -81,7 +81,7 @@ from upstream.adapters import (
     validate_adapter,
 )
 from upstream.errors import InvalidInput
-from upstream.registry import PICKLE_SUFFIXES, _weight_files
+from upstream.weights import PICKLE_SUFFIXES, weight_files
 
 if TYPE_CHECKING:
     import numpy as np
@@ -236,7 +236,7 @@ def _tensors_of(path: Path) -> list[_Tensor]:
 
 def _base_tensors(base_dir: Path) -> list[_Tensor]:
     """Every tensor of the base's safetensors files, file by file in data order."""
-    files = _weight_files(base_dir)
+    files = weight_files(base_dir)
     if not files:
         raise InvalidInput(f"{base_dir}: no weights found (expected *.safetensors files)")
     tensors: list[_Tensor] = []

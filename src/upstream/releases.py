@@ -36,7 +36,8 @@ from sqlalchemy import select
 
 from upstream.access import Actor, require
 from upstream.ci import ACTOR, compare_on, judge, policy_for, suites_to_check
-from upstream.contributions import adapter_dir, get_contribution, set_state
+from upstream.contributions import adapter_dir, get_contribution, set_state, stored_dataset
+from upstream.credits import credits_table, record_release_credits
 from upstream.db.schema import (
     Case,
     Contribution,
@@ -51,6 +52,12 @@ from upstream.db.schema import (
 )
 from upstream.errors import Conflict, InvalidInput, NotFound, UpstreamError
 from upstream.evals import Progress
+from upstream.modelcard import render_card
+from upstream.registry import get_model, import_dir, materialize, resolve, set_tag
+from upstream.reports import get_report, prompt_text
+from upstream.stats import wilson
+from upstream.suites import case_id
+from upstream.triage import set_status
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -81,7 +88,6 @@ def cut_release(hub: Hub, data: ReleaseIn, actor: Actor, attempts: int = 3) -> d
 def plan_release(hub: Hub, data: ReleaseIn, actor: Actor) -> dict[str, Any]:
     """Check a release before any heavy work and record it; returns {id, ...}."""
     from upstream import merging
-    from upstream.registry import get_model, materialize, resolve
 
     require(actor, "releases.cut", data.model.partition("@")[0])
     author = actor.name
@@ -378,7 +384,6 @@ def build_release(
 
 
 def _build(hub: Hub, release_id: int, say: Progress, ship: bool) -> dict[str, Any]:
-    from upstream.registry import import_dir
 
     with hub.session() as s:
         release = get_release(s, release_id)
@@ -435,7 +440,6 @@ def _merge(
 ) -> dict[str, Any]:
     """Write the merged model to `out`; returns what the merge recorded."""
     from upstream import merging
-    from upstream.registry import materialize
 
     base_dir = materialize(hub, base)
     if method == "retrain":
@@ -461,7 +465,6 @@ def _retrain(
     hub: Hub, base_dir: Path, ids: list[int], inputs: dict[str, Any], out: Path, say: Progress
 ) -> Path:
     """One adapter trained on the union of the contributions' datasets (default recipe)."""
-    from upstream.contributions import stored_dataset
     from upstream.training import Recipe, train_adapter
 
     conversations = []
@@ -543,7 +546,6 @@ def ship_release(
 ) -> dict[str, Any]:
     """Release a candidate that passed its checks (one a search built and did not ship);
     `model`, when given, must be the release's model."""
-    from upstream.registry import resolve
 
     with hub.session() as s, s.begin():
         # locked: two ships at once (of one candidate, or of two siblings of one model)
@@ -576,8 +578,6 @@ def ship_release(
 def _ship(session: Any, release: Release, passing: dict[str, bool]) -> list[int]:
     """Tag a checked release vN and latest, mark what it fixed, merge and credit; the
     reports marked fixed."""
-    from upstream.credits import record_release_credits
-    from upstream.registry import set_tag
 
     revision = release.revision
     assert revision is not None and release.checks is not None
@@ -622,9 +622,6 @@ def _mark_fixed(
 ) -> list[int]:
     """Reports that the release fixed: confirmed, of this model, every input (the prompt and
     each variant, with its check) evaluated and passing, and at least one failing before."""
-    from upstream.reports import get_report
-    from upstream.suites import case_id
-    from upstream.triage import set_status
 
     report_ids = {
         c.report_id
@@ -651,8 +648,6 @@ def _reopen_regressed(
     """Reports fixed before that fail again in this release (a case of theirs was checked
     and no longer passes, which the policy's margin can let through): back to confirmed,
     so that they are open to be fixed again. Returns their ids."""
-    from upstream.reports import get_report
-    from upstream.triage import set_status
 
     failing = [i for i, ok in passing.items() if not ok]
     report_ids = session.scalars(
@@ -686,9 +681,6 @@ def _stored_retention(release: Release) -> dict[int, dict[str, Any]]:
 
 
 def _card(session: Any, release: Release, fixed: list[int]) -> str:
-    from upstream.credits import credits_table
-    from upstream.modelcard import render_card
-    from upstream.reports import get_report, prompt_text
 
     retention = _stored_retention(release)
     revision, base = release.revision, release.base_revision
@@ -758,7 +750,6 @@ def _card(session: Any, release: Release, fixed: list[int]) -> str:
 
 
 def _interval(prefix: str, rate: float, n: int) -> dict[str, float]:
-    from upstream.stats import wilson
 
     low, high = wilson(round(rate * n), n)
     return {f"{prefix}low": low, f"{prefix}high": high}
@@ -812,7 +803,6 @@ def release_summary(release: Release) -> dict[str, Any]:
 
 def export_revision(hub: Hub, actor: Actor, ref: str, out: Path) -> dict[str, Any]:
     """Write a revision as a plain model directory (weights, tokenizer, card) to `out`."""
-    from upstream.registry import materialize, resolve
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInput(f"--out {out}: exists and is not an empty directory; give a new one")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,8 @@ from sqlalchemy.orm import Session, selectinload
 from upstream.access import HUB, Actor, may, require
 from upstream.checks import parse_check
 from upstream.db.schema import (
+    CLOSED_STATUSES,
+    REPORT_STATUSES,
     Case,
     Model,
     Report,
@@ -41,6 +44,7 @@ from upstream.db.schema import (
 )
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, ROLES
 from upstream.errors import InvalidInput, NotFound
+from upstream.registry import resolve
 from upstream.suites import split_key, split_of, split_secret
 
 if TYPE_CHECKING:
@@ -50,17 +54,8 @@ REPORT_SCHEMA = 1
 SEVERITIES = ("low", "medium", "high", "critical")
 SOURCES = ("cli", "api", "web", "feedback", "import")
 REPRODUCE_JOB = "reports.reproduce"  # run by `reproduction.reproduce`
-STATUSES = (
-    "new",
-    "reproduced",
-    "not_reproduced",
-    "needs_check",
-    "confirmed",
-    "fixed",
-    "wontfix",
-    "duplicate",
-)
-CLOSED = ("fixed", "wontfix", "duplicate")
+STATUSES = REPORT_STATUSES
+CLOSED = CLOSED_STATUSES
 MAX_VARIANTS = 50
 MAX_MESSAGES = 100  # per prompt (and per variant)
 MAX_TAGS = 20
@@ -172,7 +167,6 @@ class Prepared:
 
 def prepare(session: Session, data: ReportIn, max_chars: int, where: str = "report") -> Prepared:
     """Resolve the model and check every field; raise InvalidInput naming the first problem."""
-    from upstream.registry import resolve
 
     try:
         revision = resolve(session, data.model)
@@ -453,8 +447,6 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
         name, rev = q.model.partition("@")[::2]
         stmt = stmt.join(Model, Report.model_id == Model.id).where(Model.name == name)
         if rev:
-            from upstream.registry import resolve
-
             stmt = stmt.where(Report.revision_id == resolve(session, q.model).id)
     if q.status:
         if q.status not in STATUSES:
@@ -645,3 +637,38 @@ def _file_and_queue(
         args = {"reports": submission.to_reproduce}
         submission.job = hub.jobs.enqueue(REPRODUCE_JOB, args, owner=actor)
     return submission
+
+
+def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
+    """Group reports linked as likely duplicates; biggest clusters first."""
+    parent = {r.id: r.id for r in reports}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for r in reports:
+        for other in (r.similar_to_id, r.duplicate_of_id):
+            if other is not None and other in parent:
+                parent[root(r.id)] = root(other)
+    groups: dict[int, list[Report]] = defaultdict(list)
+    for r in reports:
+        groups[root(r.id)].append(r)
+    out: list[dict[str, Any]] = []
+    for members in groups.values():
+        members.sort(key=lambda r: r.id)
+        first = members[0]
+        out.append(
+            {
+                "id": first.id,
+                "size": len(members),
+                "reporters": len({f.reporter for m in members for f in m.filings}),
+                "reports": [m.id for m in members],
+                "statuses": sorted({m.status for m in members}),
+                "prompt": prompt_text(first.messages),
+            }
+        )
+    out.sort(key=lambda c: (-int(c["size"]), int(c["id"])))
+    return out

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from upstream.engines.base import MAX_PROMPT_CHARS
 from upstream.errors import InvalidInput
+
+MAX_PROMPT_CHARS = 32_000  # default limit on a request's total message characters
 
 CONFIG_FILE = "config.toml"
 

@@ -29,7 +29,7 @@ from upstream.access import Actor, may, require
 from upstream.checks import parse_check
 from upstream.db.schema import Case, HubSecret, Model, Report, Suite, SuiteVersion
 from upstream.errors import InvalidInput, NotFound
-from upstream.registry import NAME_RE
+from upstream.registry import NAME_RE, get_model
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -187,8 +187,6 @@ def _add_cases_once(
         if suite is None:
             model_id = None
             if model:
-                from upstream.registry import get_model
-
                 model_id = get_model(s, model.partition("@")[0]).id
             suite = Suite(
                 name=name,

@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from upstream.engines.base import GenRequest
 from upstream.errors import InvalidInput
 
 ROLES = ("system", "user", "assistant")
@@ -615,7 +616,6 @@ def replay_conversations(
     prompts = random.Random(seed).sample(pool, min(max(0, n), len(pool)))
     if not prompts:
         return []
-    from upstream.engines.base import GenRequest
     from upstream.engines.hf import HFEngine, load_from_dir
 
     engine = HFEngine(load_from_dir(model_dir), batch_size=16)

@@ -8,6 +8,7 @@ import typer
 
 from upstream.cli import accounts, contributions, models, releases, reports, suites
 from upstream.cli import hub as hub_commands
+from upstream.cli.common import err_console
 from upstream.cli.generate import generate
 from upstream.errors import UpstreamError
 
@@ -49,8 +50,6 @@ def main() -> None:
         app()
     except UpstreamError as e:
         from rich.markup import escape
-
-        from upstream.cli.common import err_console
 
         err_console.print(f"[red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         _exit(2)

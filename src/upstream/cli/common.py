@@ -20,8 +20,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from upstream import accounts
 from upstream.access import Actor
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
+from upstream.errors import InvalidInput
 from upstream.hub import Hub
 
 # Piped output is not cut to 80 columns: tables stay whole for logs and grep. Markup is
@@ -113,7 +115,6 @@ def run_job(
 
 def number_list(text: str, kind: type, option: str, what: str = "numbers") -> list[Any]:
     """A comma-separated option ("3,7, 12") as numbers of `kind`, or InvalidInput."""
-    from upstream.errors import InvalidInput
 
     try:
         numbers = [kind(x) for x in text.replace(" ", "").split(",") if x]
@@ -156,7 +157,6 @@ def current_actor(hub: Hub, as_user: str | None = None) -> Actor:
     anyway; so it acts as the hub's owner, and `--as` lets scripts and tests act as the
     people they stand for, with their role.
     """
-    from upstream import accounts
 
     name = as_user or os.environ.get("UPSTREAM_AS")
     return accounts.actor_named(hub, name) if name else accounts.owner(hub)

@@ -12,7 +12,9 @@ from upstream.cli.common import (
     max_new_tokens_option,
     open_hub,
 )
+from upstream.contributions import resolve_adapters
 from upstream.engines.base import GenRequest
+from upstream.generation import generate_one
 
 
 def generate(
@@ -29,8 +31,6 @@ def generate(
     json_out: bool = JsonOption,
 ) -> None:
     """Generate the model's answer to PROMPT (greedy, chat template applied)."""
-    from upstream.contributions import resolve_adapters
-    from upstream.generation import generate_one
 
     hub = open_hub()
     messages = ([{"role": "system", "content": system}] if system else []) + [

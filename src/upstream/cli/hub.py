@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from upstream.accounts import exposure_problems
 from upstream.cli.common import (
     MAX_ID,
     AsOption,
@@ -20,6 +21,10 @@ from upstream.cli.common import (
     progress_bar,
     run_job,
 )
+from upstream.errors import Conflict
+from upstream.jobs import Worker, job_json
+from upstream.registry import default_model_import
+from upstream.registry import fsck as run_fsck
 
 
 def init(json_out: bool = JsonOption) -> None:
@@ -49,9 +54,6 @@ def up(
     """Start the hub: the models page, the REST API under /api and a job worker."""
     import uvicorn
 
-    from upstream.accounts import exposure_problems
-    from upstream.errors import Conflict
-    from upstream.registry import default_model_import
     from upstream.server.app import create_app
 
     hub = open_hub(create=True)
@@ -75,7 +77,6 @@ def worker(
     once: bool = typer.Option(False, "--once", help="Run the queued jobs, then exit."),
 ) -> None:
     """Run jobs from the queue in this process until stopped."""
-    from upstream.jobs import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     hub = open_hub()
@@ -93,7 +94,6 @@ def worker(
 
 def fsck(json_out: bool = JsonOption) -> None:
     """Verify every blob's sha256 and that every revision's files are present."""
-    from upstream.registry import fsck as run_fsck
 
     hub = open_hub()
     with progress_bar("verifying blobs") as update:
@@ -122,7 +122,6 @@ def jobs_list(
     json_out: bool = JsonOption,
 ) -> None:
     """List recent jobs with their state and progress."""
-    from upstream.jobs import job_json
 
     hub = open_hub()
     rows = [job_json(j) for j in hub.jobs.list(state)]
@@ -144,7 +143,6 @@ def jobs_cancel(
     json_out: bool = JsonOption,
 ) -> None:
     """Stop a job: a queued one at once, a running one at its next progress report."""
-    from upstream.jobs import job_json
 
     hub = open_hub()
     job = job_json(hub.jobs.cancel(job_id, current_actor(hub, as_user)))
@@ -168,8 +166,6 @@ def jobs_show(
 ) -> None:
     """Show one job: its state, progress, attempts, result or error."""
     import time
-
-    from upstream.jobs import job_json
 
     hub = open_hub()
     job = job_json(hub.jobs.get(job_id))

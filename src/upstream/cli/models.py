@@ -21,6 +21,7 @@ from upstream.cli.common import (
     open_hub,
     progress_bar,
 )
+from upstream.releases import export_revision
 
 app = typer.Typer(help="Import, list and show models and their revisions.", no_args_is_help=True)
 
@@ -164,7 +165,6 @@ def export(
     json_out: bool = JsonOption,
 ) -> None:
     """Write a revision as a plain transformers directory: weights, tokenizer, model card."""
-    from upstream.releases import export_revision
 
     hub = open_hub()
     result = export_revision(hub, current_actor(hub, as_user), ref, out)

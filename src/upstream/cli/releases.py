@@ -23,6 +23,7 @@ from upstream.cli.common import (
     open_hub,
     progress_bar,
 )
+from upstream.credits import credits_table
 from upstream.errors import InvalidInput
 
 
@@ -199,7 +200,6 @@ def credits(
     json_out: bool = JsonOption,
 ) -> None:
     """Who made the releases better: reporters, confirmers, contributors, reviewers."""
-    from upstream.credits import credits_table
 
     hub = open_hub()
     with hub.session() as s:

@@ -25,6 +25,10 @@ from upstream.cli.common import (
 )
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
+from upstream.reproduction import queue_reproduction
+from upstream.reproduction import rescore as do_rescore
+from upstream.triage import close as do_close
+from upstream.triage import confirm as do_confirm
 
 app = typer.Typer(help="File failure reports, find them, and triage them.", no_args_is_help=True)
 
@@ -162,7 +166,6 @@ def list_(
     json_out: bool = JsonOption,
 ) -> None:
     """List reports, newest first, filtered; or their duplicate clusters."""
-    from upstream.duplicates import clusters as group
 
     hub = open_hub()
     query = domain.ReportQuery(
@@ -171,7 +174,7 @@ def list_(
     with hub.session() as s:
         found = domain.list_reports(s, query)
         if clusters:
-            groups = group(found)[:limit]
+            groups = domain.clusters(found)[:limit]
         rows = [domain.report_summary(r) for r in found[:limit]]
     if clusters:
         if json_out:
@@ -272,7 +275,6 @@ def confirm(
     json_out: bool = JsonOption,
 ) -> None:
     """Confirm reports (maintainers directly; others count toward three)."""
-    from upstream.triage import confirm as do_confirm
 
     hub = open_hub()
     actor = current_actor(hub, as_user)
@@ -300,7 +302,6 @@ def close(
     json_out: bool = JsonOption,
 ) -> None:
     """Close a report as wontfix, or as a duplicate of another."""
-    from upstream.triage import close as do_close
 
     hub = open_hub()
     r = do_close(hub, report_id, current_actor(hub, as_user), reason, duplicate_of)
@@ -317,7 +318,6 @@ def reproduce(
     json_out: bool = JsonOption,
 ) -> None:
     """Run reproduction again (e.g. after the check or the model changed)."""
-    from upstream.reproduction import queue_reproduction
 
     hub = open_hub()
     job = queue_reproduction(hub, current_actor(hub, as_user), report_ids)
@@ -336,7 +336,6 @@ def rescore(
     json_out: bool = JsonOption,
 ) -> None:
     """Judge stored outputs again (optionally with a new check); generates nothing."""
-    from upstream.reproduction import rescore as do_rescore
 
     check = _check_option(expect) if expect is not None else None
     hub = open_hub()

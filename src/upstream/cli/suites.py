@@ -22,7 +22,12 @@ from upstream.cli.common import (
     progress_bar,
     run_job,
 )
+from upstream.comparisons import compare as run_compare
+from upstream.comparisons import detectable_note
+from upstream.comparisons import leaderboard as board
 from upstream.contributions import resolve_adapters
+from upstream.evals import EVAL_JOB, eval_job
+from upstream.stats import net_change
 
 app = typer.Typer(
     help="Community benchmarks: build, import, show and export suites.", no_args_is_help=True
@@ -177,7 +182,6 @@ def eval_(
     json_out: bool = JsonOption,
 ) -> None:
     """Evaluate a revision (with adapters) on a suite; prints pass rates per split and tag."""
-    from upstream.evals import EVAL_JOB, eval_job
 
     hub = open_hub()
     adapters = resolve_adapters(hub, adapter)
@@ -214,7 +218,6 @@ def _harm_cell(harm: dict[str, Any], n: int) -> str:
     resolve the margin) its observed net change; lost knowledge counted as broken."""
     if harm.get("by_bound", True):
         return f"≥ {harm['low']:+.1%} (margin −{harm['margin']:.0%})"
-    from upstream.stats import net_change
 
     observed = net_change(harm["fixed"], harm["broken"], n)
     return f"{observed:+.1%} observed (margin −{harm['margin']:.0%})"
@@ -233,8 +236,6 @@ def compare(
     json_out: bool = JsonOption,
 ) -> None:
     """Compare a candidate with a base: fixed, broken, knowledge lost, paired difference."""
-    from upstream.comparisons import compare as run_compare
-    from upstream.comparisons import detectable_note
 
     hub = open_hub()
     with progress_bar("evaluating") as update:
@@ -304,7 +305,6 @@ def leaderboard(
     json_out: bool = JsonOption,
 ) -> None:
     """Revisions × suites: pass rates with 95 % intervals from the newest runs."""
-    from upstream.comparisons import leaderboard as board
 
     rows = board(open_hub(), suite)
     if json_out:

@@ -27,6 +27,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A report's life (docs/reports.md); the closed ones are no one's open work.
+REPORT_STATUSES = (
+    "new",
+    "reproduced",
+    "not_reproduced",
+    "needs_check",
+    "confirmed",
+    "fixed",
+    "wontfix",
+    "duplicate",
+)
+CLOSED_STATUSES = ("fixed", "wontfix", "duplicate")
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 

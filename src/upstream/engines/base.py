@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from upstream.errors import InvalidInput
+from upstream.settings import MAX_PROMPT_CHARS  # noqa: F401  (the limit engines apply)
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_NEW_TOKENS = 4096  # the most tokens any request may generate
-MAX_PROMPT_CHARS = 32_000  # default limit on a request's total message characters
 
 
 def check_max_new_tokens(value: int) -> None:

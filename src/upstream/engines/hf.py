@@ -51,15 +51,13 @@ def load_model(
     hub: Hub, revision: Revision, adapters: Sequence[Path] = (), cache_size: int | None = None
 ) -> LoadedModel:
     """The revision (with LoRA adapters applied), from the cache or loaded from blobs."""
-    from upstream.registry import materialize
-
     key = (revision.hash, *(str(Path(a).resolve()) for a in adapters))
     size = hub.settings.model_cache_size if cache_size is None else cache_size
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        loaded = load_from_dir(materialize(hub, revision), adapters)
+        loaded = load_from_dir(hub.revision_dir(revision), adapters)
         loaded.key = key
         if size > 0:
             _cache[key] = loaded

@@ -16,8 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from upstream import __version__
 from upstream.errors import UpstreamError
 from upstream.hub import Hub
+from upstream.jobs import Worker
 from upstream.limits import RateLimiter
+from upstream.server.api import accounts, contributions, jobs, models, releases, reports, suites
 from upstream.server.body import BodyLimit
+from upstream.server.pages import views
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HTTP_CODES = {
@@ -65,20 +68,9 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     """The app for `hub`; with `worker`, an in-process job worker runs alongside."""
-    from upstream.server.api import (
-        accounts,
-        contributions,
-        jobs,
-        models,
-        releases,
-        reports,
-        suites,
-    )
-    from upstream.server.pages import views
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from upstream.jobs import Worker
 
         job_worker = Worker(hub) if worker else None
         thread = job_worker.start_thread() if job_worker else None

@@ -13,6 +13,7 @@ from upstream.access import Actor
 from upstream.credits import credits_table, ledger
 from upstream.db.schema import Release
 from upstream.hub import Hub
+from upstream.registry import get_model
 from upstream.releases import (
     METHODS,
     ReleaseIn,
@@ -30,7 +31,6 @@ router = APIRouter(tags=["releases"], route_class=StrictRoute)
 @router.get("/releases")
 def list_releases(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Releases, newest first: state, tag, method, contributions, verdict."""
-    from upstream.registry import get_model
 
     with hub.session() as s:
         q = select(Release).order_by(Release.id.desc())

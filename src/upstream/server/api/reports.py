@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import reports as domain
 from upstream.access import Actor
-from upstream.duplicates import clusters as group
 from upstream.hub import Hub
 from upstream.reproduction import queue_reproduction, rescore
 from upstream.server.body import StrictRoute
@@ -51,7 +50,11 @@ def list_reports(
             everything = domain.ReportQuery(
                 model, status, tag, severity, text, limit=1_000_000, viewer=actor
             )
-            return {"clusters": group(domain.list_reports(s, everything))[offset : offset + limit]}
+            return {
+                "clusters": domain.clusters(domain.list_reports(s, everything))[
+                    offset : offset + limit
+                ]
+            }
         query = domain.ReportQuery(model, status, tag, severity, text, limit, offset, actor)
         return {"reports": [domain.report_summary(r) for r in domain.list_reports(s, query)]}
 
