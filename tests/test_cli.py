@@ -139,28 +139,20 @@ def test_reports_from_the_command_line(tmp_path: Path, tiny_model_dir: Path) -> 
     [result] = out["reproduction"]["reports"].values()
     assert result["status"] == "reproduced"  # the tiny model never says "Canberra"
 
-    one = upstream(
-        home,
-        "reports",
-        "file",
-        "--model",
-        "tiny",
-        "--prompt",
-        "hi",
-        "--expect",
-        '{"type": "exact", "value": "hello"}',
-        "--tag",
-        "greeting",
-        "--max-new-tokens",
-        "4",
-        "--as",
-        "bo",
-        "--json",
-    )
+    by_bo = [
+        *("reports", "file", "--model", "tiny", "--prompt", "hi"),
+        *("--expect", '{"type": "exact", "value": "hello"}', "--tag", "greeting"),
+        *("--max-new-tokens", "4", "--as", "bo", "--json"),
+    ]
+    nobody = upstream(home, *by_bo)  # `--as` names an account, never makes one
+    assert nobody.returncode == 2 and "no user 'bo'" in nobody.stderr
+    assert upstream(home, "users", "add", "bo", "--role", "reporter").returncode == 0
+    one = upstream(home, *by_bo)
+    assert one.returncode == 0, one.stderr
     report_id = json.loads(one.stdout)["filed"][0]["id"]
     shown = upstream(home, "reports", "show", str(report_id))
     assert "FAIL" in shown.stdout and "greeting" in shown.stdout and "bo" in shown.stdout
-    confirmed = upstream(home, "reports", "confirm", str(report_id), "--json")  # a maintainer
+    confirmed = upstream(home, "reports", "confirm", str(report_id), "--json")  # the owner
     assert json.loads(confirmed.stdout)["reports"][0]["status"] == "confirmed"
     bad_check = upstream(
         home,

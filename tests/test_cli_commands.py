@@ -1,7 +1,8 @@
-"""The review, release, model and triage commands as a script drives them: `--json`.
+"""The review, release, model, triage and account commands as a script drives them: `--json`.
 
 Each command runs once as a real process, on a hub prepared in-process (the tiny model,
-adapters, a report) and closed before the first command starts. Its stdout must parse
+adapters, a report, the accounts acting with `--as`) and closed before the first command
+starts; without `--as` a command acts as the hub's owner. Its stdout must parse
 as one JSON document holding the ids and states the command made; a few also run
 without `--json` to show that a person gets words, not JSON. The audit at the end
 checks that every command printing results accepts `--json` (DESIGN.md).
@@ -16,10 +17,13 @@ from typing import Any
 
 import pytest
 
+from tests.people import owner, person
 from tests.test_cli import all_commands, upstream
 from tests.test_contributions import NEVER, make_adapter
+from upstream import accounts
 from upstream import contributions as prs
 from upstream.credits import CONTRIBUTOR_PER_CASE, POINTS
+from upstream.errors import Unauthorized
 from upstream.hub import Hub
 from upstream.registry import import_model, materialize, resolve, tags_of
 from upstream.reports import parse_report, submit_one
@@ -64,13 +68,14 @@ def prepared(home: Path, tiny_model_dir: Path, tmp_path: Path) -> Iterator[dict[
             base_dir = materialize(hub, resolve(s, "tiny"))
         first = make_adapter(base_dir, tmp_path / "a0", seed=0)
         second = make_adapter(base_dir, tmp_path / "a1", seed=1)
-        ids = [
+        bo = person(hub, "bo")
+        ids = [  # each with its checks queued, for a worker that is not running
             prs.open_contribution(
-                hub, prs.ContributionIn("tiny", title, prs.Content(adapter_dir=first)), "bo"
+                hub, prs.ContributionIn("tiny", title, prs.Content(adapter_dir=first)), bo
             )["id"]
             for title in ("to release", "to reject", "to withdraw")
         ]
-        maintainer = next(iter(hub.settings.maintainer_names))
+        maintainer = owner(hub).name
     finally:
         hub.close()
     yield {"base": base, "ids": ids, "maintainer": maintainer, "second_adapter": second}
@@ -159,8 +164,10 @@ def test_report_reproduce_rescore_and_close(home: Path, tiny_model_dir: Path) ->
     try:
         import_model(hub, str(tiny_model_dir), "tiny")
         data = {"model": "tiny", "prompt": "Capital?", "expected": NEVER, "max_new_tokens": 4}
-        filed = submit_one(hub, parse_report(data), "ana", "cli")
+        filed = submit_one(hub, parse_report(data), person(hub, "ana", "reporter"), "cli")
         report_id = filed.filed[0].id
+        person(hub, "bea", "reporter")
+        person(hub, "mae", "maintainer", model="tiny")
     finally:
         hub.close()
     key = str(report_id)  # JSON object keys are strings
@@ -176,7 +183,10 @@ def test_report_reproduce_rescore_and_close(home: Path, tiny_model_dir: Path) ->
     }
 
     lenient = json.dumps({"type": "max_words", "value": 100})  # 4 tokens are fewer words
-    rescored = run_json(home, "reports", "rescore", key, "--expect", lenient, "--as", "ana")
+    by_reporter = upstream(home, "reports", "rescore", key, "--expect", lenient, "--as", "ana")
+    assert by_reporter.returncode == 2
+    assert "only a maintainer of tiny may rescore reports" in by_reporter.stderr
+    rescored = run_json(home, "reports", "rescore", key, "--expect", lenient, "--as", "mae")
     assert rescored["reproduction"]["reports"][key] == {
         "status": "not_reproduced",
         "result": "not_reproduced",
@@ -185,11 +195,86 @@ def test_report_reproduce_rescore_and_close(home: Path, tiny_model_dir: Path) ->
         "checked": 1,
     }
 
+    not_hers = upstream(home, "reports", "close", key, "--reason", "spam", "--as", "bea")
+    assert not_hers.returncode == 2 and "may close reports" in not_hers.stderr
     closed = run_json(home, "reports", "close", key, "--reason", "not a bug", "--as", "ana")
     assert (closed["id"], closed["status"]) == (report_id, "wontfix")
     assert closed["message"] == "closed as wontfix"
     shown = run_json(home, "reports", "show", key)
     assert shown["status"] == "wontfix" and shown["expected"] == json.loads(lenient)
+
+
+def test_users_and_tokens_from_the_command_line(home: Path) -> None:
+    added = run_json(home, "users", "add", "cy", "--role", "contributor")
+    assert (added["name"], added["role"], added["owner"]) == ("cy", "contributor", False)
+    run_json(home, "users", "add", "rea", "--role", "reporter")
+    users = {u["name"]: u for u in run_json(home, "users", "list")["users"]}
+    [owner_name] = [n for n, u in users.items() if u["owner"]]  # made by the first command
+    assert {n: u["role"] for n, u in users.items()} == {
+        owner_name: "admin",
+        "cy": "contributor",
+        "rea": "reporter",
+    }
+    table = human(home, "users", "list")
+    assert "cy" in table and "contributor" in table and f"{owner_name} (owner)" in table
+    again = upstream(home, "users", "add", "cy", "--role", "reporter")
+    assert again.returncode == 2 and "user 'cy' exists" in again.stderr
+
+    promoted = run_json(home, "users", "set-role", "cy", "--role", "maintainer")
+    assert (promoted["name"], promoted["role"]) == ("cy", "maintainer")
+    users = {u["name"]: u for u in run_json(home, "users", "list")["users"]}
+    assert users["cy"]["role"] == "maintainer"
+    no_role = upstream(home, "users", "set-role", "cy", "--role", "reviewer")
+    assert no_role.returncode == 2 and "role 'reviewer'" in no_role.stderr
+
+    made = run_json(home, "tokens", "create", "--user", "cy", "--note", "ci")
+    secret = made["token"]
+    assert secret.startswith("up_") and len(secret) > 40
+    assert made["user"] == "cy" and made["revoked"] is False
+    assert made["scopes"] == ["read", "report", "contribute", "review", "release"]  # the role's
+    narrow = run_json(home, "tokens", "create", "--user", "cy", "--scope", "read")
+    assert narrow["scopes"] == ["read"] and narrow["token"] != secret
+    beyond = upstream(home, "tokens", "create", "--user", "rea", "--scope", "contribute")
+    assert beyond.returncode == 2 and "beyond what rea may do" in beyond.stderr
+    own = run_json(home, "tokens", "create", "--user", "rea", "--as", "rea")  # their own
+    assert own["user"] == "rea" and own["scopes"] == ["read", "report"]
+
+    listed = upstream(home, "tokens", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    tokens = json.loads(listed.stdout)["tokens"]
+    assert [t["id"] for t in tokens] == [made["id"], narrow["id"], own["id"]]
+    assert all("token" not in t for t in tokens)  # never the secret
+    for text in (listed.stdout, human(home, "tokens", "list")):
+        assert all(x not in text for x in (secret, narrow["token"], own["token"]))
+    assert made["shown_as"] == f"up_…{secret[-4:]}" in human(home, "tokens", "list")
+    mine = run_json(home, "tokens", "list", "--as", "rea")["tokens"]
+    assert [t["id"] for t in mine] == [own["id"]]  # a user sees their own tokens only
+
+    revoked = run_json(home, "tokens", "revoke", str(made["id"]))
+    assert (revoked["id"], revoked["revoked"]) == (made["id"], True)
+    states = {t["id"]: t["revoked"] for t in run_json(home, "tokens", "list")["tokens"]}
+    assert states == {made["id"]: True, narrow["id"]: False, own["id"]: False}
+    hub = Hub.open(home)
+    try:
+        with pytest.raises(Unauthorized, match="revoked"):
+            accounts.authenticate(hub, secret)
+        assert accounts.authenticate(hub, narrow["token"]).name == "cy"
+    finally:
+        hub.close()
+
+    for args, message in [
+        (("users", "add", "eve", "--role", "admin"), "may manage users"),
+        (("users", "set-role", "rea", "--role", "admin"), "may manage users"),
+        (("users", "list"), "may manage users"),
+        (("tokens", "create", "--user", "cy"), "may manage others' tokens"),
+        (("tokens", "revoke", str(narrow["id"])), "may manage others' tokens"),
+    ]:
+        refused = upstream(home, *args, "--as", "rea")
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert message in refused.stderr and "Traceback" not in refused.stderr
+    assert "eve" not in {u["name"] for u in run_json(home, "users", "list")["users"]}
+    unknown = upstream(home, "users", "list", "--as", "nobody")
+    assert unknown.returncode == 2 and "no user 'nobody'" in unknown.stderr
 
 
 # ---------------------------------------------------------------- the --json audit

@@ -12,7 +12,8 @@ import pytest
 from tests.people import owner, person
 from upstream import contributions as prs
 from upstream.access import Actor
-from upstream.ci import Policy, checks_view, judge, policy_for
+from upstream.ci import Policy, judge, policy_for
+from upstream.contributions import checks_view
 from upstream.db.schema import Contribution, EvalRun
 from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
 from upstream.hub import Hub

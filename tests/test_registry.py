@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.people import owner, person
 from upstream.db.schema import Revision
-from upstream.errors import Conflict, InvalidInput, NotFound
+from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound
 from upstream.hub import Hub
 from upstream.registry import (
     import_model,
@@ -63,18 +64,24 @@ def test_revision_id_is_the_manifest_hash(hub: Hub, tiny_model_dir: Path, tmp_pa
 def test_user_tags_move_and_go(tiny_hub: Hub) -> None:
     from upstream.registry import tag, untag
 
+    maintainer = person(tiny_hub, "mae", "maintainer", model="tiny")
     with tiny_hub.session() as s:
         latest = resolve(s, "tiny").hash
-    assert tag(tiny_hub, f"tiny@{latest[:6]}", "stable")["revision"] == latest
+    assert tag(tiny_hub, maintainer, f"tiny@{latest[:6]}", "stable")["revision"] == latest
     with tiny_hub.session() as s:
         assert resolve(s, "tiny@stable").hash == latest
-    untag(tiny_hub, "tiny", "stable")
+    contributor = person(tiny_hub, "bo")
+    with pytest.raises(Forbidden, match="only a maintainer of tiny may move tags"):
+        untag(tiny_hub, contributor, "tiny", "stable")
+    with pytest.raises(Forbidden, match="only a maintainer of tiny may move tags"):
+        tag(tiny_hub, contributor, "tiny", "other")
+    untag(tiny_hub, maintainer, "tiny", "stable")
     with tiny_hub.session() as s, pytest.raises(NotFound, match="no such tag"):
         resolve(s, "tiny@stable")
     with pytest.raises(InvalidInput, match="cannot be removed"):
-        untag(tiny_hub, "tiny", "latest")
+        untag(tiny_hub, owner(tiny_hub), "tiny", "latest")
     with pytest.raises(InvalidInput, match="tag 'Bad Tag'"):
-        tag(tiny_hub, "tiny", "Bad Tag")
+        tag(tiny_hub, owner(tiny_hub), "tiny", "Bad Tag")
 
 
 def test_repo_id_resolves_from_the_local_hf_cache_only(
@@ -217,3 +224,27 @@ def test_materialize_links_the_revision_files(tiny_hub: Hub) -> None:
         "model.safetensors"
     ]["size"]
     assert (path / ".complete").read_text() == rev.hash
+
+
+def test_only_admins_queue_imports_and_tokens_only_from_allowed_folders(
+    hub: Hub, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from upstream import accounts
+    from upstream.registry import queue_import
+
+    with pytest.raises(Forbidden, match="admin may import models"):
+        queue_import(hub, person(hub, "mae", "maintainer"), str(tiny_model_dir), "tiny")
+    made = accounts.create_token(hub, owner(hub), owner(hub).name)
+    through_api = accounts.authenticate(hub, made["token"])  # the owner, with a token
+    with pytest.raises(Forbidden, match="bundled:NAME only"):
+        queue_import(hub, through_api, str(tiny_model_dir), "tiny")
+    assert hub.jobs.get(queue_import(hub, through_api, "bundled:smollm2-135m-instruct", "s"))
+    allowed = Hub.open(hub.settings.home, import_dirs=str(tiny_model_dir))
+    try:
+        assert queue_import(allowed, through_api, str(tiny_model_dir), "tiny") > 0
+        with pytest.raises(Forbidden, match="only from inside"):
+            queue_import(allowed, through_api, str(tmp_path), "x")
+    finally:
+        allowed.close()
+    job = queue_import(hub, owner(hub), str(tiny_model_dir), "tiny")  # the CLI: anywhere
+    assert hub.jobs.get(job).args == {"source": str(tiny_model_dir), "name": "tiny"}

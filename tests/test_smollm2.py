@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import upstream
+from tests.people import person
 from upstream.engines.base import GenRequest
 from upstream.engines.hf import HFEngine
 from upstream.generation import generate_one
@@ -95,7 +96,8 @@ def test_one_word_failures_reproduce_on_smollm2(smol_hub: Hub) -> None:
     raw = (Path(upstream.__file__).parent / "data" / "one_word_failures.jsonl").read_bytes()
     good, bad = reports.parse_jsonl(raw, default_model=NAME)
     assert len(good) >= 12 and bad == []
-    submission = reports.submit(smol_hub, good, "tester", "import")
+    tester = person(smol_hub, "tester", "reporter")
+    submission = reports.submit(smol_hub, good, tester, "import")  # its reproduction queued
     ids = [f.id for f in submission.filed]  # already filed by another test: counted again
     results = reproduce(smol_hub, ids)["reports"].values()
     reproduced = [r for r in results if r["result"] == "reproduced"]

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from upstream import __version__
@@ -23,6 +24,33 @@ from upstream.server.body import BodyLimit
 from upstream.server.pages import views
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable: not_found, forbidden, invalid_input, …")
+    message: str = Field(description="what is wrong and what is allowed, for a person")
+    field: str | None = Field(description="the input at fault (`messages.0.content`), if one is")
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every 4xx (and 5xx) the API answers."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in [
+        (400, "malformed JSON, or a Host this hub does not serve"),
+        (401, "no token, or an unknown, expired or revoked one"),
+        (403, "the role or the token's scopes do not allow it"),
+        (404, "no such thing (or one hidden from the caller)"),
+        (409, "clashes with the current state"),
+        (413, "the body is over max_request_mb"),
+        (422, "input that cannot be accepted; `field` names it"),
+        (429, "over write_rate_per_minute; see Retry-After"),
+    ]
+}
 HTTP_CODES = {
     401: "unauthorized",
     403: "forbidden",
@@ -63,7 +91,7 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
         why = found.get("ctx", {}).get("error", "not valid JSON")
         return error_response(400, "malformed_json", f"the body is not valid JSON: {why}")
     message = "; ".join(f"{p or 'body'}: {e['msg']}" for p, e in zip(places, errors, strict=True))
-    return error_response(422, "invalid_input", message, places[0] if places else None)
+    return error_response(422, "invalid_input", message, (places[0] if places else "") or None)
 
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:
@@ -88,6 +116,7 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        responses=ERRORS,
     )
     body_limit = int(settings.max_request_mb * 2**20)
     app.add_middleware(BodyLimit, limit=body_limit)

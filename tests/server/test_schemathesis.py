@@ -1,0 +1,124 @@
+"""`schemathesis` against the OpenAPI document of a live `upstream up` (real HTTP, the tiny
+model): generated and mutated requests, with the links between operations, find no 5xx
+and no response outside its documented status codes, content type and schema.
+
+Bounded for CI: a fixed seed, a few examples per operation, a time budget. The run acts
+as the hub's owner (an admin token) so that writes reach the domain; token revocation is
+left out (it would revoke the run's own token halfway).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.people import owner, person
+from tests.server.conftest import free_port
+from upstream import accounts, suites
+from upstream import contributions as prs
+from upstream.hub import Hub
+from upstream.registry import import_model
+from upstream.reports import parse_report, submit_one
+
+NEVER = {"type": "exact", "value": "this exact sentence will not be generated"}
+DATASET = (
+    b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+)
+BUDGET_S = 60
+
+
+def _prepared(home: Path, model_dir: Path) -> str:
+    """A hub with something of every kind to find; returns an owner token."""
+    hub = Hub.open(home)
+    try:
+        import_model(hub, str(model_dir), "tiny")
+        boss = owner(hub)
+        ana = person(hub, "ana", "reporter")
+        report = parse_report({"model": "tiny", "prompt": "hi?", "expected": NEVER})
+        submit_one(hub, report, ana, "cli")
+        cases = [suites.CaseIn([{"role": "user", "content": "hi"}], NEVER, [])]
+        suites.import_cases(hub, boss, "s", cases, model="tiny")
+        data = prs.ContributionIn("tiny", "a fix", prs.Content(dataset=DATASET))
+        prs.open_contribution(hub, data, person(hub, "bo", "contributor"))
+        return str(accounts.create_token(hub, boss, boss.name)["token"])
+    finally:
+        hub.close()
+
+
+def test_the_live_api_answers_generated_requests_without_5xx_or_schema_breaks(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    home = tmp_path / "home"
+    token = _prepared(home, tiny_model_dir)
+    port = free_port()
+    env = {
+        **os.environ,
+        "UPSTREAM_HOME": str(home),
+        "UPSTREAM_WRITE_RATE_PER_MINUTE": "0",  # the run writes thousands of times a minute
+    }
+    log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and stall it
+    server = subprocess.Popen(
+        [sys.executable, "-m", "upstream", "up", "--no-import", "--no-worker", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "hub did not start"
+            time.sleep(0.2)
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("schemathesis")),
+                "run",
+                f"{base}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,"
+                "response_schema_conformance",
+                "--phases",
+                "coverage,fuzzing,stateful",
+                "--max-examples",
+                "5",
+                "--max-time",
+                str(BUDGET_S),
+                "--seed",
+                "20261204",
+                "--workers",
+                "1",
+                "--exclude-path-regex",
+                "^/api/tokens/",
+                "--generation-with-security-parameters",
+                "false",
+                "--request-timeout",
+                "30",
+            ],
+            cwd=tmp_path,  # its example database stays out of the repository
+            capture_output=True,
+            text=True,
+            timeout=BUDGET_S + 240,
+        )
+        served = (tmp_path / "up.log").read_text()
+        assert " 500 " not in served, served[-3000:]
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        assert "passed" in run.stdout
+        # the run's own token still works: it revoked nothing it needed
+        me = httpx.get(f"{base}/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200 and me.json()["role"] == "admin"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
