@@ -21,10 +21,10 @@ router = APIRouter(tags=["reports"], route_class=StrictRoute)
 
 @router.post("/reports", status_code=201)
 def file_report(
-    body: dict[str, Any], actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+    body: domain.ReportIn, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """File a report (the JSONL line format); its reproduction is queued as a job."""
-    submission = domain.submit_one(hub, domain.parse_report(body), actor, "api")
+    submission = domain.submit_one(hub, body, actor, "api")
     [filed] = submission.filed
     return {**filed.as_dict(), "reproduction_job": submission.job}
 
