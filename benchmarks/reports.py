@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.prompts import COUNTRIES
+from upstream import accounts
 from upstream.hub import Hub
 from upstream.registry import import_model
 
@@ -78,9 +79,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_api(home: Path, items: list[dict]) -> tuple[float, list[float]]:
+def bench_api(home: Path, items: list[dict], token: str) -> tuple[float, list[float]]:
     port = free_port()
-    env = {**os.environ, "UPSTREAM_HOME": str(home)}
+    env = {**os.environ, "UPSTREAM_HOME": str(home), "UPSTREAM_WRITE_RATE_PER_MINUTE": "0"}
     server = subprocess.Popen(
         [sys.executable, "-m", "upstream", "up", "--port", str(port), "--no-import", "--no-worker"],
         env=env,
@@ -88,8 +89,9 @@ def bench_api(home: Path, items: list[dict]) -> tuple[float, list[float]]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60, headers=auth) as client:
             for _ in range(200):
                 try:
                     client.get("/health")
@@ -101,7 +103,7 @@ def bench_api(home: Path, items: list[dict]) -> tuple[float, list[float]]:
             start = time.perf_counter()
             for item in items[1:]:
                 t = time.perf_counter()
-                r = client.post("/api/reports", json=item, headers={"X-Upstream-User": "bench"})
+                r = client.post("/api/reports", json=item)
                 latencies.append(time.perf_counter() - t)  # seconds
                 r.raise_for_status()
             total = time.perf_counter() - start
@@ -144,9 +146,13 @@ def main() -> None:
     home = Path(args.home)
     hub = Hub.open(home)
     import_model(hub, f"bundled:{MODEL}", MODEL)
+    boss = accounts.owner(hub)
+    if "bench" not in {u["name"] for u in accounts.list_users(hub, boss)}:
+        accounts.add_user(hub, boss, "bench", "reporter")
+    token = str(accounts.create_token(hub, boss, "bench")["token"])
     hub.close()
     salt = str(int(time.time()))
-    api_total, lat = bench_api(home, reports(args.n + 1, salt + "a"))
+    api_total, lat = bench_api(home, reports(args.n + 1, salt + "a"), token)
     cli_total = bench_cli(home, reports(args.n, salt + "c"))
     lat_ms = sorted(x * 1000 for x in lat)
     p99 = lat_ms[int(0.99 * (len(lat_ms) - 1))]
