@@ -324,3 +324,54 @@ def test_a_prompt_holds_at_most_100_messages(tiny_hub: Hub) -> None:
         prepare(s, fits, tiny_hub.settings.max_prompt_chars)
         with pytest.raises(InvalidInput, match="101 messages; at most 100"):
             prepare(s, many, tiny_hub.settings.max_prompt_chars)
+
+
+def test_single_filings_arriving_together_are_filed_together(tiny_hub: Hub) -> None:
+    import threading
+
+    from sqlalchemy import select
+
+    from upstream.db.schema import Job
+
+    people = [person(tiny_hub, f"r{k}", "reporter") for k in range(4)]
+    results: dict[tuple[int, int], domain.Submission] = {}
+    batches: list[int] = []
+    original = tiny_hub.filings._file_next
+
+    def counting() -> None:
+        with tiny_hub.filings._lock:
+            batches.append(min(len(tiny_hub.filings._waiting), tiny_hub.filings.MAX_BATCH))
+        original()
+
+    tiny_hub.filings._file_next = counting  # type: ignore[method-assign]
+    start = threading.Barrier(len(people))
+
+    def client(k: int) -> None:
+        start.wait()
+        for i in range(6):
+            prompt = "the same prompt for all" if i == 0 else f"prompt {k}-{i}"
+            item = domain.parse_report({"model": "tiny", "prompt": prompt, "expected": NEVER})
+            results[(k, i)] = domain.submit_one(tiny_hub, item, people[k], "api")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(len(people))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 24
+    shared = {results[(k, 0)].filed[0].id for k in range(4)}
+    assert len(shared) == 1  # one report, filed four times
+    with tiny_hub.session() as s:
+        report = domain.get_report(s, shared.pop())
+        assert sorted(f.reporter for f in report.filings) == ["r0", "r1", "r2", "r3"]
+        own = {results[(k, i)].filed[0].id for k in range(4) for i in range(1, 6)}
+        assert len(own) == 20
+        jobs = list(s.scalars(select(Job).where(Job.kind == domain.REPRODUCE_JOB)))
+    queued = sorted(i for j in jobs for i in j.args["reports"])
+    assert len(queued) == 21 and len(set(queued)) == 21  # each new report once
+    assert all(j.owner in {"r0", "r1", "r2", "r3"} for j in jobs)
+    for (k, _), sub in results.items():  # each filer is told the job of their new report
+        if sub.filed[0].created:
+            job = next(j for j in jobs if j.id == sub.job)
+            assert job.owner == f"r{k}" and sub.filed[0].id in job.args["reports"]
+    assert max(batches) > 1, batches  # some filings shared a batch

@@ -19,6 +19,7 @@ from upstream.db import migrate, open_database, session_factory
 from upstream.errors import NotFound
 from upstream.jobs import JobQueue
 from upstream.registry import materialize
+from upstream.reports import FilingQueue
 from upstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Hub:
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(settings.blob_dir)
         self.jobs = JobQueue(self)
+        # single report filings arriving together are filed together (reports.submit_one)
+        self.filings = FilingQueue(self)
 
     @classmethod
     def open(cls, home: str | Path | None = None, create: bool = True, **overrides: Any) -> Hub:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -256,21 +257,29 @@ def file_reports(
         raise InvalidInput(f"source {source!r}: allowed {', '.join(SOURCES)}")
     if not reporter.strip():
         raise InvalidInput("reporter: a name is needed")
-    # Two filings of the same content at once: the unique content hash refuses the
-    # second, which is then retried and finds the first (counted as a refiling).
+    return _file_entries(hub, [(p, reporter, source) for p in items])
+
+
+Entry = tuple[Prepared, str, str]  # a prepared report, its reporter, its source
+
+
+def _file_entries(hub: Hub, entries: Sequence[Entry]) -> list[Filed]:
+    """`_file`, retried: two filings of the same content at once make the unique content
+    hash refuse the second, which is then retried and finds the first (a refiling)."""
     for attempt in range(3):
         try:
-            return _file(hub, items, reporter, source)
+            return _file(hub, entries)
         except IntegrityError:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _file(hub: Hub, items: Sequence[Prepared], reporter: str, source: str) -> list[Filed]:
+def _file(hub: Hub, entries: Sequence[Entry]) -> list[Filed]:
     from upstream import duplicates
 
     out: list[Filed] = []
+    items = [p for p, _, _ in entries]
     with hub.session() as s, s.begin():
         existing = duplicates.find_same_content(s, [p.content_hash for p in items])
         # one batched embedding for the whole filing, one vector per distinct content
@@ -280,7 +289,7 @@ def _file(hub: Hub, items: Sequence[Prepared], reporter: str, source: str) -> li
         hub.similarity.refresh(s, {p.model_id for p in fresh})
         pending: dict[int, list[tuple[int, Any]]] = {}
         new_by_hash: dict[str, Report] = {}
-        for p in items:
+        for p, reporter, source in entries:
             if p.content_hash in existing or p.content_hash in new_by_hash:
                 report = existing.get(p.content_hash) or new_by_hash[p.content_hash]
                 s.add(ReportFiling(report_id=report.id, reporter=reporter, source=source))
@@ -620,10 +629,97 @@ def submit(
 
 def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submission:
     """File one report and queue its reproduction; a bad field raises at once with its
-    own message."""
+    own message.
+
+    Single filings that arrive together (the API's, from many clients) are filed
+    together by the hub's `FilingQueue`: one embedding batch, one transaction, one job per
+    reporter. Each is still checked against the rule book, alone, before it waits."""
+    require(actor, "reports.file", item.model.partition("@")[0])
+    if source not in SOURCES:
+        raise InvalidInput(f"source {source!r}: allowed {', '.join(SOURCES)}")
     with hub.session() as s:
         prepared = prepare(s, item, hub.settings.max_prompt_chars)
-    return _file_and_queue(hub, [prepared], [], actor, source)
+    filed, job = hub.filings.file(prepared, actor, source)
+    return Submission([filed], [], job)
+
+
+@dataclass
+class _Ticket:
+    prepared: Prepared
+    actor: Actor
+    source: str
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # woken to file the next batch, not because its own is filed
+    filed: Filed | None = None
+    job: int | None = None
+    error: BaseException | None = None
+
+
+class FilingQueue:
+    """Files single reports in batches: whoever arrives while no batch is being filed
+    files the waiting ones with theirs; those who arrive meanwhile wait, and one of them
+    files the next batch. Nothing waits for a timer, so one client alone is not slowed."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self._lock = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._busy = False
+
+    def file(self, prepared: Prepared, actor: Actor, source: str) -> tuple[Filed, int | None]:
+        ticket = _Ticket(prepared, actor, source)
+        with self._lock:
+            self._waiting.append(ticket)
+            ticket.lead = not self._busy
+            self._busy = True
+        while True:
+            if ticket.lead:
+                ticket.lead = False
+                self._file_next()
+            if ticket.filed is not None or ticket.error is not None:
+                break
+            ticket.done.wait()
+            ticket.done.clear()
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.filed is not None
+        return ticket.filed, ticket.job
+
+    def _file_next(self) -> None:
+        with self._lock:
+            batch = self._waiting[: self.MAX_BATCH]
+            del self._waiting[: self.MAX_BATCH]
+        try:
+            filed = _file_entries(self.hub, [(t.prepared, t.actor.name, t.source) for t in batch])
+            jobs = self._queue_reproductions(batch, filed)
+            for t, f in zip(batch, filed, strict=True):
+                t.filed, t.job = f, jobs.get(t.actor.name) if f.created else None
+        except BaseException as e:  # every filer of the batch hears of it
+            for t in batch:
+                t.error = e
+        with self._lock:
+            if self._waiting:  # the next batch is filed by one of those waiting for it
+                self._waiting[0].lead = True
+                self._waiting[0].done.set()
+            else:
+                self._busy = False
+        for t in batch:
+            t.done.set()
+
+    def _queue_reproductions(self, batch: list[_Ticket], filed: list[Filed]) -> dict[str, int]:
+        """One reproduction job per reporter of the batch, for their new reports."""
+        new: dict[str, list[int]] = {}
+        owners: dict[str, Actor] = {}
+        for t, f in zip(batch, filed, strict=True):
+            if f.created:
+                new.setdefault(t.actor.name, []).append(f.id)
+                owners[t.actor.name] = t.actor
+        return {
+            name: self.hub.jobs.enqueue(REPRODUCE_JOB, {"reports": ids}, owner=owners[name])
+            for name, ids in new.items()
+        }
 
 
 def _file_and_queue(
