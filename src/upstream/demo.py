@@ -58,9 +58,14 @@ def run_demo(
         console.print(f"{MODEL} imported, with its guard suite of ordinary instructions")
         for name, role in ((REPORTER, "reporter"), (CONTRIBUTOR, "contributor")):
             accounts.add_user(hub, owner, name, role)
-        ana, bo = (accounts.actor_named(hub, n) for n in (REPORTER, CONTRIBUTOR))
+        # each acts through an API token, as they would over HTTP: ana's may only report
+        ana, bo = (
+            accounts.authenticate(hub, accounts.create_token(hub, owner, name, scopes)["token"])
+            for name, scopes in ((REPORTER, ["read", "report"]), (CONTRIBUTOR, None))
+        )
         console.print(
-            f"accounts: {me} (admin, the owner), {REPORTER} (reporter), {CONTRIBUTOR} (contributor)"
+            f"accounts: {me} (admin, the owner), {REPORTER} (reporter) and {CONTRIBUTOR} "
+            "(contributor), each with an API token"
         )
 
         step(2, f"{REPORTER} files one-word failures; the hub reproduces them")
