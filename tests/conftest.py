@@ -19,7 +19,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
-    h = Hub.open(tmp_path / "home")
+    # no write rate limit: tests write fast from one address (test_hardening tests the limit)
+    h = Hub.open(tmp_path / "home", write_rate_per_minute=0)
     yield h
     h.close()
 

@@ -21,6 +21,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -48,6 +49,34 @@ def check_user_name(name: str) -> str:
             "letter or digit (and not 'anonymous')"
         )
     return name
+
+
+# ---------------------------------------------------------------- shapes
+# What the API answers and `--json` prints, one model each (documented in /openapi.json).
+
+
+class UserOut(BaseModel):
+    name: str
+    role: str = Field(description="reporter, contributor, maintainer or admin")
+    models: dict[str, str] = Field(description="model name → the role held on it")
+    owner: bool = Field(description="the hub's owner (an admin for good)")
+    created_at: str
+
+
+class TokenOut(BaseModel):
+    id: int
+    user: str
+    scopes: list[str]
+    shown_as: str = Field(description="up_… and the last four characters")
+    note: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked: bool
+
+
+class NewToken(TokenOut):
+    token: str = Field(description="the secret: shown in this answer only, never again")
 
 
 # ---------------------------------------------------------------- users

@@ -47,13 +47,13 @@ def whoami(actor: Actor = Depends(get_actor)) -> dict[str, Any]:
     }
 
 
-@router.get("/users")
+@router.get("/users", response_model=dict[str, list[accounts.UserOut]])
 def list_users(actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Every account with its roles (admins)."""
     return {"users": accounts.list_users(hub, actor)}
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, response_model=accounts.UserOut)
 def add_user(
     body: UserRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def add_user(
     return accounts.add_user(hub, actor, body.name, body.role, body.model)
 
 
-@router.put("/users/{name}/role")
+@router.put("/users/{name}/role", response_model=accounts.UserOut)
 def set_role(
     name: str, body: RoleRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def set_role(
     return accounts.set_role(hub, actor, name, body.role, body.model)
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model=dict[str, list[accounts.TokenOut]])
 def list_tokens(
     user: str | None = None, actor: Actor = Depends(get_signed_in), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def list_tokens(
     return {"tokens": accounts.list_tokens(hub, actor, user)}
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, response_model=accounts.NewToken)
 def create_token(
     body: TokenRequest, actor: Actor = Depends(get_signed_in), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def create_token(
     )
 
 
-@router.delete("/tokens/{token_id}")
+@router.delete("/tokens/{token_id}", response_model=accounts.TokenOut)
 def revoke_token(
     token_id: PathId, actor: Actor = Depends(get_signed_in), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
