@@ -31,6 +31,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import delete, or_, select, update
 
 from upstream import __version__
@@ -124,6 +125,24 @@ def owned(job: Job) -> tuple[Any, ...]:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class JobOut(BaseModel):
+    """A job as the API answers it and `jobs show --json` prints it."""
+
+    id: int
+    kind: str
+    args: dict[str, Any]
+    state: str = Field(description="queued, running, done or failed")
+    progress: float
+    total: float
+    message: str
+    attempts: int
+    result: dict[str, Any] | None
+    error: str = Field(description="why it failed (a crash's traceback for admins only)")
+    owner: str | None = Field(description="who queued it; null for the hub's own work")
+    created_at: str
+    finished_at: str | None
 
 
 def job_json(job: Job, viewer: Actor = HUB) -> dict[str, Any]:

@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends
 
 from upstream.access import Actor
 from upstream.hub import Hub
-from upstream.jobs import job_json
+from upstream.jobs import JobOut, job_json
 from upstream.server.body import StrictRoute
 from upstream.server.deps import PathId, get_actor, get_hub
 
 router = APIRouter(tags=["jobs"], route_class=StrictRoute)
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=dict[str, list[JobOut]])
 def list_jobs(
     state: Literal["queued", "running", "done", "failed"] | None = None,
     actor: Actor = Depends(get_actor),
@@ -25,7 +25,7 @@ def list_jobs(
     return {"jobs": [job_json(j, actor) for j in hub.jobs.list(state)]}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=JobOut)
 def show_job(
     job_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def show_job(
     return job_json(hub.jobs.get(job_id), actor)
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
 def cancel_job(
     job_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
