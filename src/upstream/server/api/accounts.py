@@ -36,7 +36,14 @@ class TokenRequest(BaseModel):
     note: str = Field("", max_length=200)
 
 
-@router.get("/me")
+class MeOut(BaseModel):
+    name: str | None = Field(description="null for an anonymous caller")
+    role: str | None
+    models: dict[str, str] = Field(description="model name → the role held on it")
+    scopes: list[str] | None = Field(description="the token's scopes")
+
+
+@router.get("/me", response_model=MeOut)
 def whoami(actor: Actor = Depends(get_actor)) -> dict[str, Any]:
     """Who this request acts as: name, role, roles on models and the token's scopes."""
     return {

@@ -19,7 +19,15 @@ from upstream.triage import confirm as confirm_report
 router = APIRouter(tags=["reports"], route_class=StrictRoute)
 
 
-@router.post("/reports", status_code=201)
+class FiledOut(BaseModel):
+    id: int = Field(description="the report (an existing one when the same content was filed)")
+    created: bool = Field(description="false: the same content was reported; a filing counted")
+    similar_to: int | None = Field(description="a likely duplicate among the open reports")
+    distance: float | None = Field(description="its cosine distance")
+    reproduction_job: int | None = Field(description="the job reproducing a new report")
+
+
+@router.post("/reports", status_code=201, response_model=FiledOut)
 def file_report(
     body: domain.ReportIn, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
