@@ -112,6 +112,7 @@ class Write:
     body: Callable[[World], Any] | None = None
     path: Callable[[World], str] | None = None  # the concrete path, ids filled in
     model: str | None = "tiny"  # the model whose roles count (None: the hub's)
+    raw: bytes | None = None  # a raw body instead of JSON
 
 
 def _dataset_body(w: World) -> dict[str, Any]:
@@ -172,6 +173,7 @@ ROUTES: dict[tuple[str, str], Write] = {
     ),
     ("POST", "/api/evals"): Write("evals.run", body=lambda w: {"model": "tiny", "suite": "s"}),
     ("POST", "/api/contributions"): Write("contributions.open", body=_dataset_body),
+    ("POST", "/api/uploads"): Write("contributions.open", model=None, raw=b"weights"),
     ("POST", "/api/contributions/{contribution_id}/push"): Write(
         "contributions.push",
         owner=CONTRIBUTOR,
@@ -272,6 +274,7 @@ def test_every_write_route_for_every_role(tiny_hub: Hub) -> None:
                     path,
                     headers=headers[label],
                     json=write.body(world) if write.body else None,
+                    content=write.raw,
                 )
                 if allowed and r.status_code in (401, 403):
                     wrong.append(f"{method} {path} as {label}: refused {r.status_code} {r.text}")

@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -333,6 +335,52 @@ def contribution_detail(c: Contribution, viewer: Actor) -> dict[str, Any]:
             for e in c.events
         ],
     }
+
+
+# ---------------------------------------------------------------- uploads
+# An adapter too big for a JSON body is uploaded first, streamed to disk with the cap,
+# and named by its sha256 in the contribution. Uploads are private to their uploader,
+# few at a time, and gone after a day or once used.
+
+UPLOAD_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_UPLOADS = 8
+UPLOAD_LIFE_S = 24 * 3600
+
+
+def upload_dir(hub: Hub, actor: Actor) -> Path:
+    """Where `actor`'s uploads wait (made, and cleared of stale ones, on the way)."""
+    require(actor, "contributions.open")
+    folder = hub.settings.work_dir / "uploads" / str(actor.user_id or actor.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for f in folder.iterdir():
+        if now - f.stat().st_mtime > UPLOAD_LIFE_S:
+            f.unlink(missing_ok=True)
+    return folder
+
+
+def accept_upload(hub: Hub, actor: Actor, written: Path, sha256: str) -> dict[str, Any]:
+    """Keep a streamed upload (`written`, already within the cap) as `actor`'s."""
+    folder = upload_dir(hub, actor)
+    if len([f for f in folder.iterdir() if UPLOAD_RE.match(f.name)]) >= MAX_UPLOADS:
+        written.unlink(missing_ok=True)
+        raise Conflict(
+            f"{MAX_UPLOADS} uploads are waiting already; use them in a contribution or wait "
+            "a day for them to expire"
+        )
+    size = written.stat().st_size
+    os.replace(written, folder / sha256)
+    return {"upload": sha256, "size": size}
+
+
+def take_upload(hub: Hub, actor: Actor, sha256: str, to: Path) -> None:
+    """Move `actor`'s upload `sha256` to `to` (it is used once)."""
+    if not UPLOAD_RE.match(sha256):
+        raise InvalidInput("adapter.safetensors_upload: the sha256 (64 hex digits) of an upload")
+    found = upload_dir(hub, actor) / sha256
+    if not found.is_file():
+        raise NotFound(f"no upload {sha256[:12]}… of {actor.name}; POST the file to /api/uploads")
+    os.replace(found, to)
 
 
 def adapter_dir(hub: Hub, files: dict[str, Any]) -> Path:

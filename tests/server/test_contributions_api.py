@@ -105,3 +105,54 @@ def test_bad_input_is_refused_with_the_reason(server: str, tiny_hub: Hub) -> Non
     )
     assert httpx.get(url).json() == {"contributions": []}
     assert httpx.get(f"{url}/7").status_code == 404
+
+
+def test_a_big_adapter_is_uploaded_streamed_then_named(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from tests.server.conftest import serve
+    from upstream.registry import import_model
+
+    hub = Hub.open(tmp_path / "home", write_rate_per_minute=0, adapter_max_mb=1)
+    try:
+        import_model(hub, str(tiny_model_dir), "tiny")
+        with hub.session() as s:
+            adapter = make_adapter(materialize(hub, resolve(s, "tiny")), tmp_path / "a")
+        weights = (adapter / "adapter_model.safetensors").read_bytes()
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        bo, cy = bearer(hub, "bo", "contributor"), bearer(hub, "cy", "contributor")
+        with serve(hub) as url:
+
+            def chunks(data: bytes):  # no Content-Length: counted as it streams
+                for i in range(0, len(data), 4096):
+                    yield data[i : i + 4096]
+
+            up = httpx.post(f"{url}/api/uploads", content=chunks(weights), headers=bo)
+            assert up.status_code == 201, up.text
+            sha = up.json()["upload"]
+            assert up.json()["size"] == len(weights)
+            body = {
+                "model": "tiny",
+                "title": "a fix",
+                "adapter": {"config": config, "safetensors_upload": sha},
+            }
+            theirs = httpx.post(f"{url}/api/contributions", json=body, headers=cy)
+            assert theirs.status_code == 404, theirs.text  # an upload is its uploader's
+            mine = httpx.post(f"{url}/api/contributions", json=body, headers=bo)
+            assert mine.status_code == 201, mine.text
+            again = httpx.post(f"{url}/api/contributions", json=body, headers=bo)
+            assert again.status_code == 404  # used once
+            big = b"x" * (2**20 + 1)
+            r = httpx.post(f"{url}/api/uploads", content=chunks(big), headers=bo)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+            r = httpx.post(f"{url}/api/uploads", content=big, headers=bo)  # declared length
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+            anon = httpx.post(f"{url}/api/uploads", content=b"x")
+            assert anon.status_code == 401
+            both = {**body, "adapter": {**body["adapter"], "safetensors_base64": "eA=="}}
+            r = httpx.post(f"{url}/api/contributions", json=both, headers=bo)
+            assert r.status_code == 422 and "exactly one" in r.json()["error"]["message"]
+        left = list((hub.settings.work_dir / "uploads").rglob("*"))
+        assert not [p for p in left if p.is_file()], left  # nothing half written remains
+    finally:
+        hub.close()

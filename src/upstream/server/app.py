@@ -141,7 +141,9 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
         responses=ERRORS,
     )
     body_limit = int(settings.max_request_mb * 2**20)
-    app.add_middleware(BodyLimit, limit=body_limit)
+    upload_limit = int(settings.adapter_max_mb * 2**20)
+    streamed = frozenset({contributions.UPLOAD_PATH})  # each caps what it writes itself
+    app.add_middleware(BodyLimit, limit=body_limit, streamed=streamed)
     app.state.hub = hub
     limiter = RateLimiter(settings.write_rate_per_minute)
     hosts = frozenset(h.lower() for h in settings.host_names)
@@ -157,12 +159,13 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
                 400, "bad_host", f"Host {host!r} is not served here (setting allowed_hosts)"
             )
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > body_limit:  # refused before it is read
+        cap = upload_limit if request.url.path in streamed else body_limit
+        if declared.isdigit() and int(declared) > cap:  # refused before it is read
             return error_response(
                 413,
                 "too_large",
-                f"the body is {int(declared)} bytes; at most {body_limit} "
-                f"(setting max_request_mb = {settings.max_request_mb:g})",
+                f"the body is {int(declared)} bytes; at most {cap} here (settings "
+                f"max_request_mb = {settings.max_request_mb:g}, adapter_max_mb for uploads)",
             )
         if request.method in WRITES:
             auth = request.headers.get("authorization", "")

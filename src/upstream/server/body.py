@@ -79,12 +79,13 @@ class BodyLimit:
     the one error shape); one sent in chunks is counted as it arrives and refused the
     moment it passes the limit."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, streamed: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.limit = limit
+        self.streamed = streamed  # paths that stream to disk with their own cap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.streamed:
             await self.app(scope, receive, send)
             return
         seen = 0

@@ -1,24 +1,27 @@
 """/api/contributions: open model pull requests, read their checks, review them.
 
 Content travels in JSON: a dataset as its JSONL text, an adapter as its config object
-and its safetensors file in base64. Checks are queued as a job for the hub's worker.
+and its safetensors file in base64, or, when that is too big for a JSON body, uploaded
+first to /api/uploads (streamed to disk within the cap) and named by its sha256. Checks
+are queued as a job for the hub's worker.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import contributions as domain
 from upstream.access import Actor
-from upstream.errors import InvalidInput
+from upstream.errors import InvalidInput, TooLarge
 from upstream.hub import Hub
 from upstream.server.body import StrictRoute
 from upstream.server.deps import BodyId, PathId, get_actor, get_hub
@@ -29,7 +32,55 @@ router = APIRouter(tags=["contributions"], route_class=StrictRoute)
 class AdapterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any] = Field(description="adapter_config.json")
-    safetensors_base64: str = Field(description="adapter_model.safetensors, base64")
+    safetensors_base64: str | None = Field(
+        None, description="adapter_model.safetensors, base64 (a small adapter)"
+    )
+    safetensors_upload: str | None = Field(
+        None, description="or the sha256 of adapter_model.safetensors sent to /api/uploads"
+    )
+
+
+UPLOAD_PATH = "/api/uploads"
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+class UploadOut(BaseModel):
+    upload: str = Field(description="its sha256: name it as adapter.safetensors_upload")
+    size: int
+
+
+@router.post("/uploads", status_code=201, response_model=UploadOut, openapi_extra=UPLOAD_BODY)
+async def upload(
+    request: Request, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Upload an adapter's weights (adapter_model.safetensors) too big for a JSON body,
+    streamed to disk within `adapter_max_mb`; then open or push with its sha256. Uploads
+    are the uploader's own, at most 8 waiting, and gone after a day or once used."""
+    folder = domain.upload_dir(hub, actor)  # refuses who may not contribute, first
+    limit = int(hub.settings.adapter_max_mb * 2**20)
+    digest, size = hashlib.sha256(), 0
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="part-", delete=False) as out:
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(
+                        f"the upload is over adapter_max_mb ({hub.settings.adapter_max_mb:g} MiB)"
+                    )
+                digest.update(chunk)
+                out.write(chunk)
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    if size == 0:
+        Path(out.name).unlink(missing_ok=True)
+        raise InvalidInput("the upload is empty: send the file as the request body")
+    return domain.accept_upload(hub, actor, Path(out.name), digest.hexdigest())
 
 
 class ContentIn(BaseModel):
@@ -60,7 +111,7 @@ def open_contribution(
     body: ContributionRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     """Open a contribution; its checks are queued as a job."""
-    with _content(hub, body) as content:
+    with _content(hub, body, actor) as content:
         data = domain.ContributionIn(
             body.model, body.title, content, body.fixes, body.recipe, body.description
         )
@@ -94,7 +145,7 @@ def push(
     hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     """New content for a contribution (its author); checks are queued again."""
-    with _content(hub, body) as content:
+    with _content(hub, body, actor) as content:
         return domain.push(hub, contribution_id, content, actor)
 
 
@@ -145,8 +196,8 @@ def close(
 class _content:
     """The request's content as a `Content`, an adapter written to a temporary directory."""
 
-    def __init__(self, hub: Hub, body: ContentIn):
-        self.hub, self.body = hub, body
+    def __init__(self, hub: Hub, body: ContentIn, actor: Actor):
+        self.hub, self.body, self.actor = hub, body, actor
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> domain.Content:
@@ -155,15 +206,23 @@ class _content:
             raise InvalidInput('give exactly one of "dataset" or "adapter"')
         if body.dataset is not None:
             return domain.Content(dataset=body.dataset.encode("utf-8"))
-        assert body.adapter is not None
-        try:
-            weights = base64.b64decode(body.adapter.safetensors_base64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise InvalidInput(f"adapter.safetensors_base64: not base64 ({e})") from e
+        adapter = body.adapter
+        assert adapter is not None
+        if (adapter.safetensors_base64 is None) == (adapter.safetensors_upload is None):
+            raise InvalidInput(
+                'adapter: give exactly one of "safetensors_base64" or "safetensors_upload"'
+            )
         self.tmp = tempfile.TemporaryDirectory(dir=self.hub.settings.work_dir)
         folder = Path(self.tmp.name)
-        (folder / "adapter_config.json").write_text(json.dumps(body.adapter.config))
-        (folder / "adapter_model.safetensors").write_bytes(weights)
+        (folder / "adapter_config.json").write_text(json.dumps(adapter.config))
+        weights = folder / "adapter_model.safetensors"
+        if adapter.safetensors_upload is not None:
+            domain.take_upload(self.hub, self.actor, adapter.safetensors_upload, weights)
+            return domain.Content(adapter_dir=folder)
+        try:
+            weights.write_bytes(base64.b64decode(adapter.safetensors_base64 or "", validate=True))
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInput(f"adapter.safetensors_base64: not base64 ({e})") from e
         return domain.Content(adapter_dir=folder)
 
     def __exit__(self, *exc: object) -> None:
