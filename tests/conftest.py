@@ -27,10 +27,13 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 
 @pytest.fixture
 def tiny_hub(hub: Hub, tiny_model_dir: Path) -> Hub:
-    """A hub with the tiny Llama imported as model `tiny`."""
+    """A hub with the tiny Llama imported as model `tiny`, with its guard suite (as the
+    import job makes it)."""
+    from upstream.guard import ensure_guard_suite
     from upstream.registry import import_model
 
     import_model(hub, str(tiny_model_dir), "tiny")
+    ensure_guard_suite(hub, "tiny")
     return hub
 
 

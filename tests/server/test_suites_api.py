@@ -17,7 +17,7 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
     suites.add_cases(tiny_hub, "s", cases, "tiny")
     listed = {x["name"]: x for x in httpx.get(f"{server}/api/suites").json()["suites"]}
     assert listed["s"]["cases"] == 12 and listed["s"]["kind"] == "community"
-    assert listed["guard-tiny"]["kind"] == "guard"  # made when the model was imported
+    assert listed["guard-tiny"]["kind"] == "guard"  # made by the import job
 
     contributor = bearer(tiny_hub, "bo", "contributor")
     anyone = httpx.get(f"{server}/api/suites/s").json()["case_list"]
