@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
 
 from upstream import __version__
 from upstream.access import HUB, Actor, require
@@ -181,19 +182,32 @@ class JobQueue:
     ) -> int:
         """Queue a job for `owner`; with `for_worker`, only that worker (or a claim by id)
         may take it."""
+        with self.hub.session() as s, s.begin():
+            return self.enqueue_in(s, kind, args, max_attempts, for_worker, owner)
+
+    def enqueue_in(
+        self,
+        session: Session,
+        kind: str,
+        args: dict[str, Any],
+        max_attempts: int = 3,
+        for_worker: str = "",
+        owner: Actor = HUB,
+    ) -> int:
+        """`enqueue` within the caller's transaction: the job exists if and only if what
+        it works on was stored (and one commit does both)."""
         if kind not in HANDLERS:
             raise UpstreamError(f"unknown job kind {kind!r}; known: {', '.join(sorted(HANDLERS))}")
-        with self.hub.session() as s, s.begin():
-            job = Job(
-                kind=kind,
-                args=args,
-                max_attempts=max_attempts,
-                for_worker=for_worker,
-                owner="" if owner is HUB else owner.name,
-            )
-            s.add(job)
-            s.flush()
-            return job.id
+        job = Job(
+            kind=kind,
+            args=args,
+            max_attempts=max_attempts,
+            for_worker=for_worker,
+            owner="" if owner is HUB else owner.name,
+        )
+        session.add(job)
+        session.flush()
+        return job.id
 
     def get(self, job_id: int) -> Job:
         with self.hub.session() as s:

@@ -18,7 +18,7 @@ import json
 import threading
 import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -263,19 +263,24 @@ def file_reports(
 Entry = tuple[Prepared, str, str]  # a prepared report, its reporter, its source
 
 
-def _file_entries(hub: Hub, entries: Sequence[Entry]) -> list[Filed]:
+def _file_entries(
+    hub: Hub, entries: Sequence[Entry], then: Callable[[Session, list[Filed]], Any] | None = None
+) -> list[Filed]:
     """`_file`, retried: two filings of the same content at once make the unique content
-    hash refuse the second, which is then retried and finds the first (a refiling)."""
+    hash refuse the second, which is then retried and finds the first (a refiling).
+    `then(session, filed)` runs in the same transaction (queueing their reproduction)."""
     for attempt in range(3):
         try:
-            return _file(hub, entries)
+            return _file(hub, entries, then)
         except IntegrityError:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
-def _file(hub: Hub, entries: Sequence[Entry]) -> list[Filed]:
+def _file(
+    hub: Hub, entries: Sequence[Entry], then: Callable[[Session, list[Filed]], Any] | None = None
+) -> list[Filed]:
     from upstream import duplicates
 
     out: list[Filed] = []
@@ -314,6 +319,8 @@ def _file(hub: Hub, entries: Sequence[Entry]) -> list[Filed]:
             mine.append((report.id, vector))
             new_by_hash[p.content_hash] = report
             out.append(Filed(report.id, True, report.similar_to_id, report.similar_distance))
+        if then is not None:
+            then(s, out)
     return out
 
 
@@ -691,9 +698,15 @@ class FilingQueue:
         with self._lock:
             batch = self._waiting[: self.MAX_BATCH]
             del self._waiting[: self.MAX_BATCH]
+        jobs: dict[str, int] = {}
+
+        def queue(session: Session, filed: list[Filed]) -> None:
+            jobs.clear()  # a retried transaction queues afresh
+            jobs.update(self._queue_reproductions(session, batch, filed))
+
         try:
-            filed = _file_entries(self.hub, [(t.prepared, t.actor.name, t.source) for t in batch])
-            jobs = self._queue_reproductions(batch, filed)
+            entries = [(t.prepared, t.actor.name, t.source) for t in batch]
+            filed = _file_entries(self.hub, entries, queue)
             for t, f in zip(batch, filed, strict=True):
                 t.filed, t.job = f, jobs.get(t.actor.name) if f.created else None
         except BaseException as e:  # every filer of the batch hears of it
@@ -708,8 +721,11 @@ class FilingQueue:
         for t in batch:
             t.done.set()
 
-    def _queue_reproductions(self, batch: list[_Ticket], filed: list[Filed]) -> dict[str, int]:
-        """One reproduction job per reporter of the batch, for their new reports."""
+    def _queue_reproductions(
+        self, session: Session, batch: list[_Ticket], filed: list[Filed]
+    ) -> dict[str, int]:
+        """One reproduction job per reporter of the batch, for their new reports, queued
+        in the filing's own transaction."""
         new: dict[str, list[int]] = {}
         owners: dict[str, Actor] = {}
         for t, f in zip(batch, filed, strict=True):
@@ -717,7 +733,9 @@ class FilingQueue:
                 new.setdefault(t.actor.name, []).append(f.id)
                 owners[t.actor.name] = t.actor
         return {
-            name: self.hub.jobs.enqueue(REPRODUCE_JOB, {"reports": ids}, owner=owners[name])
+            name: self.hub.jobs.enqueue_in(
+                session, REPRODUCE_JOB, {"reports": ids}, owner=owners[name]
+            )
             for name, ids in new.items()
         }
 
