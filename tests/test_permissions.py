@@ -171,6 +171,9 @@ ROUTES: dict[tuple[str, str], Write] = {
         model=None,
         path=lambda w: f"/api/jobs/{w.job}/cancel",
     ),
+    ("POST", "/api/comparisons"): Write(
+        "evals.run", body=lambda w: {"base": "tiny", "candidate": "tiny", "suite": "s"}
+    ),
     ("POST", "/api/evals"): Write("evals.run", body=lambda w: {"model": "tiny", "suite": "s"}),
     ("POST", "/api/contributions"): Write("contributions.open", body=_dataset_body),
     ("POST", "/api/uploads"): Write("contributions.open", model=None, raw=b"weights"),

@@ -17,6 +17,7 @@ reads (`stats.Harm`); fixed, broken and McNemar's p stay strict.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,17 +26,81 @@ from sqlalchemy import select
 
 from upstream import stats
 from upstream.access import ANONYMOUS, Actor, may, require
+from upstream.accounts import actor_named
 from upstream.checks import Check, lenient
+from upstream.contributions import resolve_adapters
 from upstream.db.schema import Case, EvalResult, EvalRun, Revision, Suite, SuiteVersion
-from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS
+from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, check_max_new_tokens
 from upstream.errors import InvalidInput
 from upstream.evals import Progress, _cached, run_eval, settings_of
 from upstream.registry import resolve
 from upstream.settings import Policy, policy_for
 from upstream.stats import Allowance
+from upstream.suites import get_version
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
+    from upstream.jobs import JobContext
+
+
+COMPARE_JOB = "evals.compare"
+PR_REF = re.compile(r"^pr:\d{1,18}$")
+
+
+def queue_compare(
+    hub: Hub,
+    actor: Actor,
+    base_ref: str,
+    cand_ref: str,
+    suite: str,
+    version: int | None = None,
+    cand_adapters: Sequence[str] = (),
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> int:
+    """Queue `compare` as a job for the API (it evaluates both subjects). Adapters are
+    contributions (`pr:N`), never paths. The result is `actor`'s view (held-out ids only
+    if they may see them), and only they and admins read it (`jobs.job_json`)."""
+    bad = [a for a in cand_adapters if not PR_REF.match(a)]
+    if bad:
+        raise InvalidInput(f"candidate_adapters {bad[0]!r}: name contributions as pr:N")
+    check_max_new_tokens(max_new_tokens)
+    with hub.session() as s:
+        model = resolve(s, base_ref).model.name
+        resolve(s, cand_ref)
+        get_version(s, suite, version)
+    require(actor, "evals.run", model)
+    resolve_adapters(hub, list(cand_adapters))  # each names a contribution with an adapter
+    args = {
+        "base": base_ref,
+        "candidate": cand_ref,
+        "suite": suite,
+        "version": version,
+        "adapters": list(cand_adapters),
+        "max_new_tokens": max_new_tokens,
+        "viewer": actor.name,
+        "scopes": sorted(actor.scopes) if actor.scopes is not None else None,
+    }
+    return hub.jobs.enqueue(COMPARE_JOB, args, owner=actor)
+
+
+def run_compare_job(ctx: JobContext) -> dict[str, Any]:
+    """Job handler for `evals.compare`: the comparison as the one who asked may see it."""
+    a = ctx.args
+    user = actor_named(ctx.hub, a["viewer"])
+    scopes = frozenset(a["scopes"]) if a.get("scopes") is not None else None
+    viewer = Actor(user.name, user.role, scopes, user.model_roles, user.user_id)
+    return compare(
+        ctx.hub,
+        a["base"],
+        a["candidate"],
+        a["suite"],
+        a.get("version"),
+        (),
+        resolve_adapters(ctx.hub, list(a.get("adapters", []))),
+        int(a.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+        viewer,
+        ctx.progress,
+    )
 
 
 def compare(

@@ -51,6 +51,7 @@ HANDLERS: dict[str, str] = {
     "models.import": "upstream.guard:run_import_job",
     "reports.reproduce": "upstream.reproduction:run_reproduce_job",
     "evals.run": "upstream.evals:run_eval_job",
+    "evals.compare": "upstream.comparisons:run_compare_job",
     "contributions.check": "upstream.ci:run_checks_job",
     "releases.build": "upstream.releases:run_release_job",
 }
@@ -61,6 +62,10 @@ ABANDONED: dict[str, str] = {
     "contributions.check": "upstream.ci:abandon_checks",
     "releases.build": "upstream.releases:abandon_release",
 }
+
+# Kinds whose result is one person's view (a comparison names the held-out cases its
+# asker may see): shown to that person and to admins only.
+PRIVATE_RESULTS = frozenset({"evals.compare"})
 
 ProgressCallback = Callable[[float, float, str], None]
 WORKER_BEAT = 2.0  # seconds between a worker's heartbeats while it waits for jobs
@@ -151,6 +156,9 @@ def job_json(job: Job, viewer: Actor = HUB) -> dict[str, Any]:
     traceback (the lines after its first) is shown to admins only: it names the hub's
     paths and code."""
     error = job.error if viewer.has("admin") else job.error.split("\n", 1)[0]
+    private = job.kind in PRIVATE_RESULTS and not (
+        viewer.has("admin") or (job.owner and viewer.name == job.owner)
+    )
     return {
         "id": job.id,
         "kind": job.kind,
@@ -160,7 +168,7 @@ def job_json(job: Job, viewer: Actor = HUB) -> dict[str, Any]:
         "total": job.progress_total,
         "message": job.message,
         "attempts": job.attempts,
-        "result": job.result,
+        "result": None if private else job.result,
         "error": error,
         "owner": job.owner or None,
         "created_at": job.created_at.isoformat(),

@@ -48,3 +48,30 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
         f"{server}/api/evals", json={"model": "tiny", "suite": "nope"}, headers=contributor
     )
     assert bad.status_code == 404 and "unknown suite" in bad.json()["error"]["message"]
+
+
+def test_a_comparison_over_the_api_is_its_askers_to_read(tiny_hub: Hub) -> None:
+    from tests.server.conftest import serve
+
+    cases = [suites.CaseIn([{"role": "user", "content": f"q {i}"}], NEVER, ["t"]) for i in range(8)]
+    suites.add_cases(tiny_hub, "s", cases, "tiny", heldout_percent=50)
+    bo = bearer(tiny_hub, "bo", "contributor")
+    admin = bearer(tiny_hub, "ada", "admin")
+    body = {"base": "tiny", "candidate": "tiny", "suite": "s", "max_new_tokens": 2}
+    with serve(tiny_hub) as url:  # no worker: the job is run below
+        assert httpx.post(f"{url}/api/comparisons", json=body).status_code == 401
+        bad = {**body, "candidate_adapters": ["/etc"]}
+        r = httpx.post(f"{url}/api/comparisons", json=bad, headers=bo)
+        assert r.status_code == 422 and "pr:N" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/api/comparisons", json=body, headers=bo)
+        assert r.status_code == 202, r.text
+        job = r.json()["job"]
+        tiny_hub.jobs.run_now(job)
+        mine = httpx.get(f"{url}/api/jobs/{job}", headers=bo).json()
+        assert mine["state"] == "done" and mine["owner"] == "bo"
+        split = mine["result"]["splits"]["all"]
+        assert split["n"] == 8 and split["fixed_count"] == 0 and split["broken_count"] == 0
+        assert httpx.get(f"{url}/api/jobs/{job}").json()["result"] is None  # not theirs
+        other = bearer(tiny_hub, "cy", "contributor")
+        assert httpx.get(f"{url}/api/jobs/{job}", headers=other).json()["result"] is None
+        assert httpx.get(f"{url}/api/jobs/{job}", headers=admin).json()["result"] is not None

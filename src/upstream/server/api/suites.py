@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from upstream import suites as domain
 from upstream.access import Actor
 from upstream.comparisons import leaderboard as board
+from upstream.comparisons import queue_compare
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.evals import queue_eval
 from upstream.hub import Hub
@@ -107,3 +108,34 @@ def start_eval(
 def leaderboard(suite: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Revisions × suites with pass rates and 95 % intervals."""
     return {"leaderboard": board(hub, suite)}
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str = Field(max_length=200, description="NAME@REV")
+    candidate: str = Field(max_length=200, description="NAME@REV")
+    suite: str = Field(max_length=100)
+    version: int | None = Field(None, ge=1, le=MAX_ID)
+    candidate_adapters: list[str] = Field(
+        default_factory=list, max_length=8, description="contributions' adapters, as pr:N"
+    )
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
+
+
+@router.post("/comparisons", status_code=202)
+def start_comparison(
+    body: CompareRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
+) -> dict[str, Any]:
+    """Queue a comparison of a candidate with a base on a suite (a job; its result, as
+    `upstream compare --json` prints it, is shown to its asker and admins)."""
+    job = queue_compare(
+        hub,
+        actor,
+        body.base,
+        body.candidate,
+        body.suite,
+        body.version,
+        body.candidate_adapters,
+        body.max_new_tokens,
+    )
+    return {"job": job, "state": "queued"}
