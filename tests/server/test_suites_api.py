@@ -75,3 +75,38 @@ def test_a_comparison_over_the_api_is_its_askers_to_read(tiny_hub: Hub) -> None:
         other = bearer(tiny_hub, "cy", "contributor")
         assert httpx.get(f"{url}/api/jobs/{job}", headers=other).json()["result"] is None
         assert httpx.get(f"{url}/api/jobs/{job}", headers=admin).json()["result"] is not None
+
+
+def test_suites_are_built_and_imported_over_the_api(tiny_hub: Hub) -> None:
+    from tests.server.conftest import serve
+
+    maintainer = bearer(tiny_hub, "mia", "maintainer", model="tiny")
+    cases = {
+        "model": "tiny",
+        "cases": [
+            {"prompt": "one?", "expected": NEVER, "tags": ["T"]},
+            {"messages": [{"role": "user", "content": "two?"}], "expected": NEVER},
+        ],
+    }
+    with serve(tiny_hub) as url:
+        r = httpx.post(f"{url}/api/suites/imported/cases", json=cases, headers=maintainer)
+        assert r.status_code == 200, r.text
+        assert (r.json()["added"], r.json()["version"]) == (2, 1)
+        bad = {"cases": [{"prompt": "x", "expected": {"type": "nope"}}]}
+        r = httpx.post(f"{url}/api/suites/imported/cases", json=bad, headers=maintainer)
+        assert r.status_code == 422 and "cases.0.expected" in r.json()["error"]["message"]
+        r = httpx.post(
+            f"{url}/api/suites/imported/cases",
+            json={"cases": [{"prompt": "x", "expected": NEVER, "colour": 1}]},
+            headers=maintainer,
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "cases.0.colour"
+        r = httpx.post(
+            f"{url}/api/suites/from-reports/build",
+            json={"tag": "none-yet", "model": "tiny"},
+            headers=maintainer,
+        )
+        assert r.status_code == 422, r.text  # nothing confirmed carries that tag yet
+        assert "no confirmed report with tag 'none-yet'" in r.json()["error"]["message"]
+        shown = httpx.get(f"{url}/api/suites/imported", headers=maintainer).json()
+        assert {c["prompt"] for c in shown["case_list"]} == {"one?", "two?"}

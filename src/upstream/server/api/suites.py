@@ -14,6 +14,7 @@ from upstream.comparisons import queue_compare
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.evals import queue_eval
 from upstream.hub import Hub
+from upstream.reports import MAX_MESSAGES, MAX_TAGS, MessageIn
 from upstream.server.body import StrictRoute
 from upstream.server.deps import MAX_ID, QueryNumber, get_actor, get_hub
 
@@ -37,13 +38,19 @@ class BuildRequest(BaseModel):
     heldout_percent: int | None = Field(None, ge=0, le=90, description="new suite: held out")
 
 
+class CaseLine(BaseModel):
+    """One case, as a line of `suites import --jsonl` holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = None
+    messages: list[MessageIn] | None = Field(None, max_length=MAX_MESSAGES)
+    expected: dict[str, Any] = Field(description="a check spec")
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+
+
 class CasesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cases: list[dict[str, Any]] = Field(
-        min_length=1,
-        max_length=MAX_CASES,
-        description='each {"prompt" or "messages", "expected": check, "tags"}',
-    )
+    cases: list[CaseLine] = Field(min_length=1, max_length=MAX_CASES)
     model: str | None = Field(None, max_length=200, description="the model this suite is for")
     heldout_percent: int | None = Field(None, ge=0, le=90, description="new suite: held out")
 
@@ -62,7 +69,10 @@ def import_cases(
 ) -> dict[str, Any]:
     """Add cases to suite `name`, all valid or none (a maintainer of its model)."""
     limit = hub.settings.max_prompt_chars
-    cases = [domain.parse_case_line(c, f"cases.{i}", limit) for i, c in enumerate(body.cases)]
+    cases = [
+        domain.parse_case_line(c.model_dump(exclude_none=True), f"cases.{i}", limit)
+        for i, c in enumerate(body.cases)
+    ]
     return domain.import_cases(hub, actor, name, cases, body.model, body.heldout_percent, "api")
 
 
