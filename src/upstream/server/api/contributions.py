@@ -106,7 +106,23 @@ class ReviewRequest(BaseModel):
     reason: str = Field("", max_length=20_000)
 
 
-@router.post("/contributions", status_code=201)
+class PushedOut(BaseModel):
+    id: int = Field(description="the contribution")
+    push: int = Field(description="the push's number (1 when opened)")
+    state: str
+    job: int = Field(description="the job checking this push")
+
+
+class OpenedOut(PushedOut):
+    kind: str = Field(description="adapter or dataset")
+
+
+class CheckOut(BaseModel):
+    contribution: int
+    job: int = Field(description="the job checking the newest push again")
+
+
+@router.post("/contributions", status_code=201, response_model=OpenedOut)
 def open_contribution(
     body: ContributionRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -137,7 +153,7 @@ def show_contribution(
         return domain.contribution_detail(domain.get_contribution(s, contribution_id), actor)
 
 
-@router.post("/contributions/{contribution_id}/push")
+@router.post("/contributions/{contribution_id}/push", response_model=PushedOut)
 def push(
     contribution_id: PathId,
     body: ContentIn,
@@ -149,7 +165,7 @@ def push(
         return domain.push(hub, contribution_id, content, actor)
 
 
-@router.post("/contributions/{contribution_id}/check", status_code=202)
+@router.post("/contributions/{contribution_id}/check", status_code=202, response_model=CheckOut)
 def check(
     contribution_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
