@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_models import build_model
+from upstream.db.schema import HubSecret
 from upstream.hub import Hub
 
 
@@ -21,6 +22,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hub(tmp_path: Path) -> Iterator[Hub]:
     # no write rate limit: tests write fast from one address (test_hardening tests the limit)
     h = Hub.open(tmp_path / "home", write_rate_per_minute=0)
+    with h.session() as s, s.begin():  # one split secret for every test run: reproducible
+        secret = s.get(HubSecret, "split")
+        assert secret is not None
+        secret.value = "tests-split-secret"
     yield h
     h.close()
 

@@ -38,7 +38,7 @@ def test_case_ids_versions_and_stable_split(tiny_hub: Hub) -> None:
         v2_cases = suites.version_cases(s, v2)
         key = suites.split_secret(s)
         splits = [suites.case_split(c, 30, key) for c in v2_cases]
-    assert len(key) == 64  # a new hub's own secret
+    assert key  # the hub's secret (tests fix it; a new hub makes its own, test_migrations)
     assert 0 < splits.count("heldout") < 25
     assert splits == [suites.case_split(c, 30, key) for c in v2_cases]  # stable
     a = suites.case_id([{"role": "user", "content": "x"}], NEVER)

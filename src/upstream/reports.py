@@ -41,6 +41,7 @@ from upstream.db.schema import (
     ReportVariant,
     Revision,
     Suite,
+    SuiteVersion,
     utcnow,
 )
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, ROLES
@@ -439,14 +440,36 @@ def hidden_from(session: Session, viewer: Actor) -> ColumnElement[bool] | None:
 
 
 def _behind_heldout(session: Session) -> list[int]:
-    """Reports some case of which may be held out (at the largest share any suite holds
-    out: hiding one report too many is safe, one too few is not)."""
-    most = session.scalar(select(func.max(Suite.heldout_percent))) or 0
+    """Reports with a case that some suite, in some version, holds out.
+
+    Recomputed only when a suite gains a version (the answer is kept per database, keyed
+    by the newest version id)."""
+    newest = session.scalar(select(func.max(SuiteVersion.id))) or 0
+    bind = session.get_bind()
+    key = str(bind.engine.url)
+    cached = _BEHIND.get(key)
+    if cached is not None and cached[0] == newest:
+        return cached[1]
     secret = split_secret(session)
-    ids = session.scalars(select(Case.report_id).where(Case.report_id.is_not(None)).distinct())
-    return [
-        i for i in ids if i is not None and split_of(split_key(i, ""), most, secret) == "heldout"
-    ]
+    hidden: set[int] = set()
+    for suite in session.scalars(select(Suite).where(Suite.heldout_percent > 0)):
+        ids = sorted({i for v in suite.versions for i in v.case_ids})
+        for start in range(0, len(ids), 500):  # stay under SQL parameter limits
+            rows = session.execute(
+                select(Case.report_id).where(
+                    Case.id.in_(ids[start : start + 500]), Case.report_id.is_not(None)
+                )
+            )
+            for (rid,) in rows:
+                if rid is None:
+                    continue
+                if split_of(split_key(rid, ""), suite.heldout_percent, secret) == "heldout":
+                    hidden.add(rid)
+    _BEHIND[key] = (newest, sorted(hidden))
+    return _BEHIND[key][1]
+
+
+_BEHIND: dict[str, tuple[int, list[int]]] = {}
 
 
 def list_reports(session: Session, q: ReportQuery) -> list[Report]:
