@@ -16,8 +16,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.prompts import COUNTRIES, NOUNS, TOPICS, WORDS
+from benchmarks.reports import serve
 from upstream import accounts
 from upstream.access import Actor
 from upstream.hub import Hub
@@ -90,24 +89,6 @@ def tokens(home: Path, n: int) -> list[str]:
         return out
     finally:
         hub.close()
-
-
-def serve(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "UPSTREAM_HOME": str(home), "UPSTREAM_WRITE_RATE_PER_MINUTE": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "upstream", "up", "--port", str(port), "--no-import", "--no-worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.terminate()
-    raise SystemExit("the hub did not start")
 
 
 def run_clients(url: str, secrets: list[str], n: int, salt: str) -> tuple[float, list[float]]:

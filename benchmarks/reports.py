@@ -79,8 +79,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_api(home: Path, items: list[dict], token: str) -> tuple[float, list[float]]:
-    port = free_port()
+def serve(home: Path, port: int) -> subprocess.Popen[bytes]:
+    """`upstream up --no-worker` on `home` (write rate limit off), once it answers."""
     env = {**os.environ, "UPSTREAM_HOME": str(home), "UPSTREAM_WRITE_RATE_PER_MINUTE": "0"}
     server = subprocess.Popen(
         [sys.executable, "-m", "upstream", "up", "--port", str(port), "--no-import", "--no-worker"],
@@ -88,16 +88,23 @@ def bench_api(home: Path, items: list[dict], token: str) -> tuple[float, list[fl
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.terminate()
+    raise SystemExit("the hub did not start")
+
+
+def bench_api(home: Path, items: list[dict], token: str) -> tuple[float, list[float]]:
+    port = free_port()
+    server = serve(home, port)
     url = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=url, timeout=60, headers=auth) as client:
-            for _ in range(200):
-                try:
-                    client.get("/health")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             client.post("/api/reports", json=items[0])  # warm-up: loads the embedding model
             latencies = []
             start = time.perf_counter()

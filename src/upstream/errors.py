@@ -5,6 +5,23 @@ message; anything else is a bug and keeps its traceback. The API sends every 4xx
 `{"error": {"code": CODE, "message": MESSAGE, "field": FIELD-OR-NULL}}`.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
+
+def input_place(loc: Sequence[Any]) -> str:
+    """Where in the input a validation error is (`messages.0.content`), from pydantic's
+    `loc`, without the parts it adds for itself: `body`, the branch of a union (`str`, a
+    model's class name) and validators (`function-after[...]`)."""
+    return ".".join(
+        str(x)
+        for x in loc
+        if x != "body"
+        and not (
+            isinstance(x, str) and (x == "str" or x[:1].isupper() or x.startswith("function-"))
+        )
+    )
+
 
 class UpstreamError(Exception):
     """A user-facing error: the message names what is wrong and what is allowed;

@@ -45,7 +45,7 @@ from upstream.db.schema import (
     utcnow,
 )
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, ROLES
-from upstream.errors import InvalidInput, NotFound
+from upstream.errors import InvalidInput, NotFound, input_place
 from upstream.registry import resolve
 from upstream.suites import split_key, split_of, split_secret
 
@@ -122,8 +122,7 @@ def parse_report(data: Any, where: str = "report") -> ReportIn:
     try:
         return ReportIn.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]["loc"] if e.errors() else ()
-        field = ".".join(str(x) for x in first if x != "str" and not str(x).startswith("function-"))
+        field = input_place(e.errors()[0]["loc"]) if e.errors() else ""
         raise InvalidInput(f"{where}: {_pydantic_errors(e)}", field=field or None) from e
 
 
@@ -133,8 +132,7 @@ def _pydantic_errors(e: ValidationError) -> str:
         raw_loc = [str(x) for x in err["loc"]]
         if "str" in raw_loc and not isinstance(err.get("input"), str):
             continue  # a variant given as an object: the plain-string branch is irrelevant
-        loc = ".".join(x for x in raw_loc if x != "str" and not x.startswith("function-"))
-        loc = loc.replace(".VariantIn", "")
+        loc = input_place(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             model: type[BaseModel] = ReportIn
@@ -249,19 +247,43 @@ class Filed:
         return dict(self.__dict__)
 
 
-def file_reports(
-    hub: Hub, items: Sequence[Prepared], reporter: str, source: str = "cli"
-) -> list[Filed]:
-    """Store prepared reports in one transaction; exact repeats count a new filing."""
+Entry = tuple[Prepared, str, str]  # a prepared report, its reporter, its source
 
+
+def _check_source(source: str) -> None:
     if source not in SOURCES:
         raise InvalidInput(f"source {source!r}: allowed {', '.join(SOURCES)}")
-    if not reporter.strip():
-        raise InvalidInput("reporter: a name is needed")
-    return _file_entries(hub, [(p, reporter, source) for p in items])
 
 
-Entry = tuple[Prepared, str, str]  # a prepared report, its reporter, its source
+def _queue_reproductions(
+    hub: Hub, session: Session, actors: Sequence[Actor], filed: Sequence[Filed]
+) -> dict[str, int]:
+    """One reproduction job per reporter (`actors[i]` filed `filed[i]`) for their new
+    reports, queued in the filing's own transaction; reporter name → job."""
+    new: dict[str, list[int]] = {}
+    owners: dict[str, Actor] = {}
+    for actor, f in zip(actors, filed, strict=True):
+        if f.created:
+            new.setdefault(actor.name, []).append(f.id)
+            owners[actor.name] = actor
+    return {
+        name: hub.jobs.enqueue_in(session, REPRODUCE_JOB, {"reports": ids}, owner=owners[name])
+        for name, ids in new.items()
+    }
+
+
+def _file_and_queue(
+    hub: Hub, actors: Sequence[Actor], entries: Sequence[Entry]
+) -> tuple[list[Filed], dict[str, int]]:
+    """File `entries` (`actors[i]` filing `entries[i]`) and queue their reproduction, in
+    one transaction; (filed, reporter name → reproduction job)."""
+    jobs: dict[str, int] = {}
+
+    def queue(session: Session, filed: list[Filed]) -> None:
+        jobs.clear()  # a retried transaction queues afresh
+        jobs.update(_queue_reproductions(hub, session, actors, filed))
+
+    return _file_entries(hub, entries, queue), jobs
 
 
 def _file_entries(
@@ -654,7 +676,12 @@ def submit(
     if bad and not skip_invalid:
         listing = "; ".join(f"line {n}: {e}" if n else e for n, e in bad)
         raise InvalidInput(f"{len(bad)} invalid report(s), nothing filed: {listing}")
-    return _file_and_queue(hub, prepared, bad, actor, source)
+    for model in sorted({p.data.model.partition("@")[0] for p in prepared}):
+        require(actor, "reports.file", model)
+    _check_source(source)
+    entries = [(p, actor.name, source) for p in prepared]
+    filed, jobs = _file_and_queue(hub, [actor] * len(entries), entries) if entries else ([], {})
+    return Submission(filed, bad, jobs.get(actor.name))
 
 
 def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submission:
@@ -665,8 +692,7 @@ def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submissio
     together by the hub's `FilingQueue`: one embedding batch, one transaction, one job per
     reporter. Each is still checked against the rule book, alone, before it waits."""
     require(actor, "reports.file", item.model.partition("@")[0])
-    if source not in SOURCES:
-        raise InvalidInput(f"source {source!r}: allowed {', '.join(SOURCES)}")
+    _check_source(source)
     with hub.session() as s:
         prepared = prepare(s, item, hub.settings.max_prompt_chars)
     filed, job = hub.filings.file(prepared, actor, source)
@@ -721,15 +747,9 @@ class FilingQueue:
         with self._lock:
             batch = self._waiting[: self.MAX_BATCH]
             del self._waiting[: self.MAX_BATCH]
-        jobs: dict[str, int] = {}
-
-        def queue(session: Session, filed: list[Filed]) -> None:
-            jobs.clear()  # a retried transaction queues afresh
-            jobs.update(self._queue_reproductions(session, batch, filed))
-
         try:
             entries = [(t.prepared, t.actor.name, t.source) for t in batch]
-            filed = _file_entries(self.hub, entries, queue)
+            filed, jobs = _file_and_queue(self.hub, [t.actor for t in batch], entries)
             for t, f in zip(batch, filed, strict=True):
                 t.filed, t.job = f, jobs.get(t.actor.name) if f.created else None
         except BaseException as e:  # every filer of the batch hears of it
@@ -743,37 +763,6 @@ class FilingQueue:
                 self._busy = False
         for t in batch:
             t.done.set()
-
-    def _queue_reproductions(
-        self, session: Session, batch: list[_Ticket], filed: list[Filed]
-    ) -> dict[str, int]:
-        """One reproduction job per reporter of the batch, for their new reports, queued
-        in the filing's own transaction."""
-        new: dict[str, list[int]] = {}
-        owners: dict[str, Actor] = {}
-        for t, f in zip(batch, filed, strict=True):
-            if f.created:
-                new.setdefault(t.actor.name, []).append(f.id)
-                owners[t.actor.name] = t.actor
-        return {
-            name: self.hub.jobs.enqueue_in(
-                session, REPRODUCE_JOB, {"reports": ids}, owner=owners[name]
-            )
-            for name, ids in new.items()
-        }
-
-
-def _file_and_queue(
-    hub: Hub, prepared: list[Prepared], bad: list[tuple[int, str]], actor: Actor, source: str
-) -> Submission:
-    for model in sorted({p.data.model.partition("@")[0] for p in prepared}):
-        require(actor, "reports.file", model)
-    filed = file_reports(hub, prepared, actor.name, source) if prepared else []
-    submission = Submission(filed, bad)
-    if submission.to_reproduce:
-        args = {"reports": submission.to_reproduce}
-        submission.job = hub.jobs.enqueue(REPRODUCE_JOB, args, owner=actor)
-    return submission
 
 
 def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:

@@ -34,9 +34,13 @@ ModelOption = typer.Option(
 )
 
 
+def _on_models(u: dict[str, Any]) -> str:
+    """`maintainer of smol, contributor of tiny`: the roles a user holds on models."""
+    return ", ".join(f"{r} of {m}" for m, r in u["models"].items())
+
+
 def _print_user(u: dict[str, Any], verb: str) -> None:
-    models = u["models"]
-    on = f", and {', '.join(f'{r} of {m}' for m, r in models.items())}" if models else ""
+    on = f", and {_on_models(u)}" if u["models"] else ""
     console.print(Text(f"{verb} {u['name']}: {u['role']}{on}"))
 
 
@@ -85,9 +89,8 @@ def users_list(as_user: str | None = AsOption, json_out: bool = JsonOption) -> N
         return
     table = Table("user", "role", "on models", "since")
     for u in found:
-        models = ", ".join(f"{r} of {m}" for m, r in u["models"].items())
         name = Text(u["name"] + (" (owner)" if u["owner"] else ""))
-        table.add_row(name, u["role"], Text(models or "-"), u["created_at"][:10])
+        table.add_row(name, u["role"], Text(_on_models(u) or "-"), u["created_at"][:10])
     console.print(table)
 
 

@@ -22,6 +22,7 @@ from rich.progress import (
 
 from upstream import accounts
 from upstream.access import Actor
+from upstream.db.schema import MAX_ID
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
@@ -32,8 +33,6 @@ from upstream.hub import Hub
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 # Progress and notes go to stderr, so that `--json` output on stdout stays one document.
 err_console = Console(stderr=True, markup=False)
-
-MAX_ID = 2**63 - 1  # ids are database keys; a larger number is refused as input
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
 

@@ -27,6 +27,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Ids are database keys, 1 to 2**63 - 1: a larger number is refused as input by every
+# interface, never handed to the database (where it would overflow).
+MAX_ID = 2**63 - 1
+
 # A report's life (docs/reports.md); the closed ones are no one's open work.
 REPORT_STATUSES = (
     "new",

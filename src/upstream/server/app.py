@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from upstream import __version__
-from upstream.errors import UpstreamError
+from upstream.errors import UpstreamError, input_place
 from upstream.hub import Hub
 from upstream.jobs import Worker
 from upstream.limits import RateLimiter
@@ -85,7 +85,7 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     """A body or parameter that does not fit its model: every problem in the message, the
     first one's place in `field`; a body that is not JSON at all says so."""
     errors = list(exc.errors())
-    places = [_place(e["loc"]) for e in errors]
+    places = [input_place(e["loc"]) for e in errors]
     if any(e["type"] == "json_invalid" for e in errors):
         found = next(e for e in errors if e["type"] == "json_invalid")
         why = found.get("ctx", {}).get("error", "not valid JSON")
@@ -100,20 +100,6 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
         dict.fromkeys(f"{p or 'body'}: {m}" for p, m in zip(places, said, strict=True))
     )
     return error_response(422, "invalid_input", message, (places[0] if places else "") or None)
-
-
-def _place(loc: Sequence[Any]) -> str:
-    """Where in the input an error is: `messages.0.content`, without the parts pydantic adds
-    for itself (`body`, the branch of a union: `str`, a model's class name, a validator)."""
-    parts = [
-        str(x)
-        for x in loc
-        if x != "body"
-        and not (
-            isinstance(x, str) and (x == "str" or x[:1].isupper() or x.startswith("function-"))
-        )
-    ]
-    return ".".join(parts)
 
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:

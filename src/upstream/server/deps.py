@@ -10,12 +10,10 @@ from pydantic import Field
 
 from upstream import accounts
 from upstream.access import ANONYMOUS, Actor
+from upstream.db.schema import MAX_ID
 from upstream.errors import Unauthorized
 from upstream.hub import Hub
 
-# Ids are database keys: 1 to 2**63 - 1. A larger number is refused as input (422), never
-# handed to the database (where it would overflow).
-MAX_ID = 2**63 - 1
 PathId = Annotated[int, Path(ge=1, le=MAX_ID, description="an id")]
 QueryNumber = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 BodyId = Annotated[int, Field(ge=1, le=MAX_ID)]
