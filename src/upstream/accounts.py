@@ -21,7 +21,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,6 +30,7 @@ from upstream.access import ANONYMOUS, ROLE_SCOPES, RULES, SCOPES, Actor, check_
 from upstream.db.schema import ApiToken, ModelRole, User, utcnow
 from upstream.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from upstream.registry import get_model
+from upstream.shapes import Shape
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -55,7 +56,7 @@ def check_user_name(name: str) -> str:
 # What the API answers and `--json` prints, one model each (documented in /openapi.json).
 
 
-class UserOut(BaseModel):
+class UserOut(Shape):
     name: str
     role: str = Field(description="reporter, contributor, maintainer or admin")
     models: dict[str, str] = Field(description="model name → the role held on it")
@@ -63,7 +64,7 @@ class UserOut(BaseModel):
     created_at: str
 
 
-class TokenOut(BaseModel):
+class TokenOut(Shape):
     id: int
     user: str
     scopes: list[str]
@@ -73,6 +74,14 @@ class TokenOut(BaseModel):
     expires_at: str | None
     last_used_at: str | None
     revoked: bool
+
+
+class UserList(Shape):
+    users: list[UserOut]
+
+
+class TokenList(Shape):
+    tokens: list[TokenOut]
 
 
 class NewToken(TokenOut):

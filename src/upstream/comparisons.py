@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy import select
 
 from upstream import stats
@@ -32,9 +33,10 @@ from upstream.contributions import resolve_adapters
 from upstream.db.schema import Case, EvalResult, EvalRun, Revision, Suite, SuiteVersion
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, check_max_new_tokens
 from upstream.errors import InvalidInput
-from upstream.evals import Progress, _cached, run_eval, settings_of
+from upstream.evals import PassRate, Progress, _cached, run_eval, settings_of
 from upstream.registry import resolve
 from upstream.settings import Policy, policy_for
+from upstream.shapes import Shape
 from upstream.stats import Allowance
 from upstream.suites import get_version
 
@@ -279,6 +281,22 @@ def detectable_note(d: dict[str, Any]) -> str:
         margin = harm["margin"]
         note += f" At the merge policy's margin of {margin:.0%}, {rule.describe(d['n'], margin)}."
     return note
+
+
+class BoardRow(Shape):
+    suite: str
+    version: int
+    model: str
+    revision: str
+    adapters: list[str] = Field(description="the first 12 characters of each adapter's sha256")
+    all: PassRate
+    public: PassRate | None
+    heldout: PassRate | None
+    run: int = Field(description="the evaluation run")
+
+
+class Leaderboard(Shape):
+    leaderboard: list[BoardRow] = Field(description="by suite, best pass rate first")
 
 
 def leaderboard(hub: Hub, suite: str | None = None) -> list[dict[str, Any]]:

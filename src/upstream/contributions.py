@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -43,6 +44,7 @@ from upstream.db.schema import (
 )
 from upstream.errors import Conflict, InvalidInput, NotFound
 from upstream.registry import get_model, materialize, materialize_files, resolve
+from upstream.shapes import Shape
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -271,6 +273,28 @@ def list_contributions(
     return list(session.scalars(q))
 
 
+class ContributionSummary(Shape):
+    """A contribution as lists and reviews show it: `GET /api/contributions`, and the
+    answer to approve, reject and close."""
+
+    id: int
+    title: str
+    author: str
+    model: str
+    revision: str = Field(description="the base revision the change applies to")
+    kind: str = Field(description="adapter or dataset")
+    fixes: list[int] = Field(description="report ids it claims to fix")
+    state: str = Field(description=", ".join(STATES))
+    push: int = Field(description="the newest push's number (0 before any)")
+    verdict: str = Field(description="the newest push's checks: passed, failed or empty")
+    created_at: str
+    updated_at: str
+
+
+class ContributionList(Shape):
+    contributions: list[ContributionSummary]
+
+
 def contribution_summary(c: Contribution) -> dict[str, Any]:
     latest = c.pushes[-1] if c.pushes else None
     return {
@@ -307,6 +331,55 @@ def checks_view(report: dict[str, Any], can_see_heldout: bool) -> dict[str, Any]
         r["heldout_hidden"] = bool(r.get("heldout_ids"))
         r["heldout_ids"] = []
     return view
+
+
+class StoredFile(Shape):
+    sha256: str = Field(description="its blob in the hub's store")
+    size: int = Field(description="bytes")
+
+
+class AdapterInfoOut(Shape):
+    """What a valid adapter changes (`upstream.adapters.AdapterInfo`)."""
+
+    rank: int
+    alpha: float
+    target_modules: list[str] = Field(description="last names of the adapted modules")
+    layers: int = Field(description="base modules that carry a LoRA pair")
+    parameters: int = Field(description="elements in all adapter tensors")
+    size_bytes: int = Field(description="of adapter_model.safetensors")
+
+
+class ContributionEventOut(Shape):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    actor: str
+    kind: str = Field(description="opened, pushed, checked, approved, rejected, closed...")
+    from_: str = Field(alias="from", description="the state before")
+    to: str = Field(description="the state after")
+    note: str
+    at: str
+
+
+class ContributionDetail(ContributionSummary):
+    """The whole contribution: `prs show --json` and `GET /api/contributions/{id}`."""
+
+    description: str
+    recipe: dict[str, Any] = Field(description="training overrides (a dataset)")
+    files: dict[str, StoredFile] = Field(description="what the newest push carried, by name")
+    adapter: dict[str, StoredFile] | None = Field(
+        description="the adapter checked: the pushed one, or the one trained from the "
+        "dataset (null until trained)"
+    )
+    adapter_info: AdapterInfoOut | None = Field(description="a pushed adapter's; null: dataset")
+    training: dict[str, Any] | None = Field(
+        description="a dataset's training run: recipe, losses, seconds (null until trained)"
+    )
+    job: int | None = Field(description="the job checking the newest push")
+    checks: dict[str, Any] | None = Field(
+        description="the check report (held-out cases as counts unless maintainer); "
+        "null until checked"
+    )
+    events: list[ContributionEventOut] = Field(description="oldest first")
 
 
 def contribution_detail(c: Contribution, viewer: Actor) -> dict[str, Any]:

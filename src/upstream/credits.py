@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -35,6 +36,7 @@ from upstream.db.schema import (
 )
 from upstream.errors import InvalidInput, NotFound
 from upstream.registry import get_model
+from upstream.shapes import Shape
 
 POINTS: dict[str, float] = {
     "reporter": 2.0,  # a confirmed failure: a new benchmark case for everyone
@@ -120,6 +122,19 @@ def record_release_credits(
     )
 
 
+class CreditTotal(Shape):
+    """One person's credits, summed."""
+
+    user: str
+    points: float
+    roles: dict[str, int] = Field(description="role → how many entries of it")
+    releases: int = Field(description="how many releases credit them")
+
+
+class CreditTable(Shape):
+    credits: list[CreditTotal] = Field(description="highest points first")
+
+
 def credits_table(
     session: Session, model: str | None = None, release_id: int | None = None
 ) -> list[dict[str, Any]]:
@@ -157,6 +172,19 @@ def ledger(session: Session, release_id: int) -> list[dict[str, Any]]:
         select(CreditEntry).where(CreditEntry.release_id == release_id).order_by(CreditEntry.id)
     )
     return [entry_dict(e) for e in entries]
+
+
+class CreditEntryOut(Shape):
+    """One line of the credits ledger."""
+
+    id: int
+    release: int
+    user: str
+    role: str = Field(description=", ".join(ROLES))
+    points: float
+    subject: str = Field(description='what earned it: "report:3", "contribution:2"')
+    note: str
+    created_at: str
 
 
 def entry_dict(e: CreditEntry) -> dict[str, Any]:

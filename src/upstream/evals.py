@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -31,6 +32,7 @@ from upstream.embeddings import embed  # loads its model only when a check needs
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
 from upstream.errors import InvalidInput, NotFound
 from upstream.registry import resolve
+from upstream.shapes import Shape
 from upstream.stats import wilson
 from upstream.suites import SPLITS, case_split, get_version, split_secret, version_cases
 
@@ -330,6 +332,17 @@ def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalR
         score=outcome.score,
         explanation=outcome.explanation,
     )
+
+
+class PassRate(Shape):
+    """A pass rate with its Wilson 95 % interval."""
+
+    n: int
+    passed: int
+    rate: float
+    low: float
+    high: float
+    errors: int = Field(0, description="cases whose generation failed")
 
 
 def metrics(rows: Sequence[EvalResult], tags: dict[str, list[str]]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,7 @@ from upstream import __version__
 from upstream.access import HUB, Actor, require
 from upstream.db.schema import Job, WorkerProcess, utcnow
 from upstream.errors import Conflict, NotFound, Unavailable, UpstreamError
+from upstream.shapes import Shape
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -133,7 +134,14 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-class JobOut(BaseModel):
+class Queued(Shape):
+    """The answer to a request that queued a job: poll /api/jobs/{job} for its result."""
+
+    job: int
+    state: str = Field(description="queued")
+
+
+class JobOut(Shape):
     """A job as the API answers it and `jobs show --json` prints it."""
 
     id: int
@@ -149,6 +157,10 @@ class JobOut(BaseModel):
     owner: str | None = Field(description="who queued it; null for the hub's own work")
     created_at: str
     finished_at: str | None
+
+
+class JobList(Shape):
+    jobs: list[JobOut]
 
 
 def job_json(job: Job, viewer: Actor = HUB) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -32,6 +33,7 @@ from upstream.access import Actor, require
 from upstream.blobs import sha256_file
 from upstream.db.schema import Model, Revision, Tag, utcnow
 from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, UpstreamError
+from upstream.shapes import Shape
 from upstream.weights import FOREIGN_FLAGS, FOREIGN_WEIGHTS, PICKLE_SUFFIXES, weight_files
 
 if TYPE_CHECKING:
@@ -208,6 +210,54 @@ def parent_hashes(revision: Revision) -> list[dict[str, str]]:
         if parent is not None:
             out.append({"revision": parent.hash, "role": p.role})
     return out
+
+
+class ModelSummary(Shape):
+    """A model as lists show it: `models list --json` and `GET /api/models`."""
+
+    name: str
+    revisions: int = Field(description="how many revisions it has")
+    latest: str | None = Field(description="the revision `latest` points at")
+    architecture: str | None
+    num_parameters: int | None
+    tags: dict[str, str] = Field(description="tag → the first 12 characters of its revision")
+    created_at: str
+
+
+class ModelList(Shape):
+    models: list[ModelSummary]
+
+
+class ParentOut(Shape):
+    revision: str
+    role: str = Field(description="how it is a parent: base, the revision a release built on")
+
+
+class RevisionOut(Shape):
+    """A revision: `models show --json` and `GET /api/models/{name}/revisions/{rev}`."""
+
+    model: str
+    revision: str = Field(description="the content hash of its files")
+    short: str
+    tags: list[str]
+    architecture: str
+    num_parameters: int
+    size_bytes: int
+    files: dict[str, int] = Field(description="path → size in bytes")
+    source: dict[str, Any] = Field(description="where its files came from")
+    parents: list[ParentOut]
+    created_at: str
+    card: str = Field(description="its model card, Markdown")
+
+
+class ModelDetail(ModelSummary):
+    revision_list: list[RevisionOut] = Field(description="newest first")
+
+
+class TagOut(Shape):
+    model: str
+    tag: str
+    revision: str
 
 
 def model_detail(model: Model) -> dict[str, Any]:

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy import select
 
 from upstream.access import Actor, require
 from upstream.ci import ACTOR, compare_on, judge, policy_for, suites_to_check
 from upstream.contributions import adapter_dir, get_contribution, set_state, stored_dataset
-from upstream.credits import credits_table, record_release_credits
+from upstream.credits import CreditEntryOut, credits_table, record_release_credits
 from upstream.db.schema import (
     Case,
     Contribution,
@@ -55,6 +56,7 @@ from upstream.evals import Progress
 from upstream.modelcard import render_card
 from upstream.registry import get_model, import_dir, materialize, resolve, set_tag
 from upstream.reports import get_report, prompt_text
+from upstream.shapes import Shape
 from upstream.stats import wilson
 from upstream.suites import case_id
 from upstream.triage import set_status
@@ -76,6 +78,17 @@ class ReleaseIn:
     weights: list[float] | None = None
     density: float | None = None
     seed: int | None = None
+
+
+class ReleaseCut(Shape):
+    """A planned release whose build is queued: poll /api/jobs/{job}, then read the
+    release."""
+
+    id: int = Field(description="the release")
+    model: str
+    base: str = Field(description="the revision its contributions are merged into")
+    params: dict[str, Any] = Field(description="the method and its checked parameters")
+    job: int = Field(description="the job that builds and checks it")
 
 
 def cut_release(hub: Hub, data: ReleaseIn, actor: Actor, attempts: int = 3) -> dict[str, Any]:
@@ -314,6 +327,19 @@ def _search_key(summary: dict[str, Any]) -> tuple[float, float, int]:
     ]
     figures = summary["figures"]
     return (min(kept, default=1.0), sum(kept) / max(len(kept), 1), -figures["broken"])
+
+
+class ReleaseFigures(Shape):
+    """A release report's counts, over every suite checked (no case ids: they are public)."""
+
+    fixed: int = Field(description="cases the release fixed")
+    broken: int = Field(description="cases the release broke")
+    knowledge_lost: int
+    guard_broken: int = Field(description="of `broken`, cases of the guard suite")
+    retention: dict[str, float | None] = Field(
+        description="contribution id → share of the cases it fixed alone that the release "
+        "still passes (null: it fixed none)"
+    )
 
 
 def release_figures(checks: dict[str, Any]) -> dict[str, Any]:
@@ -777,6 +803,44 @@ def get_release(session: Any, release_id: int, lock: bool = False) -> Release:
     if release is None:
         raise NotFound(f"no release {release_id}")
     return release
+
+
+class RetentionOut(Shape):
+    """Of the cases a contribution fixed on its own, how many the release still passes."""
+
+    fixed_alone: int
+    retained: int
+    retention: float | None = Field(description="retained / fixed_alone; null: it fixed none")
+
+
+class ReleaseSummary(Shape):
+    """A release: `GET /api/releases`, and the answer to shipping one."""
+
+    id: int
+    model: str
+    state: str = Field(description="queued, merging, checking, released, candidate or failed")
+    tag: str = Field(description="vN once released; empty before")
+    method: str = Field(description=", ".join(METHODS))
+    params: dict[str, Any] = Field(description="the method's parameters: weights, density, seed")
+    contributions: list[int] = Field(description="the contribution ids merged, in order")
+    base: str = Field(description="the revision merged into")
+    revision: str | None = Field(description="the merged revision; null until built")
+    passed: bool | None = Field(description="the checks' verdict; null until checked")
+    reasons: list[str] = Field(description="why it passed or failed, one line each")
+    retention: dict[str, RetentionOut] = Field(description="per contribution id")
+    figures: ReleaseFigures
+    versions: dict[str, str] = Field(description="library → version it was built with")
+    inputs: dict[str, Any] = Field(description="the hashes merged: base, adapters, datasets")
+
+
+class ReleaseList(Shape):
+    releases: list[ReleaseSummary]
+
+
+class ReleaseDetail(ReleaseSummary):
+    """One release with its credits ledger: `GET /api/releases/{id}`."""
+
+    credits: list[CreditEntryOut] = Field(description="in the order they were written")
 
 
 def release_summary(release: Release) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from upstream.db.schema import (
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS, ROLES
 from upstream.errors import InvalidInput, NotFound, input_place
 from upstream.registry import resolve
+from upstream.shapes import Shape
 from upstream.suites import split_key, split_of, split_secret
 
 if TYPE_CHECKING:
@@ -541,6 +542,78 @@ def get_report(session: Session, report_id: int, viewer: Actor = HUB) -> Report:
     if report is None:
         raise NotFound(f"no report {report_id}")
     return report
+
+
+class ReportSummary(Shape):
+    """A report as lists show it: `reports list --json` and `GET /api/reports`."""
+
+    id: int
+    model: str
+    status: str
+    severity: str
+    tags: list[str]
+    prompt: str = Field(description="the last user turn")
+    reporter: str
+    reporters: int = Field(description="how many people filed it")
+    filings: int
+    reproduction_rate: float | None = Field(description="share of its checked inputs failing")
+    similar_to: int | None = Field(description="a likely duplicate, linked when it was filed")
+    created_at: str
+
+
+class VariantOut(Shape):
+    position: int = Field(description="0 is the report's own input")
+    prompt: str
+    expected: dict[str, Any] | None = Field(description="its own check; null: the report's")
+    output: str | None = Field(description="what the last reproduction generated")
+    passed: bool | None
+    score: float | None
+    explanation: str
+
+
+class EventOut(Shape):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    actor: str
+    kind: str = Field(description="filed, status, confirmation, refiled, check...")
+    from_: str = Field(alias="from")
+    to: str
+    note: str
+    at: str
+
+
+class ReportDetail(ReportSummary):
+    """The whole report: `reports show --json` and `GET /api/reports/{id}`."""
+
+    schema_: int = Field(alias="schema", description="version of this shape")
+    revision: str | None
+    messages: list[dict[str, str]]
+    settings: dict[str, Any]
+    expected: dict[str, Any] | None = Field(description="its check")
+    observed: str | None = Field(description="the output the reporter saw")
+    description: str
+    source: str
+    license: str
+    consent: bool = Field(description="may be shared upstream")
+    similar_distance: float | None
+    duplicate_of: int | None
+    variants: list[VariantOut]
+    confirmations: list[str]
+    events: list[EventOut]
+
+
+class ClusterOut(Shape):
+    id: int = Field(description="its first report")
+    size: int
+    reporters: int
+    reports: list[int]
+    statuses: list[str]
+    prompt: str
+
+
+class ReportList(Shape):
+    reports: list[ReportSummary] | None = Field(None, description="without `clusters`")
+    clusters: list[ClusterOut] | None = Field(None, description="with `clusters`")
 
 
 def report_summary(r: Report) -> dict[str, Any]:

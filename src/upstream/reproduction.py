@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -26,6 +27,7 @@ from upstream.embeddings import embed  # loads its model only when a check needs
 from upstream.engines.base import GenRequest, GenResult
 from upstream.errors import InvalidInput
 from upstream.reports import REPRODUCE_JOB, content_hash, get_report
+from upstream.shapes import Shape
 from upstream.triage import OPEN_UNCONFIRMED, set_status
 
 if TYPE_CHECKING:
@@ -75,6 +77,23 @@ def reproduce(hub: Hub, report_ids: list[int], progress: Any = None) -> dict[str
                 mine = [o for (rr, _), o in zip(inputs, outputs, strict=True) if rr.id == r.id]
                 results[r.id] = _judge(s, report, [o.text for o in mine])
     return {"reports": results}
+
+
+class JudgedOut(Shape):
+    status: str = Field(description="the report's status after judging")
+    result: str = Field(description="reproduced, not_reproduced or needs_check")
+    rate: float | None = Field(description="share of its checked inputs failing")
+    failing: int
+    checked: int
+
+
+class RescoredOut(Shape):
+    reports: dict[int, JudgedOut] = Field(description="report id → how it was judged")
+
+
+class ReproducingOut(Shape):
+    report: int
+    job: int = Field(description="the job reproducing it")
 
 
 def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:

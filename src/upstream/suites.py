@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from upstream.checks import parse_check
 from upstream.db.schema import Case, HubSecret, Model, Report, Suite, SuiteVersion
 from upstream.errors import InvalidInput, NotFound
 from upstream.registry import NAME_RE, get_model
+from upstream.shapes import Shape
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -397,6 +399,65 @@ def version_cases(session: Session, version: SuiteVersion) -> list[Case]:
         for c in session.scalars(select(Case).where(Case.id.in_(ids[start : start + 500]))):
             found[c.id] = c
     return [found[i] for i in ids]
+
+
+class AddedOut(Shape):
+    """The answer to adding cases to a suite (importing them or building from reports)."""
+
+    suite: str
+    version: int = Field(description="its newest version (unchanged when nothing was new)")
+    added: int = Field(description="cases new to the suite")
+    cases: int = Field(description="cases in that version")
+    reports: int | None = Field(None, description="built from reports: how many were used")
+
+
+class VersionOut(Shape):
+    number: int
+    cases: int
+    note: str
+    created_at: str
+
+
+class SuiteSummary(Shape):
+    """A suite as lists show it: `suites list --json` and `GET /api/suites`."""
+
+    name: str
+    model: str | None = Field(description="the model it is for; null: any")
+    version: int = Field(description="its newest version; 0 before any")
+    cases: int
+    public: int
+    heldout: int
+    heldout_percent: int
+    kind: str = Field(description="community or guard")
+    versions: list[VersionOut]
+
+
+class SuiteList(Shape):
+    suites: list[SuiteSummary]
+
+
+class CaseOut(Shape):
+    id: str
+    split: str = Field(description="public or heldout")
+    tags: list[str]
+    report: int | None = Field(description="the report it was built from")
+    prompt: str = Field(description="the last user turn")
+    messages: list[dict[str, str]]
+    expected: dict[str, Any] = Field(description="its check")
+
+
+class HiddenCase(Shape):
+    """A held-out case as someone who may not see held-out cases is shown it."""
+
+    split: str
+    hidden: bool
+
+
+class SuiteView(SuiteSummary):
+    """A suite version's cases: `suites show --json` and `GET /api/suites/{name}`."""
+
+    shown_version: int
+    case_list: list[CaseOut | HiddenCase]
 
 
 def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from upstream.access import Actor, may, require
 from upstream.db.schema import Report, ReportConfirmation, ReportEvent
 from upstream.errors import Conflict, InvalidInput
 from upstream.reports import get_report, touch
+from upstream.shapes import Shape
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -121,6 +123,16 @@ def close(
             report.duplicate_of_id = duplicate_of
         set_status(s, report, status, actor.name, reason)
         return _state(report, hub.settings.confirmations_needed, f"closed as {status}")
+
+
+class TriageOut(Shape):
+    """The answer to confirming or closing a report."""
+
+    id: int
+    status: str
+    message: str = Field(description="what happened")
+    confirmations: list[str] = Field(description="who confirmed it, besides maintainers")
+    needed: int = Field(description="confirmations that make a report confirmed")
 
 
 def _state(report: Report, needed: int, message: str) -> dict[str, Any]:

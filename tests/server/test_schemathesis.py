@@ -1,5 +1,6 @@
 """`schemathesis` against the OpenAPI document of a live `upstream up` (real HTTP, the tiny
-model): generated and mutated requests, with the links between operations, find no 5xx
+model): generated and mutated requests, with the links between operations (inferred from
+the typed answers: 14 of 39 covered at this seed and budget), find no 5xx
 and no response outside its documented status codes, content type and schema.
 
 Bounded for CI: a fixed seed, a few examples per operation, a time budget. The run acts
@@ -10,6 +11,7 @@ left out (it would revoke the run's own token halfway).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,6 +117,9 @@ def test_the_live_api_answers_generated_requests_without_5xx_or_schema_breaks(
         assert " 500 " not in served, served[-3000:]
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert "passed" in run.stdout
+        # typed answers let schemathesis chain operations: ids from one answer feed the next
+        links = re.search(r"API Links:\s+(\d+) covered", run.stdout)
+        assert links and int(links.group(1)) >= 5, run.stdout[-3000:]
         # the run's own token still works: it revoked nothing it needed
         me = httpx.get(f"{base}/api/me", headers={"Authorization": f"Bearer {token}"})
         assert me.status_code == 200 and me.json()["role"] == "admin"

@@ -26,6 +26,7 @@ from upstream.db.schema import MAX_ID
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
+from upstream.shapes import Shape
 
 # Piped output is not cut to 80 columns: tables stay whole for logs and grep. Markup is
 # off: what users wrote (a prompt "[/x]") is printed as written, never read as styling;
@@ -48,7 +49,11 @@ def open_hub(create: bool = False) -> Hub:
     return Hub.open(create=create)
 
 
-def emit_json(data: Any) -> None:
+def emit_json(data: Any, shape: type[Shape] | None = None) -> None:
+    """Print `data` as JSON; with `shape`, as that typed body (the one the API answers),
+    checked against it first."""
+    if shape is not None:
+        data = shape.model_validate(data).model_dump(mode="json", by_alias=True, exclude_unset=True)
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 

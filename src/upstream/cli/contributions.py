@@ -85,7 +85,7 @@ def list_(
     with hub.session() as s:
         rows = [domain.contribution_summary(c) for c in domain.list_contributions(s, model, state)]
     if json_out:
-        emit_json({"contributions": rows})
+        emit_json({"contributions": rows}, domain.ContributionList)
         return
     if not rows:
         err_console.print("no contributions match")
@@ -114,7 +114,7 @@ def show(
     hub = open_hub()
     detail = _detail(hub, contribution_id, current_actor(hub, as_user))
     if json_out:
-        emit_json(detail)
+        emit_json(detail, domain.ContributionDetail)
     else:
         print_detail(detail)
 
@@ -239,7 +239,7 @@ def _check_and_show(
         hub.jobs.run_now(job_id, update)
     detail = _detail(hub, contribution_id, viewer)
     if json_out:
-        emit_json(detail)
+        emit_json(detail, domain.ContributionDetail)
     else:
         print_detail(detail)
 

@@ -22,7 +22,7 @@ from upstream.cli.common import (
     run_job,
 )
 from upstream.errors import Conflict
-from upstream.jobs import Worker, job_json
+from upstream.jobs import JobList, JobOut, Worker, job_json
 from upstream.registry import default_model_import
 from upstream.registry import fsck as run_fsck
 
@@ -126,7 +126,7 @@ def jobs_list(
     hub = open_hub()
     rows = [job_json(j) for j in hub.jobs.list(state)]
     if json_out:
-        emit_json({"jobs": rows})
+        emit_json({"jobs": rows}, JobList)
         return
     table = Table("id", "kind", "state", "attempts", "progress", "message / error")
     for r in rows:
@@ -147,7 +147,7 @@ def jobs_cancel(
     hub = open_hub()
     job = job_json(hub.jobs.cancel(job_id, current_actor(hub, as_user)))
     if json_out:
-        emit_json(job)
+        emit_json(job, JobOut)
     elif job["state"] == "failed":
         console.print(f"job {job_id} cancelled")
     else:
@@ -176,7 +176,7 @@ def jobs_show(
                 time.sleep(0.5)
                 job = job_json(hub.jobs.get(job_id))
     if json_out:
-        emit_json(job)
+        emit_json(job, JobOut)
     else:
         console.print(f"job {job['id']} {job['kind']}: {job['state']}")
         console.print(f"  attempts {job['attempts']}, created {job['created_at']}")

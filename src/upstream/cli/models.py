@@ -63,7 +63,7 @@ def list_(json_out: bool = JsonOption) -> None:
     with hub.session() as s:
         models = [registry.model_summary(m) for m in registry.list_models(s)]
     if json_out:
-        emit_json({"models": models})
+        emit_json({"models": models}, registry.ModelList)
         return
     if not models:
         err_console.print("no models yet; import one with `upstream models import`")
@@ -93,7 +93,7 @@ def show(
         info = registry.revision_summary(rev.model, rev)
         others = [(r.hash[:12], registry.tags_of(rev.model, r)) for r in rev.model.revisions]
     if json_out:
-        emit_json(info)
+        emit_json(info, registry.RevisionOut)
         return
     console.print(
         f"[bold]{info['model']}@{info['short']}[/]  tags: {', '.join(info['tags']) or '-'}",
@@ -136,7 +136,7 @@ def tag(
     hub = open_hub()
     result = registry.tag(hub, current_actor(hub, as_user), ref, name)
     if json_out:
-        emit_json(result)
+        emit_json(result, registry.TagOut)
     else:
         console.print(f"{result['model']}@{name} -> {result['revision'][:12]}")
 

@@ -23,7 +23,7 @@ from upstream.cli.common import (
     open_hub,
     progress_bar,
 )
-from upstream.credits import credits_table
+from upstream.credits import CreditTable, credits_table
 from upstream.errors import InvalidInput
 
 
@@ -205,7 +205,7 @@ def credits(
     with hub.session() as s:
         rows = credits_table(s, model)
     if json_out:
-        emit_json({"credits": rows})
+        emit_json({"credits": rows}, CreditTable)
         return
     if not rows:
         err_console.print("no credits yet: they are written when a release is made")

@@ -27,6 +27,7 @@ from upstream.errors import InvalidInput
 from upstream.hub import Hub
 from upstream.reproduction import queue_reproduction
 from upstream.reproduction import rescore as do_rescore
+from upstream.triage import TriageOut
 from upstream.triage import close as do_close
 from upstream.triage import confirm as do_confirm
 
@@ -178,7 +179,7 @@ def list_(
         rows = [domain.report_summary(r) for r in found[:limit]]
     if clusters:
         if json_out:
-            emit_json({"clusters": groups})
+            emit_json({"clusters": groups}, domain.ReportList)
             return
         table = Table("cluster", "reports", "reporters", "statuses", "first prompt")
         for c in groups:
@@ -192,7 +193,7 @@ def list_(
         console.print(table)
         return
     if json_out:
-        emit_json({"reports": rows})
+        emit_json({"reports": rows}, domain.ReportList)
         return
     if not rows:
         err_console.print("no reports match")
@@ -227,7 +228,7 @@ def show(
     with hub.session() as s:
         d = domain.report_detail(s, domain.get_report(s, report_id))
     if json_out:
-        emit_json(d)
+        emit_json(d, domain.ReportDetail)
         return
     console.print(
         f"[bold]report #{d['id']}[/]  {d['status']}  severity {d['severity']}  "
@@ -306,7 +307,7 @@ def close(
     hub = open_hub()
     r = do_close(hub, report_id, current_actor(hub, as_user), reason, duplicate_of)
     if json_out:
-        emit_json(r)
+        emit_json(r, TriageOut)
     else:
         console.print(f"report #{r['id']}: {r['message']}")
 

@@ -22,8 +22,8 @@ from upstream.cli.common import (
     progress_bar,
     run_job,
 )
+from upstream.comparisons import Leaderboard, detectable_note
 from upstream.comparisons import compare as run_compare
-from upstream.comparisons import detectable_note
 from upstream.comparisons import leaderboard as board
 from upstream.contributions import resolve_adapters
 from upstream.evals import EVAL_JOB, eval_job
@@ -41,7 +41,7 @@ def list_(json_out: bool = JsonOption) -> None:
     with hub.session() as s:
         rows = [domain.suite_summary(s, st) for st in domain.list_suites(s)]
     if json_out:
-        emit_json({"suites": rows})
+        emit_json({"suites": rows}, domain.SuiteList)
         return
     if not rows:
         err_console.print("no suites yet; build one with `upstream suites build NAME --tag T`")
@@ -71,7 +71,7 @@ def show(
     with hub.session() as s:
         view = domain.suite_view(s, name, version, current_actor(hub, as_user))
     if json_out:
-        emit_json(view)
+        emit_json(view, domain.SuiteView)
         return
     cases = view["case_list"]
     console.print(
@@ -131,7 +131,7 @@ def import_(
 
 def _print_added(result: dict[str, Any], json_out: bool) -> None:
     if json_out:
-        emit_json(result)
+        emit_json(result, domain.AddedOut)
     elif result["added"]:
         console.print(
             f"suite {result['suite']} v{result['version']}: {result['added']} new "
@@ -308,7 +308,7 @@ def leaderboard(
 
     rows = board(open_hub(), suite)
     if json_out:
-        emit_json({"leaderboard": rows})
+        emit_json({"leaderboard": rows}, Leaderboard)
         return
     if not rows:
         err_console.print("no evaluations yet; run `upstream eval NAME --suite S`")

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from upstream import __version__
@@ -22,17 +22,18 @@ from upstream.limits import RateLimiter
 from upstream.server.api import accounts, contributions, jobs, models, releases, reports, suites
 from upstream.server.body import BodyLimit
 from upstream.server.pages import views
+from upstream.shapes import Shape
 
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Shape):
     code: str = Field(description="machine-readable: not_found, forbidden, invalid_input, …")
     message: str = Field(description="what is wrong and what is allowed, for a person")
     field: str | None = Field(description="the input at fault (`messages.0.content`), if one is")
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Shape):
     """The one shape of every 4xx (and 5xx) the API answers."""
 
     error: ErrorDetail

@@ -12,6 +12,7 @@ from upstream.access import Actor
 from upstream.hub import Hub
 from upstream.server.body import StrictRoute
 from upstream.server.deps import PathId, get_actor, get_hub, get_signed_in
+from upstream.shapes import Shape
 
 router = APIRouter(tags=["accounts"], route_class=StrictRoute)
 
@@ -36,7 +37,7 @@ class TokenRequest(BaseModel):
     note: str = Field("", max_length=200)
 
 
-class MeOut(BaseModel):
+class MeOut(Shape):
     name: str | None = Field(description="null for an anonymous caller")
     role: str | None
     models: dict[str, str] = Field(description="model name → the role held on it")
@@ -54,7 +55,7 @@ def whoami(actor: Actor = Depends(get_actor)) -> dict[str, Any]:
     }
 
 
-@router.get("/users", response_model=dict[str, list[accounts.UserOut]])
+@router.get("/users", response_model=accounts.UserList)
 def list_users(actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Every account with its roles (admins)."""
     return {"users": accounts.list_users(hub, actor)}
@@ -76,7 +77,7 @@ def set_role(
     return accounts.set_role(hub, actor, name, body.role, body.model)
 
 
-@router.get("/tokens", response_model=dict[str, list[accounts.TokenOut]])
+@router.get("/tokens", response_model=accounts.TokenList)
 def list_tokens(
     user: str | None = None, actor: Actor = Depends(get_signed_in), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:

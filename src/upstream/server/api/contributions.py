@@ -25,6 +25,7 @@ from upstream.errors import InvalidInput, TooLarge
 from upstream.hub import Hub
 from upstream.server.body import StrictRoute
 from upstream.server.deps import BodyId, PathId, get_actor, get_hub
+from upstream.shapes import Shape
 
 router = APIRouter(tags=["contributions"], route_class=StrictRoute)
 
@@ -49,7 +50,7 @@ UPLOAD_BODY = {
 }
 
 
-class UploadOut(BaseModel):
+class UploadOut(Shape):
     upload: str = Field(description="its sha256: name it as adapter.safetensors_upload")
     size: int
 
@@ -106,7 +107,7 @@ class ReviewRequest(BaseModel):
     reason: str = Field("", max_length=20_000)
 
 
-class PushedOut(BaseModel):
+class PushedOut(Shape):
     id: int = Field(description="the contribution")
     push: int = Field(description="the push's number (1 when opened)")
     state: str
@@ -117,7 +118,7 @@ class OpenedOut(PushedOut):
     kind: str = Field(description="adapter or dataset")
 
 
-class CheckOut(BaseModel):
+class CheckOut(Shape):
     contribution: int
     job: int = Field(description="the job checking the newest push again")
 
@@ -134,7 +135,7 @@ def open_contribution(
         return domain.open_contribution(hub, data, actor)
 
 
-@router.get("/contributions")
+@router.get("/contributions", response_model=domain.ContributionList)
 def list_contributions(
     model: str | None = None, state: str | None = None, hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def list_contributions(
         return {"contributions": [domain.contribution_summary(c) for c in found]}
 
 
-@router.get("/contributions/{contribution_id}")
+@router.get("/contributions/{contribution_id}", response_model=domain.ContributionDetail)
 def show_contribution(
     contribution_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -176,7 +177,7 @@ def check(
     }
 
 
-@router.post("/contributions/{contribution_id}/approve")
+@router.post("/contributions/{contribution_id}/approve", response_model=domain.ContributionSummary)
 def approve(
     contribution_id: PathId,
     body: ReviewRequest,
@@ -187,7 +188,7 @@ def approve(
     return domain.approve(hub, contribution_id, actor, body.comment, body.override)
 
 
-@router.post("/contributions/{contribution_id}/reject")
+@router.post("/contributions/{contribution_id}/reject", response_model=domain.ContributionSummary)
 def reject(
     contribution_id: PathId,
     body: ReviewRequest,
@@ -198,7 +199,7 @@ def reject(
     return domain.reject(hub, contribution_id, actor, body.reason)
 
 
-@router.post("/contributions/{contribution_id}/close")
+@router.post("/contributions/{contribution_id}/close", response_model=domain.ContributionSummary)
 def close(
     contribution_id: PathId,
     body: ReviewRequest,

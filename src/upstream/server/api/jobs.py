@@ -8,14 +8,14 @@ from fastapi import APIRouter, Depends
 
 from upstream.access import Actor
 from upstream.hub import Hub
-from upstream.jobs import JobOut, job_json
+from upstream.jobs import JobList, JobOut, job_json
 from upstream.server.body import StrictRoute
 from upstream.server.deps import PathId, get_actor, get_hub
 
 router = APIRouter(tags=["jobs"], route_class=StrictRoute)
 
 
-@router.get("/jobs", response_model=dict[str, list[JobOut]])
+@router.get("/jobs", response_model=JobList)
 def list_jobs(
     state: Literal["queued", "running", "done", "failed"] | None = None,
     actor: Actor = Depends(get_actor),

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from upstream import registry
 from upstream.access import Actor
 from upstream.hub import Hub
+from upstream.jobs import Queued
 from upstream.server.body import StrictRoute
 from upstream.server.deps import get_actor, get_hub
 
@@ -21,21 +22,21 @@ class ImportRequest(BaseModel):
     name: str = Field(description="model name in this hub")
 
 
-@router.get("/models")
+@router.get("/models", response_model=registry.ModelList)
 def list_models(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Every model with its latest revision and tags."""
     with hub.session() as s:
         return {"models": [registry.model_summary(m) for m in registry.list_models(s)]}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", response_model=registry.ModelDetail)
 def show_model(name: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """One model and all its revisions, newest first."""
     with hub.session() as s:
         return registry.model_detail(registry.get_model(s, name))
 
 
-@router.get("/models/{name}/revisions/{rev}")
+@router.get("/models/{name}/revisions/{rev}", response_model=registry.RevisionOut)
 def show_revision(name: str, rev: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """One revision by tag or id prefix."""
     with hub.session() as s:
@@ -47,7 +48,7 @@ class TagRequest(BaseModel):
     revision: str = Field(description="a tag or revision id prefix")
 
 
-@router.put("/models/{name}/tags/{tag}")
+@router.put("/models/{name}/tags/{tag}", response_model=registry.TagOut)
 def put_tag(
     name: str,
     tag: str,
@@ -67,7 +68,7 @@ def delete_tag(
     registry.untag(hub, actor, name, tag)
 
 
-@router.post("/models/import", status_code=202)
+@router.post("/models/import", status_code=202, response_model=Queued)
 def import_model(
     body: ImportRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:

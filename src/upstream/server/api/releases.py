@@ -10,13 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from upstream.access import Actor
-from upstream.credits import credits_table, ledger
+from upstream.credits import CreditTable, credits_table, ledger
 from upstream.db.schema import Release
 from upstream.hub import Hub
 from upstream.registry import get_model
 from upstream.releases import (
     METHODS,
+    ReleaseCut,
+    ReleaseDetail,
     ReleaseIn,
+    ReleaseList,
+    ReleaseSummary,
     cut_release,
     get_release,
     release_summary,
@@ -28,7 +32,7 @@ from upstream.server.deps import BodyId, PathId, get_actor, get_hub
 router = APIRouter(tags=["releases"], route_class=StrictRoute)
 
 
-@router.get("/releases")
+@router.get("/releases", response_model=ReleaseList)
 def list_releases(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Releases, newest first: state, tag, method, contributions, verdict."""
 
@@ -39,14 +43,14 @@ def list_releases(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict
         return {"releases": [release_summary(r) for r in s.scalars(q)]}
 
 
-@router.get("/releases/{release_id}")
+@router.get("/releases/{release_id}", response_model=ReleaseDetail)
 def show_release(release_id: PathId, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """One release with its reasons, retention and credits ledger."""
     with hub.session() as s:
         return {**release_summary(get_release(s, release_id)), "credits": ledger(s, release_id)}
 
 
-@router.get("/credits")
+@router.get("/credits", response_model=CreditTable)
 def credits(model: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Points per person over all releases (or one model's)."""
     with hub.session() as s:
@@ -65,7 +69,7 @@ class ReleaseRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="dare_ties: random seed")
 
 
-@router.post("/releases", status_code=202)
+@router.post("/releases", status_code=202, response_model=ReleaseCut)
 def cut(
     body: ReleaseRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -77,7 +81,7 @@ def cut(
     return cut_release(hub, data, actor)
 
 
-@router.post("/releases/{release_id}/ship")
+@router.post("/releases/{release_id}/ship", response_model=ReleaseSummary)
 def ship(
     release_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:

@@ -10,16 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from upstream import reports as domain
 from upstream.access import Actor
 from upstream.hub import Hub
-from upstream.reproduction import queue_reproduction, rescore
+from upstream.reproduction import ReproducingOut, RescoredOut, queue_reproduction, rescore
 from upstream.server.body import StrictRoute
 from upstream.server.deps import MAX_ID, BodyId, PathId, get_actor, get_hub
+from upstream.shapes import Shape
+from upstream.triage import TriageOut
 from upstream.triage import close as close_report
 from upstream.triage import confirm as confirm_report
 
 router = APIRouter(tags=["reports"], route_class=StrictRoute)
 
 
-class FiledOut(BaseModel):
+class FiledOut(Shape):
     id: int = Field(description="the report (an existing one when the same content was filed)")
     created: bool = Field(description="false: the same content was reported; a filing counted")
     similar_to: int | None = Field(description="a likely duplicate among the open reports")
@@ -37,7 +39,7 @@ def file_report(
     return {**filed.as_dict(), "reproduction_job": submission.job}
 
 
-@router.get("/reports")
+@router.get("/reports", response_model=domain.ReportList, response_model_exclude_unset=True)
 def list_reports(
     model: str | None = None,
     status: str | None = None,
@@ -67,7 +69,7 @@ def list_reports(
         return {"reports": [domain.report_summary(r) for r in domain.list_reports(s, query)]}
 
 
-@router.get("/reports/{report_id}")
+@router.get("/reports/{report_id}", response_model=domain.ReportDetail)
 def show_report(
     report_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def show_report(
         return domain.report_detail(s, domain.get_report(s, report_id, actor))
 
 
-@router.post("/reports/{report_id}/confirm")
+@router.post("/reports/{report_id}/confirm", response_model=TriageOut)
 def confirm(
     report_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -91,7 +93,7 @@ class CloseRequest(BaseModel):
     duplicate_of: BodyId | None = Field(None, description="close as a duplicate of this report")
 
 
-@router.post("/reports/{report_id}/close")
+@router.post("/reports/{report_id}/close", response_model=TriageOut)
 def close(
     report_id: PathId,
     body: CloseRequest,
@@ -102,7 +104,7 @@ def close(
     return close_report(hub, report_id, actor, body.reason, body.duplicate_of)
 
 
-@router.post("/reports/{report_id}/reproduce", status_code=202)
+@router.post("/reports/{report_id}/reproduce", status_code=202, response_model=ReproducingOut)
 def reproduce(
     report_id: PathId, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -115,7 +117,7 @@ class RescoreRequest(BaseModel):
     expected: dict[str, Any] | None = Field(None, description="replace the report's check first")
 
 
-@router.post("/reports/{report_id}/rescore")
+@router.post("/reports/{report_id}/rescore", response_model=RescoredOut)
 def rescore_report(
     report_id: PathId,
     body: RescoreRequest,

@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from upstream import suites as domain
 from upstream.access import Actor
+from upstream.comparisons import Leaderboard, queue_compare
 from upstream.comparisons import leaderboard as board
-from upstream.comparisons import queue_compare
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from upstream.evals import queue_eval
 from upstream.hub import Hub
+from upstream.jobs import Queued
 from upstream.reports import MAX_MESSAGES, MAX_TAGS, MessageIn
 from upstream.server.body import StrictRoute
 from upstream.server.deps import MAX_ID, QueryNumber, get_actor, get_hub
@@ -21,7 +22,7 @@ from upstream.server.deps import MAX_ID, QueryNumber, get_actor, get_hub
 router = APIRouter(tags=["suites"], route_class=StrictRoute)
 
 
-@router.get("/suites")
+@router.get("/suites", response_model=domain.SuiteList)
 def list_suites(hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Every suite with its newest version and split sizes."""
     with hub.session() as s:
@@ -55,7 +56,9 @@ class CasesRequest(BaseModel):
     heldout_percent: int | None = Field(None, ge=0, le=90, description="new suite: held out")
 
 
-@router.post("/suites/{name}/build")
+@router.post(
+    "/suites/{name}/build", response_model=domain.AddedOut, response_model_exclude_unset=True
+)
 def build_suite(
     name: str, body: BuildRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -63,7 +66,9 @@ def build_suite(
     return domain.build_from_reports(hub, actor, name, body.tag, body.model, body.heldout_percent)
 
 
-@router.post("/suites/{name}/cases")
+@router.post(
+    "/suites/{name}/cases", response_model=domain.AddedOut, response_model_exclude_unset=True
+)
 def import_cases(
     name: str, body: CasesRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -76,7 +81,7 @@ def import_cases(
     return domain.import_cases(hub, actor, name, cases, body.model, body.heldout_percent, "api")
 
 
-@router.get("/suites/{name}")
+@router.get("/suites/{name}", response_model=domain.SuiteView)
 def show_suite(
     name: str,
     version: QueryNumber = None,
@@ -97,7 +102,7 @@ class EvalRequest(BaseModel):
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
 
 
-@router.post("/evals", status_code=202)
+@router.post("/evals", status_code=202, response_model=Queued)
 def start_eval(
     body: EvalRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
@@ -114,7 +119,7 @@ def start_eval(
     return {"job": job, "state": "queued"}
 
 
-@router.get("/leaderboard")
+@router.get("/leaderboard", response_model=Leaderboard)
 def leaderboard(suite: str | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Revisions × suites with pass rates and 95 % intervals."""
     return {"leaderboard": board(hub, suite)}
@@ -132,7 +137,7 @@ class CompareRequest(BaseModel):
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
 
 
-@router.post("/comparisons", status_code=202)
+@router.post("/comparisons", status_code=202, response_model=Queued)
 def start_comparison(
     body: CompareRequest, actor: Actor = Depends(get_actor), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
