@@ -23,6 +23,16 @@ apostrophes and hyphens: "don't" and "well-known" are one word each), and
 state the expected answer anywhere? The CI uses it to see knowledge the base had and a
 candidate lost (a base that answers "A spider has eight legs (8)..." fails `exact "8"`
 but knows the answer; a candidate that answers "6" has lost it).
+
+A check can often tell its verdict before the output ends: after "A spider has" the check
+`exact "8"` has failed whatever comes next, after two words `max_words 1` has, and once
+"Paris" has appeared `contains "Paris"` has passed. `decided(check, text)` is that
+verdict for a text that is still being generated, or None while it is not yet certain;
+the evaluation loop stops a row as soon as it is decided (docs/evaluation.md). Only the
+text up to the last whitespace counts (`stable_prefix`): the word being written may still
+grow, and a decided verdict holds for every text that begins with that stable part, so a
+trailing "." or more words cannot flip it. Kinds that cannot know early (regex, json,
+similar) are never decided before the end.
 """
 
 from __future__ import annotations
@@ -79,6 +89,42 @@ class Normalizer:
             text = text.strip(PUNCTUATION + " ")
         return text if self.case_sensitive else text.casefold()
 
+    def opening(self, prefix: str) -> str | None:
+        """What the normalised form of every text that begins with `prefix` begins with,
+        beyond `self(prefix)` itself (which a text that adds only whitespace and
+        punctuation normalises to); None while the start is not settled.
+
+        `prefix` is a stable prefix (it ends in whitespace, see `stable_prefix`): a text
+        `prefix + more` normalises to `self(prefix)` or to `opening + something`.
+        """
+        if self.strict:
+            return prefix
+        if self.unicode_form != "none":
+            prefix = unicodedata.normalize(self.unicode_form, prefix)  # type: ignore[arg-type]
+        text = " ".join(prefix.split())
+        if not self.keep_punctuation:
+            text = text.lstrip(PUNCTUATION + " ")
+        if not text:
+            return None  # nothing but whitespace and punctuation yet: the start may change
+        text += " "
+        return text if self.case_sensitive else text.casefold()
+
+
+def stable_prefix(text: str) -> str:
+    """The part of a text being generated that later tokens cannot change: everything up
+    to and including its last whitespace ("" when there is none)."""
+    for i in range(len(text) - 1, -1, -1):
+        if text[i].isspace():
+            return text[: i + 1]
+    return ""
+
+
+def decided(check: Check, text: str) -> bool | None:
+    """The verdict `check` gives every output that begins with the stable prefix of `text`
+    (a text still being generated), or None when more text could change it."""
+    prefix = stable_prefix(text)
+    return check.decide(prefix) if prefix else None
+
 
 @dataclass(frozen=True)
 class Check(ABC):
@@ -91,9 +137,27 @@ class Check(ABC):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         """Judge one output: passed, a score in 0..1, and why."""
 
+    def decide(self, prefix: str) -> bool | None:
+        """The verdict of every output that begins with `prefix` (a stable prefix: it
+        ends in whitespace), or None when it is not certain yet. By default never."""
+        return None
+
 
 def _verdict(passed: bool, why: str) -> Outcome:
     return Outcome(passed, 1.0 if passed else 0.0, why)
+
+
+def _cannot_become(norm: Normalizer, prefix: str, values: Sequence[str]) -> bool | None:
+    """False when no output beginning with `prefix` can normalise to one of `values`."""
+    opening = norm.opening(prefix)
+    if opening is None:
+        return None
+    closed = norm(prefix)
+    for value in values:
+        want = norm(value)
+        if want == closed or want.startswith(opening):
+            return None
+    return False
 
 
 class Exact(Check):
@@ -101,6 +165,9 @@ class Exact(Check):
         want = self.spec["value"]
         ok = self.norm(output) == self.norm(want)
         return _verdict(ok, f"output {'equals' if ok else 'does not equal'} {want!r}")
+
+    def decide(self, prefix: str) -> bool | None:
+        return _cannot_become(self.norm, prefix, [self.spec["value"]])
 
 
 class OneOf(Check):
@@ -111,6 +178,9 @@ class OneOf(Check):
             hit is not None,
             f"matches {hit!r}" if hit is not None else f"is none of {self.spec['values']!r}",
         )
+
+    def decide(self, prefix: str) -> bool | None:
+        return _cannot_become(self.norm, prefix, self.spec["values"])
 
 
 class Contains(Check):
@@ -127,6 +197,13 @@ class Contains(Check):
             f"contains {found!r}" + (f", lacks {missing!r}" if missing else ""),
         )
 
+    def decide(self, prefix: str) -> bool | None:
+        # text found in the prefix stays in every longer output; what is missing may come
+        got = self.norm(prefix)
+        found = [self.norm(v) in got for v in self.spec["values"]]
+        need_all = self.spec.get("mode", "any") == "all"
+        return True if (all(found) if need_all else any(found)) else None
+
 
 class NotContains(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
@@ -136,6 +213,10 @@ class NotContains(Check):
             not found,
             f"contains forbidden {found!r}" if found else "contains none of the forbidden strings",
         )
+
+    def decide(self, prefix: str) -> bool | None:
+        got = self.norm(prefix)
+        return False if any(self.norm(v) in got for v in self.spec["values"]) else None
 
 
 MAX_PATTERN_CHARS = 1000
@@ -242,6 +323,16 @@ class Number(Check):
         ok = _close(got, want, tol)
         return _verdict(ok, f"number {got:g} {'within' if ok else 'outside'} {tol:g} of {want:g}")
 
+    def decide(self, prefix: str) -> bool | None:
+        # a number followed by whitespace is complete, and the first one stays the first
+        if not self.spec.get("first", True):
+            return None
+        numbers = _numbers(prefix)
+        if not numbers:
+            return None
+        want, tol = float(self.spec["value"]), float(self.spec.get("tolerance", 0.0))
+        return _close(numbers[0], want, tol)
+
 
 # A word: letters and digits, with inner apostrophes and hyphens ("don't", "well-known").
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
@@ -253,12 +344,19 @@ class MaxWords(Check):
         limit = int(self.spec["value"])
         return _verdict(words <= limit, f"{words} word(s), limit {limit}")
 
+    def decide(self, prefix: str) -> bool | None:
+        # words before the last whitespace are complete; more text only adds words
+        return False if len(WORD_RE.findall(prefix)) > int(self.spec["value"]) else None
+
 
 class MinWords(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         words = len(WORD_RE.findall(output))
         need = int(self.spec["value"])
         return _verdict(words >= need, f"{words} word(s), at least {need} needed")
+
+    def decide(self, prefix: str) -> bool | None:
+        return True if len(WORD_RE.findall(prefix)) >= int(self.spec["value"]) else None
 
 
 # Defaults of `not_repetitive`, measured on SmolLM2-135M-Instruct's greedy answers to about
@@ -312,6 +410,22 @@ class NotRepetitive(Check):
             f"{distinct:.0%} of {n}-word phrases distinct; most frequent {phrase!r} ({count}x)",
         )
 
+    def decide(self, prefix: str) -> bool | None:
+        # A phrase counted too often stays too often in every longer output (the share
+        # of distinct phrases can still rise, so only the count decides early). Counted
+        # in both forms a longer output's normalisation can start with.
+        n = int(self.spec.get("n", REPEAT_N))
+        max_repeats = int(self.spec.get("max_repeats", REPEAT_MAX))
+        opening = self.norm.opening(prefix)
+        if opening is None:
+            return None
+        for text in (self.norm(prefix), opening):
+            words = ["#" if w.isdigit() else w for w in WORD_RE.findall(text)]
+            grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+            if not grams or grams.most_common(1)[0][1] <= max_repeats:
+                return None
+        return False
+
 
 class Similar(Check):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
@@ -342,6 +456,12 @@ class AllOf(Combinator):
             "all passed" if not failed else "failed: " + "; ".join(failed),
         )
 
+    def decide(self, prefix: str) -> bool | None:
+        verdicts = [c.decide(prefix) for c in self.children]
+        if False in verdicts:
+            return False
+        return True if all(v is True for v in verdicts) else None
+
 
 class AnyOf(Combinator):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
@@ -353,11 +473,21 @@ class AnyOf(Combinator):
             "passed: " + passed[0] if passed else "none passed",
         )
 
+    def decide(self, prefix: str) -> bool | None:
+        verdicts = [c.decide(prefix) for c in self.children]
+        if True in verdicts:
+            return True
+        return False if all(v is False for v in verdicts) else None
+
 
 class Not(Combinator):
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
         inner = self.children[0].score(output, embed)
         return Outcome(not inner.passed, 1.0 - inner.score, f"not ({inner.explanation})")
+
+    def decide(self, prefix: str) -> bool | None:
+        inner = self.children[0].decide(prefix)
+        return None if inner is None else not inner
 
 
 # ---------------------------------------------------------------- lenient parts
@@ -391,6 +521,17 @@ class States(Check):
             hit is not None, f"states {hit!r}" if hit is not None else f"states none of {values!r}"
         )
 
+    def decide(self, prefix: str) -> bool | None:
+        # found in both forms a longer output's normalisation can start with: found for good
+        values = self.spec["values"] if "values" in self.spec else [self.spec["value"]]
+        opening = self.norm.opening(prefix)
+        if opening is None:
+            return None
+        for text in (self.norm(prefix), opening):
+            if not any(self.norm(v) and _phrase_re(self.norm(v)).search(text) for v in values):
+                return None
+        return True
+
 
 class StatesNumber(Check):
     """Lenient `number`: any number in the output (digits or zero..twenty) is the value."""
@@ -407,6 +548,9 @@ class StatesNumber(Check):
             if hit is not None
             else f"states no number within {tol:g} of {want:g}",
         )
+
+    def decide(self, prefix: str) -> bool | None:
+        return True if self.score(prefix).passed else None
 
 
 def lenient(spec: Any) -> Check | None:
