@@ -78,11 +78,14 @@ def test_build_from_confirmed_reports_links_each_variant(tiny_hub: Hub) -> None:
 def test_eval_is_incremental_and_rescoring_generates_nothing(
     tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # full outputs: any later check can read them (an output stopped at its verdict
+    # serves only checks it decides; tests/test_early_verdicts.py)
     suites.add_cases(tiny_hub, "s", cases(12, NEVER), "tiny")
-    first = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    first = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4, full_outputs=True)
     assert first["generated"] == 12 and first["metrics"]["all"]["rate"] == 0.0
+    assert first["metrics"]["outputs"]["stopped_at_verdict"] == 0
     suites.add_cases(tiny_hub, "s", cases(3, NEVER, start=12))
-    second = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    second = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4, full_outputs=True)
     assert second["generated"] == 3 and second["metrics"]["all"]["n"] == 15
 
     from upstream.engines import hf

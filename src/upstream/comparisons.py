@@ -123,9 +123,30 @@ def compare(
         model = resolve(s, base_ref).model.name
     require(viewer, "evals.run", model)
     can_see_heldout = may(viewer, "suites.heldout", model)
-    base = run_eval(hub, base_ref, suite, version, "all", base_adapters, max_new_tokens, progress)
+    # Both sides read the strict verdict and whether the output states the answer, so
+    # outputs stop only when both are decided; a stopped output is never compared as
+    # text with another (only verdicts are).
+    base = run_eval(
+        hub,
+        base_ref,
+        suite,
+        version,
+        "all",
+        base_adapters,
+        max_new_tokens,
+        progress,
+        answers=True,
+    )
     cand = run_eval(
-        hub, cand_ref, suite, base["version"], "all", cand_adapters, max_new_tokens, progress
+        hub,
+        cand_ref,
+        suite,
+        base["version"],
+        "all",
+        cand_adapters,
+        max_new_tokens,
+        progress,
+        answers=True,
     )
     policy = policy_for(hub.settings, base["model"])
     _, settings_hash = settings_of(max_new_tokens)  # the settings both runs generated with

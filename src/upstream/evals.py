@@ -9,6 +9,13 @@ the outputs already written (they are committed a few at a time as they finish).
 
 A case that cannot be generated or scored is recorded as an error with its message and
 counts as not passed; it never aborts the run.
+
+Generation stops as soon as every check that will read an output has its verdict
+(`checks.decided`): after "A spider has" the check `exact "8"` has failed, and decoding
+the rest of the answer would change nothing. Such an output is stored as the prefix it
+is, marked `stopped`; it is reused only by checks it decides, and any other reader gets
+the full output generated (and cached, replacing the prefix). `full_outputs=True` asks
+for full outputs from the start, for people who read them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from upstream.access import Actor, require
 from upstream.blobs import sha256_file
-from upstream.checks import parse_check
+from upstream.checks import Check, decided, lenient, parse_check
 from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, Suite, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
@@ -98,8 +105,15 @@ def run_eval(
     adapters: Sequence[Path] = (),
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: Progress | None = None,
+    full_outputs: bool = False,
+    answers: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate `ref` (+ adapters) on a suite version; returns the run's summary."""
+    """Evaluate `ref` (+ adapters) on a suite version; returns the run's summary.
+
+    Outputs stop at their cases' verdicts unless `full_outputs`; `answers` makes them go
+    on until the lenient parts of the checks (does the output state the answer?) are
+    decided too, for comparisons, which read both.
+    """
 
     if split not in SPLITS:
         raise InvalidInput(f"split {split!r}: allowed {', '.join(SPLITS)}")
@@ -128,7 +142,8 @@ def run_eval(
         s.add(run)
         s.commit()
         run_id = run.id
-    missing = _missing_inputs(hub, cases, subject_hash, settings_hash)
+    wanted = {} if full_outputs else verdict_checks(cases, answers)
+    missing = _missing_inputs(hub, cases, subject_hash, settings_hash, wanted, full_outputs)
     generated = 0
     if missing:
         try:
@@ -141,6 +156,7 @@ def run_eval(
                 settings_hash,
                 max_new_tokens,
                 progress,
+                wanted,
             )
         except BaseException:  # the outputs written so far stay cached for the next run
             with hub.session() as s, s.begin():
@@ -158,7 +174,10 @@ def run_eval(
             for c in cases
         ]
         s.add_all(rows)
-        run.metrics = metrics(rows, {c.id: c.tags for c in cases})
+        run.metrics = {
+            **metrics(rows, {c.id: c.tags for c in cases}),
+            "outputs": output_counts(outputs.values()),
+        }
         run.generated = generated
         run.state = "done"
         run.finished_at = utcnow()
@@ -188,8 +207,55 @@ def _cached(
     return found
 
 
+def verdict_checks(cases: Sequence[Case], answers: bool = False) -> dict[str, list[Check]]:
+    """Input hash -> the checks whose verdicts end its generation: those of every case
+    with that input (and, with `answers`, their lenient parts). An input with a check
+    that cannot be parsed gets none: it is generated in full and scored as an error."""
+    wanted: dict[str, list[Check]] = {}
+    broken: set[str] = set()
+    for c in cases:
+        try:
+            check = parse_check(c.expected)
+            part = lenient(c.expected) if answers else None
+        except InvalidInput:
+            broken.add(c.input_hash)
+            continue
+        wanted.setdefault(c.input_hash, []).append(check)
+        if part is not None:
+            wanted[c.input_hash].append(part)
+    return {h: checks for h, checks in wanted.items() if h not in broken}
+
+
+def _all_decided(checks: Sequence[Check], text: str) -> bool:
+    return bool(checks) and all(decided(c, text) is not None for c in checks)
+
+
+def usable(out: EvalOutput, checks: Sequence[Check] | None) -> bool:
+    """Whether a cached output can be read by `checks` (None: by anyone, it must be full).
+    An output with an error is not: the failure may have been passing."""
+    if out.error:
+        return False
+    return not out.stopped or (checks is not None and _all_decided(checks, out.output))
+
+
+def output_counts(outputs: Any) -> dict[str, int]:
+    """Of a run's distinct outputs: how many, how many stopped at their verdict, and the
+    tokens they hold."""
+    rows = list(outputs)
+    return {
+        "n": len(rows),
+        "stopped_at_verdict": sum(1 for o in rows if o.stopped),
+        "tokens": sum(o.completion_tokens for o in rows),
+    }
+
+
 def _missing_inputs(
-    hub: Hub, cases: Sequence[Case], subject_hash: str, settings_hash: str
+    hub: Hub,
+    cases: Sequence[Case],
+    subject_hash: str,
+    settings_hash: str,
+    wanted: dict[str, list[Check]],
+    full_outputs: bool,
 ) -> list[Case]:
     with hub.session() as s:
         have = _cached(s, [c.input_hash for c in cases], subject_hash, settings_hash)
@@ -197,8 +263,8 @@ def _missing_inputs(
     missing = []
     for c in cases:
         cached = have.get(c.input_hash)
-        # an output stored with an error is tried again: the failure may have been passing
-        if (cached is None or cached.error) and c.input_hash not in seen:
+        readers = None if full_outputs else wanted.get(c.input_hash)
+        if (cached is None or not usable(cached, readers)) and c.input_hash not in seen:
             seen.add(c.input_hash)
             missing.append(c)
     return missing
@@ -213,8 +279,10 @@ def _generate(
     settings_hash: str,
     max_new_tokens: int,
     progress: Progress | None,
+    wanted: dict[str, list[Check]],
 ) -> int:
-    """Generate outputs for cases, committing them as they finish; returns how many."""
+    """Generate outputs for cases, committing them as they finish; returns how many.
+    A case's output stops once the checks `wanted` for its input are all decided."""
     from upstream.engines.hf import HFEngine
 
     engine = HFEngine.for_revision(hub, revision, adapters)
@@ -223,11 +291,18 @@ def _generate(
             f"{revision.model.name}@{revision.hash[:12]}: its tokenizer has no "
             "chat template, so chat cases cannot be run on it"
         )
-    requests = [GenRequest(messages=c.messages, max_new_tokens=max_new_tokens) for c in cases]
+    requests = [
+        GenRequest(
+            messages=c.messages,
+            max_new_tokens=max_new_tokens,
+            until=_until(wanted[c.input_hash]) if c.input_hash in wanted else None,
+        )
+        for c in cases
+    ]
     pending: list[EvalOutput] = []
     finished: set[int] = set()
 
-    def record(i: int, text: str, error: str, tokens: int) -> None:
+    def record(i: int, text: str, error: str, tokens: int, stopped: bool = False) -> None:
         finished.add(i)
         pending.append(
             EvalOutput(
@@ -237,6 +312,7 @@ def _generate(
                 output=text,
                 error=error,
                 completion_tokens=tokens,
+                stopped=stopped,
             )
         )
         try:
@@ -261,7 +337,9 @@ def _generate(
     try:
         engine.generate(
             [requests[i] for i in ready],
-            lambda k, o: record(ready[k], o.text, "", o.completion_tokens),
+            lambda k, o: record(
+                ready[k], o.text, "", o.completion_tokens, o.finish_reason == "verdict"
+            ),
         )
     except _NotRecorded as e:
         raise e.error from None
@@ -274,10 +352,14 @@ def _generate(
             except Exception as e:  # recorded as this case's error; the run goes on
                 record(i, "", f"{type(e).__name__}: {e}", 0)
             else:
-                record(i, o.text, "", o.completion_tokens)
+                record(i, o.text, "", o.completion_tokens, o.finish_reason == "verdict")
     if pending:
         _store_outputs(hub, pending)
     return len(finished)
+
+
+def _until(checks: list[Check]) -> Any:
+    return lambda text: _all_decided(checks, text)
 
 
 class _NotRecorded(Exception):
@@ -315,7 +397,11 @@ def _score(run_id: int, case: Case, split: str, out: EvalOutput | None) -> EvalR
             run_id=run_id, case_id=case.id, split=split, passed=False, error=out.error
         )
     try:
-        outcome = parse_check(case.expected).score(out.output, embed)
+        check = parse_check(case.expected)
+        if out.stopped and decided(check, out.output) is None:  # not for this check: a bug
+            raise InvalidInput("its output stopped at another check's verdict")
+        # a stopped output begins with what decided the verdict, so it scores the same
+        outcome = check.score(out.output, embed)
     except Exception as e:  # a check that cannot be scored is this case's error, not the run's
         return EvalResult(
             run_id=run_id,
@@ -406,6 +492,7 @@ def eval_job(
     split: str = "all",
     adapters: Sequence[Path] = (),
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    full_outputs: bool = False,
 ) -> dict[str, Any]:
     """Check an evaluation request (who asks, names, split, length) before any work; returns
     the arguments of its `evals.run` job. Adapters are paths on the hub's machine."""
@@ -425,6 +512,7 @@ def eval_job(
         # absolute: the job may run in a worker started from another directory
         "adapters": [str(Path(a).absolute()) for a in adapters],
         "max_new_tokens": max_new_tokens,
+        "full_outputs": full_outputs,
     }
 
 
@@ -445,6 +533,7 @@ def run_eval_job(ctx: JobContext) -> dict[str, Any]:
         [Path(p) for p in a.get("adapters", [])],
         int(a.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
         ctx.progress,
+        bool(a.get("full_outputs", False)),
     )
 
 

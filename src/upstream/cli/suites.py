@@ -178,6 +178,12 @@ def eval_(
     split: str = typer.Option("all", "--split", help="public, heldout or all."),
     version: int = typer.Option(None, "--version", help="Suite version (default newest)."),
     max_new_tokens: int = max_new_tokens_option(),
+    full_outputs: bool = typer.Option(
+        False,
+        "--full-outputs",
+        help="Generate every answer to the end. By default an answer stops once its "
+        "check's verdict is certain (same verdicts, fewer tokens).",
+    ),
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -186,7 +192,7 @@ def eval_(
     hub = open_hub()
     adapters = resolve_adapters(hub, adapter)
     actor = current_actor(hub, as_user)
-    args = eval_job(hub, actor, ref, suite, version, split, adapters, max_new_tokens)
+    args = eval_job(hub, actor, ref, suite, version, split, adapters, max_new_tokens, full_outputs)
     result = run_job(hub, EVAL_JOB, args, "evaluating", hand_over=True)
     if json_out:
         emit_json(result)
@@ -196,6 +202,13 @@ def eval_(
         f"{result['model']}@{result['revision'][:12]} on {suite} v{result['version']}"
         f" ({result['split']}): {result['generated']} generated, the rest cached"
     )
+    outs = m.get("outputs")
+    if outs and outs["stopped_at_verdict"]:
+        console.print(
+            f"{outs['stopped_at_verdict']} of {outs['n']} answer(s) stopped once their "
+            f"verdict was certain ({outs['tokens']} tokens in all); --full-outputs for whole "
+            "answers"
+        )
     table = Table("group", "cases", "pass rate", "95% interval", "errors")
     rows = (
         [("all", m["all"])]

@@ -2,6 +2,12 @@
 
 Generation for evaluation is greedy, so a result is reproducible; `settings_key` is
 what a result cache keys on besides the subject and the input.
+
+A request may say `until`: a test of the text so far that is True once generating more
+cannot change what the caller wants from it (the verdicts of its checks). An engine that
+can stop early then ends the row there, with `finish_reason` "verdict": the text is a
+prefix of the full output. `until` is not a generation setting: the tokens generated are
+the same, only fewer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class GenRequest:
     messages: list[Message]
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     stop: tuple[str, ...] = ()
+    # (text so far) -> stop now; asked only at word boundaries (see engines.hf)
+    until: Callable[[str], bool] | None = field(default=None, compare=False)
 
     @classmethod
     def from_prompt(cls, prompt: str, **kwargs: Any) -> GenRequest:
@@ -65,7 +73,8 @@ class GenRequest:
 @dataclass
 class GenResult:
     text: str
-    finish_reason: Literal["stop", "length"]
+    # stop: EOS or a stop string; length: the token limit; verdict: `until` said enough
+    finish_reason: Literal["stop", "length", "verdict"]
     prompt_tokens: int = 0
     completion_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)  # generated ids, when the engine knows them

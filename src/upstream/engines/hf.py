@@ -6,6 +6,13 @@ stops at its EOS token or a stop string, or after `max_new_tokens`. Greedy decod
 float32 makes a batched result equal to the one-by-one result, token for token (a
 test holds this on the tiny model and on SmolLM2).
 
+A request's `until` (see engines.base) is asked each time a new token holds whitespace,
+with the text so far: a row whose verdict is known stops there. Text is decoded without
+the tokenizer's "clean-up" of spaces before punctuation, so the text of a row stopped
+early is exactly the beginning of the text it would have had (clean-up would turn
+"8 ." into "8." after the fact). Rows with stop strings run on: a stop string that ends
+later can cut the text before a point already judged.
+
 Loaded models are kept in a small per-process LRU cache, keyed by the revision and its
 adapters, so repeated calls do not reload weights.
 """
@@ -32,7 +39,8 @@ if TYPE_CHECKING:
     from upstream.db.schema import Revision
     from upstream.hub import Hub
 
-ENGINE_VERSION = "hf-3"  # bump when a change could alter generated tokens
+# bump when a change could alter generated text; hf-4: decoded without space clean-up
+ENGINE_VERSION = "hf-4"
 DEFAULT_BATCH_SIZE = 64  # rows decoded together; larger is faster on CPU (benchmarks/fastgen.py)
 
 
@@ -41,6 +49,22 @@ class LoadedModel:
     model: Any  # transformers PreTrainedModel (or a PeftModel around one)
     tokenizer: Any
     key: tuple[str, ...]  # (revision hash, adapter paths...)
+    _spaced: frozenset[int] | None = None
+
+    def spaced_tokens(self) -> frozenset[int]:
+        """Ids of the tokens whose text holds whitespace: after one of them, a text being
+        generated has a new stable prefix (checks.stable_prefix) worth judging."""
+        if self._spaced is None:
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            # byte-level BPE writes a space "Ġ", a newline "Ċ", a tab "ĉ"; SentencePiece
+            # a space "▁". A token missed here only delays the stop to the next one.
+            marks = ("Ġ", "Ċ", "ĉ", "č", "▁")
+            self._spaced = frozenset(
+                i
+                for i, piece in enumerate(pieces)
+                if piece and (any(m in piece for m in marks) or any(c.isspace() for c in piece))
+            )
+        return self._spaced
 
 
 _cache: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
@@ -188,7 +212,9 @@ class HFEngine:
             for i, r in enumerate(requests):
                 groups.setdefault(r.settings_key(), []).append(i)
             for idx in groups.values():
-                self._generate_fast([encoded[i] for i in idx], requests[idx[0]], idx, finished)
+                self._generate_fast(
+                    [encoded[i] for i in idx], [requests[i] for i in idx], idx, finished
+                )
         else:
             for batch in plan_batches(requests, encoded, self.batch_size):
                 outs = self._generate_batch([encoded[i] for i in batch], requests[batch[0]])
@@ -208,7 +234,7 @@ class HFEngine:
     def _generate_fast(
         self,
         prompts: list[list[int]],
-        settings: GenRequest,
+        requests: list[GenRequest],
         indices: list[int],
         on_result: ResultFn,
     ) -> None:
@@ -217,16 +243,29 @@ class HFEngine:
 
         tok, model = self.loaded.tokenizer, self.loaded.model
         eos = _eos_ids(model, tok)
+        settings = requests[0]
         stop = settings.stop
+        untils = [None if stop else r.until for r in requests]
+        spaced = self.loaded.spaced_tokens() if any(untils) else frozenset()
+        at_verdict: set[int] = set()
 
-        def stop_check(_index: int, tokens: list[int]) -> bool:
-            text = tok.decode(tokens[-16:], skip_special_tokens=True)
-            return any(s in text for s in stop)
+        def stop_check(i: int, tokens: list[int]) -> bool:
+            if stop and any(s in _decode(tok, tokens[-16:]) for s in stop):
+                return True
+            until = untils[i]
+            if until is not None and tokens[-1] in spaced and until(_decode(tok, tokens)):
+                at_verdict.add(i)
+                return True
+            return False
 
         def done(i: int, ids: list[int]) -> None:
-            # the loop leaves EOS out, so a row shorter than the cap ended at EOS or a stop
+            # the loop leaves EOS out, so a row shorter than the cap ended at EOS, a stop
+            # string or its verdict
             ended = len(ids) < settings.max_new_tokens
-            on_result(indices[i], _result(tok, ids, len(prompts[i]), stop, ended))
+            result = _result(tok, ids, len(prompts[i]), stop, ended)
+            if ended and i in at_verdict:
+                result.finish_reason = "verdict"
+            on_result(indices[i], result)
 
         greedy_generate(
             model,
@@ -234,7 +273,7 @@ class HFEngine:
             settings.max_new_tokens,
             eos,
             tok.pad_token_id,
-            stop_check if stop else None,
+            stop_check if stop or any(untils) else None,
             batch_size=self.batch_size,
             on_done=done,
         )
@@ -277,7 +316,7 @@ def _result(
     tok: Any, ids: list[int], prompt_tokens: int, stop: Sequence[str], ended: bool
 ) -> GenResult:
     """Decode generated ids; `ended` says EOS (or a stop) came before the token cap."""
-    text, hit_stop = cut_at_stop(tok.decode(ids, skip_special_tokens=True), stop)
+    text, hit_stop = cut_at_stop(_decode(tok, ids), stop)
     reason: Literal["stop", "length"] = "stop" if ended or hit_stop else "length"
     return GenResult(
         text=text,
@@ -286,6 +325,10 @@ def _result(
         completion_tokens=len(ids),
         token_ids=ids,
     )
+
+
+def _decode(tok: Any, ids: list[int]) -> str:
+    return str(tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
 def plan_batches(

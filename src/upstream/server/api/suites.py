@@ -100,6 +100,9 @@ class EvalRequest(BaseModel):
     version: int | None = Field(None, ge=1, le=MAX_ID)
     split: Literal["public", "heldout", "all"] = "all"
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS)
+    full_outputs: bool = Field(
+        False, description="generate every answer to the end, not only until its verdict"
+    )
 
 
 @router.post("/evals", status_code=202, response_model=Queued)
@@ -115,6 +118,7 @@ def start_eval(
         version=body.version,
         split=body.split,
         max_new_tokens=body.max_new_tokens,
+        full_outputs=body.full_outputs,
     )
     return {"job": job, "state": "queued"}
 
