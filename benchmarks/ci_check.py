@@ -1,0 +1,115 @@
+"""The CI check of a dataset contribution on the bundled model, timed: training and each
+suite's comparison.
+
+    python -m benchmarks.ci_check [--home DIR]
+
+In a fresh hub, the steps of `upstream demo` up to its check: import SmolLM2-135M-Instruct
+(with its guard suite), file the one-word failures and reproduce them, confirm them and
+build a suite, then open the 25-example dataset contribution and run its check job (the
+LoRA is trained with the default recipe, then base and candidate are compared on every
+suite). Prints the check's wall time, its training and the rest, and per evaluation run
+of the check: cases, tokens generated and answers stopped at their verdict.
+
+To measure an older commit the same way, put its source first on the path:
+`git worktree add /tmp/old COMMIT && PYTHONPATH=/tmp/old/src python benchmarks/ci_check.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+import upstream
+from upstream import accounts, contributions, reports, suites
+from upstream.db.schema import EvalRun, Suite, SuiteVersion
+from upstream.demo import CONTRIBUTOR, DATA, MODEL, REPORTER
+from upstream.hub import Hub
+from upstream.reproduction import reproduce
+from upstream.triage import confirm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default=None, help="a fresh directory (default: a temp one)")
+    args = parser.parse_args()
+    home = Path(args.home or tempfile.mkdtemp(prefix="upstream-ci-bench-"))
+    hub = Hub.open(home)
+    owner = accounts.owner(hub)
+    hub.jobs.run_foreground("models.import", {"source": f"bundled:{MODEL}", "name": MODEL})
+    accounts.add_user(hub, owner, REPORTER, "reporter")
+    accounts.add_user(hub, owner, CONTRIBUTOR, "contributor")
+    ana = accounts.authenticate(hub, accounts.create_token(hub, owner, REPORTER)["token"])
+    bo = accounts.authenticate(hub, accounts.create_token(hub, owner, CONTRIBUTOR)["token"])
+    good, _ = reports.parse_jsonl((DATA / "one_word_failures.jsonl").read_bytes(), MODEL)
+    ids = [f.id for f in reports.submit(hub, good, ana, "cli").filed]
+    reproduce(hub, ids)
+    for i in ids:
+        confirm(hub, i, owner)
+    suites.build_from_reports(hub, owner, "one-word", "one-word", MODEL)
+    data = contributions.ContributionIn(
+        MODEL,
+        "Answer one-word questions in one word",
+        contributions.Content(dataset=(DATA / "one_word_answers.jsonl").read_bytes()),
+        ids,
+    )
+    with hub.session() as s:
+        runs_before = s.scalar(select(EvalRun.id).order_by(EvalRun.id.desc())) or 0
+    opened = contributions.open_contribution(hub, data, bo, attempts=1)
+    started = time.perf_counter()
+    hub.jobs.run_now(opened["job"])
+    wall = time.perf_counter() - started
+    with hub.session() as s:
+        detail = contributions.contribution_detail(
+            contributions.get_contribution(s, opened["id"]), owner
+        )
+        runs = list(s.scalars(select(EvalRun).where(EvalRun.id > runs_before)))
+        names = dict(
+            s.execute(
+                select(SuiteVersion.id, Suite.name).join(Suite, Suite.id == SuiteVersion.suite_id)
+            )
+        )
+        rows = []
+        for r in runs:
+            outs = (r.metrics or {}).get("outputs")
+            n = (r.metrics or {}).get("all", {}).get("n", 0)
+            rows.append(
+                (
+                    f"{names.get(r.suite_version_id, '?')}, run {r.id}",
+                    n,
+                    r.generated,
+                    "-" if outs is None else str(outs["tokens"]),
+                    "-" if outs is None else str(outs["stopped_at_verdict"]),
+                )
+            )
+    training = detail["training"]["seconds"]
+    commit = subprocess.run(
+        ["git", "-C", str(Path(upstream.__file__).parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    print(
+        f"\nCI check of the demo's dataset contribution ({detail['training']['examples']} "
+        f"examples with replay), Upstream at {commit or '?'} from {upstream.__file__}; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs; verdict {detail['state']}\n"
+    )
+    print(f"{'check job, wall s':<34}{wall:>8.1f}")
+    print(f"{'  training (LoRA + replay), s':<34}{training:>8.1f}")
+    print(f"{'  the rest (comparisons), s':<34}{wall - training:>8.1f}")
+    print(f"\n{'evaluation run':<28}{'cases':>7}{'generated':>11}{'tokens':>9}{'stopped':>9}")
+    for name, n, generated, tokens, stopped in rows:
+        print(f"{name:<28}{n:>7}{generated:>11}{tokens:>9}{stopped:>9}")
+    if args.home is None:
+        hub.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
