@@ -71,11 +71,8 @@ def main() -> None:
             contributions.get_contribution(s, opened["id"]), owner
         )
         runs = list(s.scalars(select(EvalRun).where(EvalRun.id > runs_before)))
-        names = dict(
-            s.execute(
-                select(SuiteVersion.id, Suite.name).join(Suite, Suite.id == SuiteVersion.suite_id)
-            )
-        )
+        query = select(SuiteVersion.id, Suite.name).join(Suite, Suite.id == SuiteVersion.suite_id)
+        names = {version_id: name for version_id, name in s.execute(query)}
         rows = []
         for r in runs:
             outs = (r.metrics or {}).get("outputs")
@@ -103,9 +100,19 @@ def main() -> None:
     print(f"{'check job, wall s':<34}{wall:>8.1f}")
     print(f"{'  training (LoRA + replay), s':<34}{training:>8.1f}")
     print(f"{'  the rest (comparisons), s':<34}{wall - training:>8.1f}")
-    print(f"\n{'evaluation run':<28}{'cases':>7}{'generated':>11}{'tokens':>9}{'stopped':>9}")
+    print(f"\n{'evaluation run':<38}{'cases':>7}{'generated':>11}{'tokens':>9}{'stopped':>9}")
     for name, n, generated, tokens, stopped in rows:
-        print(f"{name:<28}{n:>7}{generated:>11}{tokens:>9}{stopped:>9}")
+        print(f"{name:<38}{n:>7}{generated:>11}{tokens:>9}{stopped:>9}")
+    print(f"\n{'suite':<30}{'kind':<10}{'cases':>6}{'fixed':>7}{'broken':>8}{'lost':>6}")
+    for r in detail["checks"]["suites"]:
+        d = r["splits"]["all"]
+        print(
+            f"{r['suite']:<30}{r['kind']:<10}{d['n']:>6}{d['fixed_count']:>7}"
+            f"{d['broken_count']:>8}{d['knowledge']['lost_count']:>6}"
+        )
+    for reason in detail["checks"]["reasons"]:
+        print(f"  {reason}")
+    print(f"training precision: {detail['training'].get('precision', 'float32')}")
     if args.home is None:
         hub.close()
         shutil.rmtree(home, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from upstream.training import (
     Conversation,
     Recipe,
     TrainResult,
+    bf16_supported,
     parse_dataset,
     recipe_from,
     tokenize_conversation,
@@ -155,6 +157,7 @@ def test_recipe_defaults_and_overrides() -> None:
         ({"dropout": 1.0}, r"dropout = 1.0 is out of range; allowed: \[0, 1\)"),
         ({"target_modules": "everything"}, r"target_modules = 'everything' is not allowed"),
         ({"target_modules": []}, r"target_modules = \(\) is not allowed"),
+        ({"precision": "fp8"}, r"precision = 'fp8' is not allowed; allowed: float32, bfloat16"),
     ],
 )
 def test_bad_recipe_is_refused_naming_the_field(overrides: dict[str, Any], expected: str) -> None:
@@ -290,6 +293,49 @@ def test_adapter_loads_on_the_base_and_changes_its_logits(
         adapted = PeftModel.from_pretrained(base, str(out))
         after = adapted(input_ids=ids).logits
     assert not torch.allclose(before, after, atol=1e-4)
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bfloat16 matrix units")
+def test_bfloat16_products_train_the_same_adapter_shape_and_loss_falls(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    recipe = dataclasses.replace(FAST, precision="bfloat16")
+    result = train_adapter(tiny_model_dir, MEMORISE, recipe, tmp_path / "bf16")
+    assert result.precision == "bfloat16"
+    weights = load_file(str(tmp_path / "bf16" / "adapter_model.safetensors"))
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}  # the LoRA stays fp32
+    assert sum(result.losses[-2:]) < 0.7 * sum(result.losses[:2])
+
+
+def test_bfloat16_falls_back_to_float32_without_the_units(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream import training
+
+    monkeypatch.setattr(training, "bf16_supported", lambda: False)
+    recipe = dataclasses.replace(FAST, precision="bfloat16", epochs=1)
+    assert train_adapter(tiny_model_dir, MEMORISE, recipe, tmp_path / "out").precision == "float32"
+
+
+def test_logits_only_where_tokens_are_learned_give_the_same_losses(
+    trained: tuple[Path, TrainResult, list[Any]],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from transformers import Trainer
+
+    from upstream import training
+
+    # transformers' own loss, over the logits of every position
+    monkeypatch.setattr(training, "_learned_logits_trainer", lambda: Trainer)
+    plain = train_adapter(tiny_model_dir, MEMORISE, FAST, tmp_path / "plain")
+    _, ours, _ = trained
+    assert len(plain.losses) == len(ours.losses)
+    assert plain.losses == pytest.approx(ours.losses, rel=2e-2)
+    assert plain.losses[0] == pytest.approx(ours.losses[0], rel=1e-3)  # before any update
 
 
 def test_same_seed_gives_the_same_adapter(

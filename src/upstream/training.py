@@ -50,6 +50,7 @@ The output is the two files a PEFT adapter needs, `adapter_config.json` and
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -73,6 +74,17 @@ IGNORE = -100  # label for tokens that carry no loss (PyTorch cross-entropy's ig
 ProgressCallback = Callable[[float, float, str], None]  # (done steps, total steps, message)
 
 
+PRECISIONS = ("float32", "bfloat16")
+PRECISION_DEFAULT = "float32"
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's own test)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The default LoRA recipe; every field overridable per contribution."""
@@ -92,6 +104,10 @@ class Recipe:
     # base's answers elsewhere. 0 turns it off. Measured in docs/training.md.
     replay: float = 2.0
     replay_max_new_tokens: int = 24  # an answer cut here is learned without its end (cheap)
+    # "bfloat16": the forward and backward matrix products in bfloat16 (torch autocast;
+    # the LoRA weights, their gradients and the optimizer stay float32), on CPUs with
+    # bfloat16 units (AMX, AVX512-BF16); elsewhere float32 is used and recorded.
+    precision: str = PRECISION_DEFAULT
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -112,6 +128,11 @@ class Recipe:
                     f"recipe: {f.name} = {value!r} is out of range; allowed: {allowed}"
                 )
         _check_targets(self.target_modules)
+        if self.precision not in PRECISIONS:
+            raise InvalidInput(
+                f"recipe: precision = {self.precision!r} is not allowed; allowed: "
+                + ", ".join(PRECISIONS)
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as JSON-ready values (to record with the adapter it made)."""
@@ -284,6 +305,7 @@ class TrainResult:
     last_loss: float = math.nan
     trainable_parameters: int = 0
     replayed: int = 0  # of `examples`, the base's own answers replayed
+    precision: str = "float32"  # what the matrix products ran in (see Recipe.precision)
 
 
 @dataclass
@@ -520,6 +542,9 @@ def train_adapter(
     except ValueError as e:  # e.g. target modules not found in this architecture
         raise InvalidInput(f"recipe: target_modules do not fit {model_dir.name}: {e}") from e
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    precision = recipe.precision
+    if precision == "bfloat16" and not bf16_supported():
+        precision = "float32"  # the same recipe on a CPU without bfloat16 units
 
     losses: list[float] = []
 
@@ -535,6 +560,11 @@ def train_adapter(
                         f"epoch {epoch:.1f} · loss {logs['loss']:.3f}",
                     )
 
+    trainer_class = (
+        _learned_logits_trainer()
+        if "logits_to_keep" in inspect.signature(model.forward).parameters
+        else Trainer
+    )
     with tempfile.TemporaryDirectory(prefix="upstream-train-") as tmp:
         args = TrainingArguments(
             output_dir=str(Path(tmp) / "trainer"),
@@ -557,8 +587,9 @@ def train_adapter(
             label_names=["labels"],
             dataloader_pin_memory=False,
             dataloader_num_workers=0,
+            bf16=precision == "bfloat16",
         )
-        trainer = Trainer(
+        trainer = trainer_class(
             model=peft_model,
             args=args,
             train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in examples],
@@ -590,7 +621,53 @@ def train_adapter(
         last_loss=losses[-1] if losses else math.nan,
         trainable_parameters=trainable,
         replayed=replayed_count,
+        precision=precision,
     )
+
+
+def _learned_logits_trainer() -> Any:
+    """A Trainer whose loss computes the logits only where a token is learned.
+
+    The output layer and its softmax over the whole vocabulary (49k for SmolLM2) are a
+    fifth of a training step when run at every position, and most positions (the prompt,
+    the template's text, padding) carry no label. Position t predicts token t + 1, so the
+    positions kept are those where some row's next token has a label; the loss is the
+    same cross-entropy, summed over the labelled tokens and divided by their count
+    (`num_items_in_batch`, as transformers' own causal-LM loss does).
+    """
+    import torch
+    from transformers import Trainer
+
+    class LearnedLogitsTrainer(Trainer):
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            targets = inputs["labels"][:, 1:]  # (batch, seq - 1): the token each predicts
+            keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                logits_to_keep=keep,
+            )
+            logits = outputs.logits.float()  # (batch, k, vocab)
+            picked = targets[:, keep]  # (batch, k)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                picked.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            count = (
+                num_items_in_batch if num_items_in_batch is not None else (picked != IGNORE).sum()
+            )
+            loss = loss / count
+            return (loss, outputs) if return_outputs else loss
+
+    return LearnedLogitsTrainer
 
 
 REPLAY_PROMPTS = Path(__file__).parent / "data" / "replay_prompts.jsonl"
@@ -618,7 +695,7 @@ def replay_conversations(
         return []
     from upstream.engines.hf import HFEngine, load_from_dir
 
-    engine = HFEngine(load_from_dir(model_dir), batch_size=16)
+    engine = HFEngine(load_from_dir(model_dir))  # batched greedy: the same answers as one by one
     results = engine.generate(
         [GenRequest.from_prompt(p, max_new_tokens=max_new_tokens) for p in prompts]
     )

@@ -41,6 +41,14 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
     job = wait_job(server, job_id)
     assert job["state"] == "done", job["error"]
     assert job["result"]["metrics"]["all"]["n"] == 12
+    # whole answers on request: none stopped at its verdict, every one generated again
+    r = httpx.post(
+        f"{server}/api/evals", json={**body, "full_outputs": True}, headers=contributor
+    )
+    full = wait_job(server, r.json()["job"])
+    assert full["state"] == "done", full["error"]
+    assert full["result"]["metrics"]["outputs"]["stopped_at_verdict"] == 0
+    assert full["result"]["generated"] == job["result"]["metrics"]["outputs"]["stopped_at_verdict"]
     board = httpx.get(f"{server}/api/leaderboard").json()["leaderboard"]
     assert board[0]["model"] == "tiny" and board[0]["all"]["rate"] == 0.0
 
