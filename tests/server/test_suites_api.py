@@ -42,9 +42,7 @@ def test_suites_evals_and_leaderboard(server: str, tiny_hub: Hub) -> None:
     assert job["state"] == "done", job["error"]
     assert job["result"]["metrics"]["all"]["n"] == 12
     # whole answers on request: none stopped at its verdict, every one generated again
-    r = httpx.post(
-        f"{server}/api/evals", json={**body, "full_outputs": True}, headers=contributor
-    )
+    r = httpx.post(f"{server}/api/evals", json={**body, "full_outputs": True}, headers=contributor)
     full = wait_job(server, r.json()["job"])
     assert full["state"] == "done", full["error"]
     assert full["result"]["metrics"]["outputs"]["stopped_at_verdict"] == 0
