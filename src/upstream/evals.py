@@ -37,6 +37,7 @@ from upstream.checks import Check, decided, lenient, parse_check
 from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, Suite, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
+from upstream.engines.hf import ENGINE_VERSION, engine_version
 from upstream.errors import InvalidInput, NotFound
 from upstream.registry import resolve
 from upstream.shapes import Shape
@@ -60,9 +61,11 @@ TOKENIZER_FILES = (
 Progress = Callable[[float, float, str], None]
 
 
-def subject_of(revision: Revision, adapters: Sequence[Path] = ()) -> tuple[dict[str, Any], str]:
-    """What a result depends on, and its hash."""
-    from upstream.engines.hf import ENGINE_VERSION
+def subject_of(
+    revision: Revision, adapters: Sequence[Path] = (), engine: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """What a result depends on, and its hash; `engine` defaults to the engine's version
+    (`engines.hf.engine_version` adds the hub's precision)."""
 
     files = revision.manifest["files"]
     adapter_info = []
@@ -79,7 +82,7 @@ def subject_of(revision: Revision, adapters: Sequence[Path] = ()) -> tuple[dict[
         "revision": revision.hash,
         "tokenizer": {f: files[f]["sha256"] for f in TOKENIZER_FILES if f in files},
         "adapters": adapter_info,
-        "engine": ENGINE_VERSION,
+        "engine": engine or ENGINE_VERSION,
     }
     # an adapter's path does not change what it generates; its content does
     hashed = {**subject, "adapters": [x["sha256"] for x in adapter_info]}
@@ -128,7 +131,7 @@ def run_eval(
         ]
         if not cases:
             raise InvalidInput(f"suite {suite} v{v.number} has no {split} cases")
-        subject, subject_hash = subject_of(revision, adapters)
+        subject, subject_hash = subject_of(revision, adapters, engine_version(hub))
         settings, settings_hash = settings_of(max_new_tokens)
         run = EvalRun(
             suite_version_id=v.id,

@@ -40,6 +40,11 @@ class Settings:
     # (`upstream up`, `upstream worker`), whose models may be loaded already; false runs
     # it in the CLI's own process.
     hand_over_jobs: bool = True
+    # Generation with bfloat16 matrix products on CPUs that have bfloat16 units (AMX,
+    # AVX512-BF16): faster, and not token-identical to float32 (docs/benchmarks.md gives
+    # the share of identical outputs and verdicts). Outputs are cached apart from float32
+    # ones (the engine version says which). Off by default.
+    bf16_products: bool = False
     # The longest prompt (in characters) a generation request may carry.
     max_prompt_chars: int = MAX_PROMPT_CHARS
     # Comma-separated folders the API may import models from (absolute paths); empty: the

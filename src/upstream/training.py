@@ -79,10 +79,10 @@ PRECISION_DEFAULT = "float32"
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's own test)."""
-    import torch
+    """Whether this CPU multiplies bfloat16 matrices natively."""
+    from upstream.engines.packed import bf16_supported as supported
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return supported()
 
 
 @dataclass(frozen=True)

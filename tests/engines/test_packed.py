@@ -16,6 +16,7 @@ from upstream.engines.base import GenRequest
 from upstream.engines.fastgen import greedy_generate
 from upstream.engines.hf import HFEngine, load_from_dir, load_weights
 from upstream.engines.packed import PackedLinear, pack_linears
+from upstream.hub import Hub
 
 pytestmark = pytest.mark.skipif(not packed.available(), reason="this torch has no oneDNN")
 
@@ -69,3 +70,38 @@ def test_the_weights_file_is_not_kept_mapped_beside_the_packed_copy(tmp_path: Pa
     weights = str((model_dir / "model.safetensors").resolve())
     assert weights not in maps.read_text()
     assert loaded.model is not None
+
+
+@pytest.mark.skipif(not packed.bf16_supported(), reason="this CPU has no bfloat16 matrix units")
+def test_bfloat16_packing_holds_bf16_weights_and_gives_float32_outputs() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    x = torch.randn(5, 64)
+    layer = PackedLinear(linear, torch.bfloat16)
+    assert layer.packed.dtype == torch.bfloat16
+    with torch.inference_mode():
+        y = layer(x)
+        want = linear(x)
+    assert y.dtype == torch.float32
+    assert not torch.equal(y, want)  # bfloat16 precision, not float32's
+    assert torch.allclose(y, want, atol=0.1, rtol=0.05)
+
+
+def test_the_bf16_setting_makes_outputs_of_their_own(tiny_hub: Hub) -> None:
+    from upstream import suites
+    from upstream.evals import run_eval
+
+    check = {"type": "max_words", "value": 1000}
+    cases = [suites.CaseIn([{"role": "user", "content": p}], check, []) for p in PROMPTS[:4]]
+    suites.add_cases(tiny_hub, "s", cases, "tiny")
+    plain = run_eval(tiny_hub, "tiny", "s", max_new_tokens=4)
+    assert plain["metrics"]["all"]["n"] == 4
+    bf16_hub = Hub.open(tiny_hub.settings.home, bf16_products=True)
+    try:
+        other = run_eval(bf16_hub, "tiny", "s", max_new_tokens=4)
+    finally:
+        bf16_hub.close()
+    if packed.bf16_supported():  # cached apart: generated again, under another engine name
+        assert other["subject_hash"] != plain["subject_hash"] and other["generated"] == 4
+    else:  # the setting does nothing without the units: the float32 outputs are reused
+        assert other["subject_hash"] == plain["subject_hash"] and other["generated"] == 0

@@ -75,13 +75,14 @@ def load_model(
     hub: Hub, revision: Revision, adapters: Sequence[Path] = (), cache_size: int | None = None
 ) -> LoadedModel:
     """The revision (with LoRA adapters applied), from the cache or loaded from blobs."""
-    key = (revision.hash, *(str(Path(a).resolve()) for a in adapters))
+    bf16 = uses_bf16(hub)
+    key = (revision.hash, *(str(Path(a).resolve()) for a in adapters), *(["bf16"] if bf16 else []))
     size = hub.settings.model_cache_size if cache_size is None else cache_size
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        loaded = load_from_dir(hub.revision_dir(revision), adapters)
+        loaded = load_from_dir(hub.revision_dir(revision), adapters, bf16)
         loaded.key = key
         if size > 0:
             _cache[key] = loaded
@@ -90,13 +91,31 @@ def load_model(
         return loaded
 
 
+def uses_bf16(hub: Hub) -> bool:
+    """Whether this hub's generation runs bfloat16 products (its setting, where the CPU
+    has bfloat16 units)."""
+    if not hub.settings.bf16_products:
+        return False
+    from upstream.engines.packed import bf16_supported  # imports torch
+
+    return bf16_supported()
+
+
+def engine_version(hub: Hub) -> str:
+    """What generated outputs depend on of the engine: its version and its precision."""
+    return ENGINE_VERSION + ("+bf16" if uses_bf16(hub) else "")
+
+
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
 
 
-def load_from_dir(model_dir: Path, adapters: Sequence[Path] = ()) -> LoadedModel:
-    """Load a safetensors model directory (never pickle, never remote code)."""
+def load_from_dir(
+    model_dir: Path, adapters: Sequence[Path] = (), bf16: bool = False
+) -> LoadedModel:
+    """Load a safetensors model directory (never pickle, never remote code); `bf16`
+    packs the weights for bfloat16 products (see engines.packed)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -111,9 +130,12 @@ def load_from_dir(model_dir: Path, adapters: Sequence[Path] = ()) -> LoadedModel
     for adapter in adapters:
         model = _apply_adapter(model, Path(adapter))
     model.eval()
+    import torch
+
     from upstream.engines.packed import pack_linears
 
-    pack_linears(model)  # generation only from here: faster small-batch products on CPU
+    # generation only from here: faster small-batch products on CPU
+    pack_linears(model, torch.bfloat16 if bf16 else torch.float32)
     return LoadedModel(model=model, tokenizer=tokenizer, key=(str(model_dir),))
 
 
