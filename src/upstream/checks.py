@@ -385,10 +385,7 @@ class NotRepetitive(Check):
         n = int(self.spec.get("n", REPEAT_N))
         max_repeats = int(self.spec.get("max_repeats", REPEAT_MAX))
         min_distinct = float(self.spec.get("min_distinct", REPEAT_MIN_DISTINCT))
-        # every number is the same word, so "1. Violin 2. Violin 3. Violin" loops as plainly
-        # as "Violin Violin Violin", while "1. Red 2. Blue" stays distinct
-        words = ["#" if w.isdigit() else w for w in WORD_RE.findall(self.norm(output))]
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        words, grams = self._grams(self.norm(output))
         total = sum(grams.values())
         if not total:
             return _verdict(True, f"{len(words)} word(s): no {n}-word phrase to repeat")
@@ -414,17 +411,23 @@ class NotRepetitive(Check):
         # A phrase counted too often stays too often in every longer output (the share
         # of distinct phrases can still rise, so only the count decides early). Counted
         # in both forms a longer output's normalisation can start with.
-        n = int(self.spec.get("n", REPEAT_N))
         max_repeats = int(self.spec.get("max_repeats", REPEAT_MAX))
         opening = self.norm.opening(prefix)
         if opening is None:
             return None
         for text in (self.norm(prefix), opening):
-            words = ["#" if w.isdigit() else w for w in WORD_RE.findall(text)]
-            grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+            _, grams = self._grams(text)
             if not grams or grams.most_common(1)[0][1] <= max_repeats:
                 return None
         return False
+
+    def _grams(self, normalised: str) -> tuple[list[str], Counter[tuple[str, ...]]]:
+        """The words of a normalised text and the count of each n-word phrase."""
+        n = int(self.spec.get("n", REPEAT_N))
+        # every number is the same word, so "1. Violin 2. Violin 3. Violin" loops as plainly
+        # as "Violin Violin Violin", while "1. Red 2. Blue" stays distinct
+        words = ["#" if w.isdigit() else w for w in WORD_RE.findall(normalised)]
+        return words, Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 class Similar(Check):
@@ -512,25 +515,35 @@ class States(Check):
     """Lenient `exact` / `one_of`: a value occurs in the output as a whole word or phrase."""
 
     def score(self, output: str, embed: Embedder | None = None) -> Outcome:
-        values = self.spec["values"] if "values" in self.spec else [self.spec["value"]]
-        got = self.norm(output)
-        hit = next(
-            (v for v in values if self.norm(v) and _phrase_re(self.norm(v)).search(got)), None
-        )
+        hit = self._hit(self.norm(output))
         return _verdict(
-            hit is not None, f"states {hit!r}" if hit is not None else f"states none of {values!r}"
+            hit is not None,
+            f"states {hit!r}" if hit is not None else f"states none of {self._values()!r}",
         )
 
     def decide(self, prefix: str) -> bool | None:
         # found in both forms a longer output's normalisation can start with: found for good
-        values = self.spec["values"] if "values" in self.spec else [self.spec["value"]]
         opening = self.norm.opening(prefix)
         if opening is None:
             return None
         for text in (self.norm(prefix), opening):
-            if not any(self.norm(v) and _phrase_re(self.norm(v)).search(text) for v in values):
+            if self._hit(text) is None:
                 return None
         return True
+
+    def _values(self) -> list[str]:
+        return self.spec["values"] if "values" in self.spec else [self.spec["value"]]
+
+    def _hit(self, normalised: str) -> str | None:
+        """The first value a normalised text states as a whole word or phrase."""
+        return next(
+            (
+                v
+                for v in self._values()
+                if self.norm(v) and _phrase_re(self.norm(v)).search(normalised)
+            ),
+            None,
+        )
 
 
 class StatesNumber(Check):

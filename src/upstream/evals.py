@@ -361,7 +361,8 @@ def _generate(
     return len(finished)
 
 
-def _until(checks: list[Check]) -> Any:
+def _until(checks: list[Check]) -> Callable[[str], bool]:
+    """A request's `until`: stop once every one of `checks` is decided on the text."""
     return lambda text: _all_decided(checks, text)
 
 
