@@ -47,7 +47,7 @@ def family_files(name: str) -> dict[str, Path]:
 
 
 def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict[str, Any]:
-    from upstream import contributions, releases, reports, suites
+    from upstream import accounts, contributions, releases, reports, suites
     from upstream.comparisons import compare
     from upstream.guard import GUARD_MAX_NEW_TOKENS
     from upstream.hub import Hub
@@ -55,7 +55,13 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
     from upstream.triage import confirm
 
     hub = Hub.open(home)
-    me = next(iter(sorted(hub.settings.maintainer_names)))
+    me = accounts.owner(hub)  # the hub's owner, an admin: confirms, approves, releases
+    for name, role in ((REPORTER, "reporter"), (CONTRIBUTOR, "contributor")):
+        accounts.add_user(hub, me, name, role)
+    reporter, contributor = (
+        accounts.authenticate(hub, accounts.create_token(hub, me, name)["token"])
+        for name in (REPORTER, CONTRIBUTOR)
+    )
     times: dict[str, float] = {}
     out: dict[str, Any] = {"families": {}, "times": times}
 
@@ -71,7 +77,7 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
     for fam in families:
         good, bad = reports.parse_jsonl(family_files(fam)["reports"].read_bytes(), MODEL)
         assert not bad, bad
-        filed[fam] = [f.id for f in reports.submit(hub, good, REPORTER, "cli").filed]
+        filed[fam] = [f.id for f in reports.submit(hub, good, reporter, "cli").filed]
     all_ids = [i for ids in filed.values() for i in ids]
     reproduced = reproduce(hub, all_ids, None)["reports"]
     for i in all_ids:
@@ -80,7 +86,7 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
 
     t = time.perf_counter()
     for fam in families:
-        suites.build_from_reports(hub, fam.replace("_", "-"), fam.replace("_", "-"), MODEL)
+        suites.build_from_reports(hub, me, fam.replace("_", "-"), fam.replace("_", "-"), MODEL)
     stage("suites", t)
 
     t = time.perf_counter()
@@ -92,10 +98,11 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
             contributions.Content(dataset=family_files(fam)["train"].read_bytes()),
             filed[fam],
         )
-        pr = contributions.open_contribution(hub, data, CONTRIBUTOR)["id"]
-        hub.jobs.run_now(contributions.queue_checks(hub, pr, max_attempts=1))
+        opened = contributions.open_contribution(hub, data, contributor, attempts=1)
+        pr = opened["id"]
+        hub.jobs.run_now(opened["job"])  # the checks it queued
         with hub.session() as s:
-            detail = contributions.contribution_detail(contributions.get_contribution(s, pr), True)
+            detail = contributions.contribution_detail(contributions.get_contribution(s, pr), me)
         guard = next(r for r in detail["checks"]["suites"] if r["kind"] == "guard")
         claims = next((r for r in detail["checks"]["suites"] if r["kind"] == "claims"), None)
         out["families"][fam] = {
@@ -144,7 +151,7 @@ def run_loop(home: Path, families: list[str], methods: list[str] | None) -> dict
         name = f"unseen-{fam.replace('_', '-')}"
         cases = suites.read_cases(family_files(fam)["unseen"], hub.settings.max_prompt_chars)
         suites.add_cases(hub, name, cases, MODEL, heldout_percent=0, note="benchmark only")
-        cmp = compare(hub, base_ref, new_ref, name, max_new_tokens=48, can_see_heldout=True)
+        cmp = compare(hub, base_ref, new_ref, name, max_new_tokens=48, viewer=me)
         d = cmp["splits"]["all"]
         k = d.get("knowledge", {})
         retention = subject["retention"].get(str(prs[fam]), {})
