@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import torch
 
 StopCheck = Callable[[int, list[int]], bool]  # (prompt index, tokens so far) -> stop now
+# (prompt index of each row, logits (rows, vocab)) -> next token of each row (rows,)
+Choose = Callable[[list[int], "torch.Tensor"], "torch.Tensor"]
 OnDone = Callable[[int, list[int]], None]  # (prompt index, its finished continuation)
 DEFAULT_BATCH_SIZE = 32
 _ATTENTION = ("sdpa", "eager")  # the implementations that build masks from a 2D mask
@@ -126,7 +128,8 @@ def greedy_generate(
         if not p:
             raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
     decoder = _Decoder(model, prompts, max_new_tokens, set(eos_ids), pad_id, stop_check, on_done)
-    return decoder.run(max(1, batch_size))
+    outputs = decoder.run(max(1, batch_size))
+    return [outputs[i] for i in range(len(prompts))]
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -153,6 +156,9 @@ class _Rows:
 
 
 class _Decoder:
+    """Greedy decoding of a fixed set of prompts (see `greedy_generate`); `Continuous`
+    feeds it prompts as they arrive instead."""
+
     def __init__(
         self,
         model: Any,
@@ -162,26 +168,38 @@ class _Decoder:
         pad_id: int,
         stop_check: StopCheck | None,
         on_done: OnDone | None = None,
+        prefix: Sequence[int] | None = None,
     ):
         self.model = model
-        self.prompts = prompts
-        self.max_new_tokens = max_new_tokens
+        # prompt index -> its tokens, its token limit, its output so far (dicts, so a
+        # continuous decoder can forget the finished)
+        self.prompts: dict[int, list[int]] = dict(enumerate(prompts))
+        self.limits: dict[int, int] = dict.fromkeys(self.prompts, max_new_tokens)
+        self.outputs: dict[int, list[int]] = {i: [] for i in self.prompts}
         self.eos = eos
         self.pad_id = pad_id
         self.stop_check = stop_check
         self.on_done = on_done
-        self.outputs: list[list[int]] = [[] for _ in prompts]
+        self.choose: Choose | None = None  # None: greedy
         params = inspect.signature(model.forward).parameters
         # Only the last position's logits choose a token; the full (batch, seq, vocab)
         # logits of a prompt would cost more than the rest of the forward.
         self.last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        # Every prompt keeps at least one token of its own: the logits of its last
-        # token choose its first new token.
-        shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
-        self.prefix = list(prompts[0][:shared])
+        if prefix is None:
+            # Every prompt keeps at least one token of its own: the logits of its last
+            # token choose its first new token.
+            shared = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1)
+            prefix = prompts[0][:shared]
+        self.prefix = list(prefix)
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, (1, h, p, d)
 
-    def run(self, batch_size: int) -> list[list[int]]:
+    def _shares_prefix(self, i: int) -> bool:
+        """Whether prompt `i` begins with the shared prefix and has tokens after it."""
+        p = len(self.prefix)
+        prompt = self.prompts[i]
+        return bool(p) and len(prompt) > p and prompt[:p] == self.prefix
+
+    def run(self, batch_size: int) -> dict[int, list[int]]:
         import torch
 
         refill_at = max(1, batch_size // 4)  # free rows that make it worth a prefill
@@ -225,7 +243,9 @@ class _Decoder:
         from transformers import DynamicCache
 
         p, n = len(self.prefix), len(group)
-        suffixes = [self.prompts[i][p:] for i in group]
+        # a prompt that does not begin with the prefix runs whole, the prefix masked out
+        own = [p if self._shares_prefix(i) else 0 for i in group]
+        suffixes = [self.prompts[i][o:] for i, o in zip(group, own, strict=True)]
         width = max(len(s) for s in suffixes)
         cache = DynamicCache(config=self.model.config)
         for layer, (keys, values) in enumerate(self.prefix_kv):
@@ -237,10 +257,15 @@ class _Decoder:
             [[self.pad_id] * pad + s for pad, s in zip(pads, suffixes, strict=True)], device=device
         )  # (rows, width)
         positions = torch.tensor(
-            [[0] * pad + list(range(p, p + width - pad)) for pad in pads], device=device
+            [[0] * pad + list(range(o, o + width - pad)) for pad, o in zip(pads, own, strict=True)],
+            device=device,
         )
         mask = torch.tensor(
-            [[True] * p + [False] * pad + [True] * (width - pad) for pad in pads], device=device
+            [
+                [o > 0] * p + [False] * pad + [True] * (width - pad)
+                for pad, o in zip(pads, own, strict=True)
+            ],
+            device=device,
         )  # (rows, p + width)
         out = self.model(
             input_ids=input_ids,
@@ -250,7 +275,7 @@ class _Decoder:
             use_cache=True,
             **self.last_logits,
         )
-        tokens = out.logits[:, -1, :].argmax(dim=-1)  # (rows,)
+        tokens = self._choose(group, out.logits[:, -1, :])  # (rows,)
         rows = _Rows(cache, mask, positions[:, -1:] + 1, tokens, group)
         return _select(rows, self._record(group, tokens.tolist()))
 
@@ -267,8 +292,14 @@ class _Decoder:
             use_cache=True,
         )
         rows.positions = rows.positions + 1
-        rows.tokens = out.logits[:, -1, :].argmax(dim=-1)
+        rows.tokens = self._choose(rows.prompts, out.logits[:, -1, :])
         return _select(rows, self._record(rows.prompts, rows.tokens.tolist()))
+
+    def _choose(self, prompts: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each row from its logits (rows, vocab): greedy by default."""
+        if self.choose is None:
+            return logits.argmax(dim=-1)
+        return self.choose(prompts, logits)
 
     def _record(self, prompts: list[int], tokens: list[int]) -> list[int]:
         """Append each row's new token to its output; the rows that go on."""
@@ -278,7 +309,7 @@ class _Decoder:
             if token not in self.eos:
                 out.append(token)
                 stopped = self.stop_check is not None and self.stop_check(i, out)
-                if not stopped and len(out) < self.max_new_tokens:
+                if not stopped and len(out) < self.limits[i]:
                     going_on.append(row)
                     continue
             if self.on_done is not None:
@@ -335,3 +366,65 @@ def _merge(a: _Rows, b: _Rows) -> _Rows:
         tokens=torch.cat([a.tokens, b.tokens]),
         prompts=a.prompts + b.prompts,
     )
+
+
+Arrival = tuple[int, list[int], int]  # (prompt index, prompt tokens, token limit)
+Take = Callable[[int, bool], list[Arrival]]  # (room, wait) -> prompts that have arrived
+
+
+class Continuous(_Decoder):
+    """The same loop for prompts that arrive while others decode (serving): each joins
+    the batch at the next step and leaves it when done, and is then forgotten.
+
+    `prefix` is fixed up front (a chat template's opening); a prompt that does not
+    begin with it runs whole. `take(room, wait)` returns up to `room` arrivals; with
+    `wait` (nothing is decoding) it blocks until one arrives, and an empty answer then
+    ends `serve`. Arrivals join as soon as they come, not a quarter of a batch at a time:
+    a person is waiting for each of them.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        prefix: Sequence[int],
+        eos: set[int],
+        pad_id: int,
+        stop_check: StopCheck | None,
+        on_done: OnDone | None,
+        choose: Choose | None = None,
+    ):
+        super().__init__(model, [], 1, eos, pad_id, stop_check, on_done, prefix=prefix)
+        self.choose = choose
+
+    def serve(self, take: Take, batch_size: int) -> None:
+        import torch
+
+        rows: _Rows | None = None
+        with torch.inference_mode():
+            if self.prefix and not self.prefix_kv:
+                self.prefix_kv = self._run_prefix()
+            while True:
+                live = 0 if rows is None else len(rows.prompts)
+                arrived = take(batch_size - live, rows is None) if live < batch_size else []
+                if rows is None and not arrived:
+                    return
+                if arrived:
+                    for i, tokens, limit in arrived:
+                        if not tokens:
+                            raise ValueError(f"prompt {i} is empty: it needs a token")
+                        self.prompts[i], self.limits[i], self.outputs[i] = tokens, limit, []
+                    joining = self._prefill([i for i, _, _ in arrived])
+                    if rows is None or joining is None:
+                        rows = rows or joining
+                    else:
+                        rows = _merge(rows, joining)
+                elif rows is not None:
+                    rows = self._step(rows)
+
+    def _record(self, prompts: list[int], tokens: list[int]) -> list[int]:
+        going_on = super()._record(prompts, tokens)
+        staying = {prompts[row] for row in going_on}
+        for i in prompts:
+            if i not in staying:
+                del self.prompts[i], self.limits[i], self.outputs[i]
+        return going_on
