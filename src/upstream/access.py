@@ -62,6 +62,7 @@ RULES: dict[str, Rule] = {
     "reports.close": Rule("maintainer", "review", "close reports", or_owner="report"),
     "reports.reproduce": Rule("maintainer", "review", "reproduce reports again"),
     "reports.rescore": Rule("maintainer", "review", "rescore reports"),
+    "reports.expect": Rule("maintainer", "review", "give reports a check", or_owner="report"),
     # suites and measurements
     "suites.build": Rule("maintainer", "review", "build or import suites"),
     "suites.heldout": Rule("maintainer", "review", "see held-out cases"),
@@ -78,6 +79,10 @@ RULES: dict[str, Rule] = {
     "models.tag": Rule("maintainer", "release", "move tags"),
     "models.export": Rule("maintainer", "release", "export revisions"),
     "releases.cut": Rule("maintainer", "release", "cut releases"),
+    # serving and feedback (a served response's owner is the user whose token asked)
+    "models.serve": Rule("reporter", "read", "use the served models"),
+    "feedback.give": Rule("maintainer", "review", "give feedback on others' responses", "read"),
+    "feedback.read": Rule("maintainer", "review", "read traces and feedback"),
     # the hub itself
     "jobs.cancel": Rule("maintainer", "review", "cancel jobs", or_owner="read"),
     "users.manage": Rule("admin", "admin", "manage users"),
@@ -98,6 +103,10 @@ class Actor:
     scopes: frozenset[str] | None = None
     model_roles: Mapping[str, str] = field(default_factory=dict)
     user_id: int | None = None
+    token_id: int | None = None  # the API token acting, if one is
+    # A feedback token stands for the user its response was served to, bound to that one
+    # response: it may only give feedback on it ("response:chatcmpl-…").
+    bound_to: str | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -122,9 +131,18 @@ ANONYMOUS = Actor(ANONYMOUS_NAME, None, frozenset({"read"}))
 HUB = Actor("upstream", "admin")
 
 
-def may(actor: Actor, action: str, model: str | None = None, owner: str | None = None) -> bool:
-    """Whether `actor` may take `action` on an object of `model` owned by `owner`."""
+def may(
+    actor: Actor,
+    action: str,
+    model: str | None = None,
+    owner: str | None = None,
+    target: str | None = None,
+) -> bool:
+    """Whether `actor` may take `action` on an object of `model` owned by `owner`;
+    `target` names the object for an actor bound to one (a feedback token)."""
     rule = RULES[action]
+    if actor.bound_to is not None and (action != "feedback.give" or target != actor.bound_to):
+        return False
     is_owner = owner is not None and not actor.anonymous and actor.name == owner
     if rule.not_owner and is_owner:
         return False
@@ -135,11 +153,19 @@ def may(actor: Actor, action: str, model: str | None = None, owner: str | None =
     return allowed_role and actor.has(rule.scope, model)
 
 
-def require(actor: Actor, action: str, model: str | None = None, owner: str | None = None) -> None:
+def require(
+    actor: Actor,
+    action: str,
+    model: str | None = None,
+    owner: str | None = None,
+    target: str | None = None,
+) -> None:
     """Refuse, naming who may, unless `actor` may take `action` (see `may`)."""
-    if may(actor, action, model, owner):
+    if may(actor, action, model, owner, target):
         return
     rule = RULES[action]
+    if actor.bound_to is not None:
+        raise Forbidden(f"this feedback token is good for feedback on {actor.bound_to} only")
     if actor.anonymous:
         raise Unauthorized(f"sign in to {rule.what}: send `Authorization: Bearer <token>`")
     if rule.not_owner and owner == actor.name:

@@ -74,6 +74,8 @@ class TokenOut(Shape):
     expires_at: str | None
     last_used_at: str | None
     revoked: bool
+    consent: bool = Field(description="its served traces may become public reports")
+    license: str = Field(description="the licence those traces and reports carry")
 
 
 class UserList(Shape):
@@ -91,7 +93,9 @@ class NewToken(TokenOut):
 # ---------------------------------------------------------------- users
 
 
-def actor_of(user: User, scopes: frozenset[str] | None = None) -> Actor:
+def actor_of(
+    user: User, scopes: frozenset[str] | None = None, token_id: int | None = None
+) -> Actor:
     """The Actor a user is, acting through a token with `scopes` (None: the CLI)."""
     return Actor(
         user.name,
@@ -99,6 +103,7 @@ def actor_of(user: User, scopes: frozenset[str] | None = None) -> Actor:
         scopes,
         {mr.model.name: mr.role for mr in user.model_roles},
         user.id,
+        token_id,
     )
 
 
@@ -230,11 +235,14 @@ def create_token(
     scopes: list[str] | None = None,
     expires: timedelta | None = DEFAULT_EXPIRY,
     note: str = "",
+    consent: bool = False,
+    license: str = "CC-BY-4.0",
 ) -> dict[str, Any]:
     """A new token for `user_name`; the returned `token` is the only copy of its secret.
 
     A user may make tokens for themselves within their own (token's) rights; an admin
-    for anyone. No scope beyond the user's role is granted.
+    for anyone. No scope beyond the user's role is granted. `consent` says whether what
+    is served to this token may become public reports, under `license`.
     """
     require(actor, "tokens.manage", owner=user_name)
     asked = list(dict.fromkeys(scopes or []))
@@ -243,6 +251,8 @@ def create_token(
         raise InvalidInput(f"scope {unknown[0]!r}: allowed {', '.join(SCOPES)}")
     if len(note) > 200:
         raise InvalidInput("note: at most 200 characters")
+    if not license.strip() or len(license) > 40:
+        raise InvalidInput("license: 1 to 40 characters (an SPDX id such as CC-BY-4.0)")
     with hub.session() as s, s.begin():
         user = get_user(s, user_name)
         target = actor_of(user)
@@ -264,6 +274,8 @@ def create_token(
             scopes=granted,
             note=note,
             expires_at=utcnow() + expires if expires else None,
+            consent=consent,
+            license=license.strip(),
         )
         s.add(token)
         s.flush()
@@ -310,6 +322,8 @@ def token_dict(token: ApiToken, user_name: str) -> dict[str, Any]:
         "expires_at": token.expires_at.isoformat() if token.expires_at else None,
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "revoked": token.revoked_at is not None,
+        "consent": token.consent,
+        "license": token.license,
     }
 
 
@@ -324,7 +338,7 @@ def authenticate(hub: Hub, secret: str) -> Actor:
             raise Unauthorized("unknown or revoked token")
         if token.expires_at is not None and _aware(token.expires_at) <= now:
             raise Unauthorized(f"token {TOKEN_PREFIX}…{token.last_chars} has expired")
-        actor = actor_of(token.user, frozenset(token.scopes))
+        actor = actor_of(token.user, frozenset(token.scopes), token.id)
         last = token.last_used_at
         if last is None or now - _aware(last) > LAST_USED_EVERY:
             token.last_used_at = now

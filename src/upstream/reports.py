@@ -772,6 +772,16 @@ def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submissio
     return Submission([filed], [], job)
 
 
+def file_for_feedback(hub: Hub, item: ReportIn, reporter: Actor) -> Submission:
+    """File the report of negative feedback on a served response, as its owner
+    (`reporter`): `feedback.give` allowed the feedback, and the report follows from it.
+    The same path as any single filing (duplicates, clusters, reproduction)."""
+    with hub.session() as s:
+        prepared = prepare(s, item, hub.settings.max_prompt_chars)
+    filed, job = hub.filings.file(prepared, reporter, "feedback")
+    return Submission([filed], [], job)
+
+
 @dataclass
 class _Ticket:
     prepared: Prepared

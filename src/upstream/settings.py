@@ -58,6 +58,24 @@ class Settings:
     # Writes (POST, PUT, DELETE) one token, and one client address, may send per minute;
     # more answer 429 with Retry-After. 0 turns the limit off.
     write_rate_per_minute: int = 120
+    # /v1 serving: whether a request without a token may chat (off: a token is needed).
+    anonymous_serving: bool = False
+    # Rows one served model decodes together, and requests that may wait to join them;
+    # one more answers 503.
+    serve_batch_size: int = 32
+    serve_max_waiting: int = 64
+    # The longest a served request may take, in seconds (then 504, its row stopped).
+    serve_timeout: float = 300.0
+    # Tokens generated when a request does not say max_tokens.
+    serve_max_tokens: int = 256
+    # Whether traces keep the input messages and the output (off: settings, usage and
+    # latency only, and negative feedback cannot become a runnable report).
+    trace_prompts: bool = True
+    # Days a trace is kept (0: for ever); older ones are deleted, their feedback with them
+    # unless it filed a report.
+    trace_retention_days: int = 30
+    # Minutes the feedback token of a response stays valid.
+    feedback_token_minutes: int = 60
     # A new report this close (cosine distance of embeddings) to an open report of the
     # same model is linked to it as a likely duplicate.
     duplicate_distance: float = 0.2

@@ -105,6 +105,15 @@ def tokens_create(
     ),
     expires: str = typer.Option("90d", "--expires", help="Lifetime: 12h, 30d, … or never."),
     note: str = typer.Option("", "--note", help="What the token is for (shown in lists)."),
+    consent: bool = typer.Option(
+        False,
+        "--consent/--no-consent",
+        help="Whether what is served to this token (and reports its feedback files) may be "
+        "made public.",
+    ),
+    license: str = typer.Option(
+        "CC-BY-4.0", "--license", help="The licence of those traces and reports."
+    ),
     as_user: str | None = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
@@ -117,6 +126,8 @@ def tokens_create(
         list(scope),
         accounts.parse_expiry(expires),
         note,
+        consent,
+        license,
     )
     if json_out:
         emit_json(made)

@@ -546,5 +546,76 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # whether the traces of what it is served may become public reports, and their licence
+    consent: Mapped[bool] = mapped_column(default=False, server_default="0")
+    license: Mapped[str] = mapped_column(
+        String(40), default="CC-BY-4.0", server_default="CC-BY-4.0"
+    )
 
     user: Mapped[User] = relationship()
+
+
+class Trace(Base):
+    """A served response: what was asked and answered, by which revision, for whom.
+
+    `attributes` holds the OpenTelemetry GenAI semantic-convention attributes of the call
+    (`gen_ai.request.model`, `gen_ai.usage.output_tokens`, …), so a trace can be sent to
+    any tool that reads them. `messages` and `output` are None when the hub keeps no
+    prompts (setting trace_prompts).
+    """
+
+    __tablename__ = "traces"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # chatcmpl-…, the response id
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id"), index=True)
+    contribution_id: Mapped[int | None] = mapped_column(ForeignKey("contributions.id"))
+    served_as: Mapped[str] = mapped_column(String(200))  # the model id the client asked for
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    consent: Mapped[bool] = mapped_column(default=False)  # may become a public report
+    license: Mapped[str] = mapped_column(String(40), default="CC-BY-4.0")
+    messages: Mapped[list[Any] | None] = mapped_column(JSON)
+    output: Mapped[str | None] = mapped_column(Text)
+    # {"max_tokens", "temperature", "top_p", "seed", "stop"}
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    finish_reason: Mapped[str] = mapped_column(String(20))
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+
+    model: Mapped[Model] = relationship()
+    revision: Mapped[Revision] = relationship()
+    user: Mapped[User | None] = relationship()
+    feedback: Mapped[list[Feedback]] = relationship(
+        order_by="Feedback.id", cascade="all, delete-orphan", back_populates="trace"
+    )
+
+
+class Feedback(Base):
+    """What a user said about a served response: a thumb, a score or a label, perhaps a
+    comment and a correction. The same `feedback_id` for the same response updates it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("trace_id", "feedback_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id"), index=True)
+    feedback_id: Mapped[str] = mapped_column(String(100))  # the client's, or made up
+    name: Mapped[str] = mapped_column(String(100), default="thumbs")
+    kind: Mapped[str] = mapped_column(String(10))  # thumb | score | label
+    score: Mapped[float | None] = mapped_column(Float)  # thumb ±1, score 0..1
+    label: Mapped[str | None] = mapped_column(String(100))
+    negative: Mapped[bool] = mapped_column(default=False, index=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    correction: Mapped[str | None] = mapped_column(Text)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    trace: Mapped[Trace] = relationship(back_populates="feedback")

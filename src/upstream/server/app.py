@@ -14,12 +14,21 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from upstream import __version__
+from upstream import __version__, serving
 from upstream.errors import UpstreamError, input_place
 from upstream.hub import Hub
 from upstream.jobs import Worker
 from upstream.limits import RateLimiter
-from upstream.server.api import accounts, contributions, jobs, models, releases, reports, suites
+from upstream.server.api import (
+    accounts,
+    contributions,
+    jobs,
+    models,
+    releases,
+    reports,
+    suites,
+    v1,
+)
 from upstream.server.body import BodyLimit
 from upstream.server.pages import views
 from upstream.shapes import Shape
@@ -50,6 +59,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "the body is over max_request_mb"),
         (422, "input that cannot be accepted; `field` names it"),
         (429, "over write_rate_per_minute; see Retry-After"),
+        (503, "a served model's queue is full (serve_max_waiting); see Retry-After"),
+        (504, "a served request took longer than serve_timeout"),
     ]
 }
 HTTP_CODES = {
@@ -60,6 +71,19 @@ HTTP_CODES = {
     413: "too_large",
     429: "rate_limited",
 }
+# OpenAI's error `type` for a status, so its clients raise their usual exceptions
+OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout",
+}
+V1 = "/v1/"
+# Served chats are bounded by each model's queue (serve_max_waiting), not the write rate.
+NOT_RATED = frozenset({"/v1/chat/completions"})
 
 
 def host_name(header: str) -> str:
@@ -76,13 +100,22 @@ def error_response(
     message: str,
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
+    openai: bool = False,
 ) -> JSONResponse:
-    """The one shape of every error the API sends."""
-    body = {"error": {"code": code, "message": message, "field": field}}
+    """The one shape of every error the API sends; with `openai` (under /v1), OpenAI's:
+    `field` is called `param` and a `type` is added."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field}}
+    if openai:
+        kind = OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        body = {"error": {"message": message, "type": kind, "param": field, "code": code}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
-def validation_response(exc: RequestValidationError) -> JSONResponse:
+def _openai(request: Request) -> bool:
+    return request.url.path.startswith(V1)
+
+
+def validation_response(exc: RequestValidationError, openai: bool = False) -> JSONResponse:
     """A body or parameter that does not fit its model: every problem in the message, the
     first one's place in `field`; a body that is not JSON at all says so."""
     errors = list(exc.errors())
@@ -90,7 +123,9 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     if any(e["type"] == "json_invalid" for e in errors):
         found = next(e for e in errors if e["type"] == "json_invalid")
         why = found.get("ctx", {}).get("error", "not valid JSON")
-        return error_response(400, "malformed_json", f"the body is not valid JSON: {why}")
+        return error_response(
+            400, "malformed_json", f"the body is not valid JSON: {why}", openai=openai
+        )
     said = [
         "unknown field"
         if e["type"] == "extra_forbidden"
@@ -100,7 +135,8 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     message = "; ".join(
         dict.fromkeys(f"{p or 'body'}: {m}" for p, m in zip(places, said, strict=True))
     )
-    return error_response(422, "invalid_input", message, (places[0] if places else "") or None)
+    field = (places[0] if places else "") or None
+    return error_response(422, "invalid_input", message, field, openai=openai)
 
 
 def create_app(hub: Hub, worker: bool = False) -> FastAPI:
@@ -112,6 +148,7 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
         job_worker = Worker(hub) if worker else None
         thread = job_worker.start_thread() if job_worker else None
         yield
+        serving.stop()
         if job_worker and thread:
             job_worker.stopping.set()
             thread.join(timeout=5)
@@ -141,9 +178,13 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
         body within `max_request_mb` (`BodyLimit` counts a body sent without a length),
         and writes within `write_rate_per_minute` per token and client address."""
         host = host_name(request.headers.get("host", ""))
+        openai = _openai(request)
         if "*" not in hosts and host not in hosts:
             return error_response(
-                400, "bad_host", f"Host {host!r} is not served here (setting allowed_hosts)"
+                400,
+                "bad_host",
+                f"Host {host!r} is not served here (setting allowed_hosts)",
+                openai=openai,
             )
         declared = request.headers.get("content-length", "")
         cap = upload_limit if request.url.path in streamed else body_limit
@@ -153,8 +194,9 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
                 "too_large",
                 f"the body is {int(declared)} bytes; at most {cap} here (settings "
                 f"max_request_mb = {settings.max_request_mb:g}, adapter_max_mb for uploads)",
+                openai=openai,
             )
-        if request.method in WRITES:
+        if request.method in WRITES and request.url.path not in NOT_RATED:
             auth = request.headers.get("authorization", "")
             keys = [f"addr:{request.client.host if request.client else '?'}"]
             if auth:
@@ -167,26 +209,31 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
                     f"more than {settings.write_rate_per_minute} writes a minute; "
                     f"try again in {math.ceil(wait)} s",
                     headers={"Retry-After": str(math.ceil(wait))},
+                    openai=openai,
                 )
         return await call_next(request)
 
     @app.exception_handler(UpstreamError)
     async def _user_error(request: Request, exc: UpstreamError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, str(exc), exc.field)
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return error_response(
+            exc.status_code, exc.code, str(exc), exc.field, headers, _openai(request)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(exc)
+        return validation_response(exc, _openai(request))
 
     # Input no validator caught that the database cannot hold: still the client's to fix.
     @app.exception_handler(UnicodeEncodeError)
     async def _bad_text(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
         message = "text holds characters that are not valid Unicode (a lone surrogate?)"
-        return error_response(422, "invalid_text", message)
+        return error_response(422, "invalid_text", message, openai=_openai(request))
 
     @app.exception_handler(OverflowError)
     async def _too_big(request: Request, exc: OverflowError) -> JSONResponse:
-        return error_response(422, "invalid_input", "a number is too large (at most 2**63 - 1)")
+        message = "a number is too large (at most 2**63 - 1)"
+        return error_response(422, "invalid_input", message, openai=_openai(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -194,7 +241,9 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
             exc.status_code, "bad_request" if exc.status_code < 500 else "error"
         )
         field = getattr(exc, "field", None)
-        return error_response(exc.status_code, code, str(exc.detail), field, exc.headers)
+        return error_response(
+            exc.status_code, code, str(exc.detail), field, exc.headers, _openai(request)
+        )
 
     @app.get("/health", tags=["hub"])
     def health() -> dict[str, object]:
@@ -212,5 +261,6 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     app.include_router(contributions.router, prefix="/api")
     app.include_router(releases.router, prefix="/api")
     app.include_router(accounts.router, prefix="/api")
+    app.include_router(v1.router, prefix="/v1")
     app.include_router(views.router)
     return app

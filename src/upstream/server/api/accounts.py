@@ -35,6 +35,8 @@ class TokenRequest(BaseModel):
     )
     expires: str = Field("90d", max_length=10, description="12h, 30d, … or never")
     note: str = Field("", max_length=200)
+    consent: bool = Field(False, description="its served traces may become public reports")
+    license: str = Field("CC-BY-4.0", max_length=40, description="their licence")
 
 
 class MeOut(Shape):
@@ -92,7 +94,14 @@ def create_token(
     """A new token; its secret (`token`) is in this answer and nowhere else, ever."""
     expires = accounts.parse_expiry(body.expires)
     return accounts.create_token(
-        hub, actor, body.user or actor.name, body.scopes, expires, body.note
+        hub,
+        actor,
+        body.user or actor.name,
+        body.scopes,
+        expires,
+        body.note,
+        body.consent,
+        body.license,
     )
 
 
