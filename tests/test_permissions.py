@@ -23,7 +23,7 @@ import pytest
 from tests.people import owner, person
 from tests.server.conftest import serve
 from tests.test_cli import all_commands
-from upstream import accounts, suites
+from upstream import accounts, serving, suites
 from upstream import contributions as prs
 from upstream.access import ANONYMOUS, RULES, Actor, may
 from upstream.db.schema import Release
@@ -52,6 +52,7 @@ class World:
     victim_token: int  # a token of rita's, for revoke routes
     job: int  # an evaluation cory queued
     release: int  # a release whose build failed
+    response: str  # an answer served to rita
 
 
 def make_world(hub: Hub) -> World:
@@ -87,7 +88,10 @@ def make_world(hub: Hub) -> World:
         s.add(row)
         s.flush()
         release = row.id
-    return World(hub, report, contribution, victim, job, release)
+    body = serving.ChatIn(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)  # type: ignore[list-item]
+    pending = serving.start_chat(hub, rita, body)
+    response = serving.finish_chat(hub, pending, serving.wait(hub, pending))["id"]
+    return World(hub, report, contribution, victim, job, release, response)
 
 
 # The actors of the matrix: (label, name or None for anonymous, token scopes or None).
@@ -145,6 +149,23 @@ ROUTES: dict[tuple[str, str], Write] = {
     ),
     ("POST", "/api/reports/{report_id}/reproduce"): Write(
         "reports.reproduce", path=lambda w: f"/api/reports/{w.report}/reproduce"
+    ),
+    ("POST", "/api/reports/{report_id}/expect"): Write(
+        "reports.expect",
+        owner=REPORTER,
+        body=lambda w: {"check": NEVER},
+        path=lambda w: f"/api/reports/{w.report}/expect",
+    ),
+    ("POST", "/v1/chat/completions"): Write(
+        "models.serve",
+        body=lambda w: {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+        },
+    ),
+    ("POST", "/v1/feedback"): Write(
+        "feedback.give", owner=REPORTER, body=lambda w: {"response_id": w.response, "value": 1}
     ),
     ("POST", "/api/reports/{report_id}/rescore"): Write(
         "reports.rescore", body=lambda w: {}, path=lambda w: f"/api/reports/{w.report}/rescore"
@@ -339,6 +360,19 @@ COMMANDS: dict[str, Write] = {
     ),
     "reports reproduce": Write(
         "reports.reproduce", body=lambda w: ["reports", "reproduce", str(w.report)]
+    ),
+    "reports expect": Write(
+        "reports.expect",
+        owner=REPORTER,
+        body=lambda w: ["reports", "expect", str(w.report), "--check", json.dumps(NEVER)],
+    ),
+    "feedback list": Write("feedback.read", body=lambda w: ["feedback", "list", "--model", "tiny"]),
+    "feedback stats": Write(
+        "feedback.read", body=lambda w: ["feedback", "stats", "--model", "tiny"]
+    ),
+    "feedback export": Write(
+        "feedback.read",
+        body=lambda w: ["feedback", "export", "--format", "chat", "--model", "tiny"],
     ),
     "reports rescore": Write(
         "reports.rescore", body=lambda w: ["reports", "rescore", str(w.report)]

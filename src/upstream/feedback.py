@@ -23,19 +23,20 @@ line with the trace's consent and licence (`export`, `contribute`).
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from collections import defaultdict
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from upstream.access import Actor, may, require
 from upstream.contributions import Content, ContributionIn, open_contribution
-from upstream.db.schema import Feedback, Report, Revision, Trace, utcnow
+from upstream.db.schema import Feedback, Model, Report, Revision, Trace, utcnow
 from upstream.errors import InvalidInput, NotFound
 from upstream.hub import Hub
 from upstream.registry import resolve
@@ -274,8 +275,6 @@ def _readable(session: Session, actor: Actor, model: str | None) -> list[int]:
         revision = resolve(session, model)
         require(actor, "feedback.read", revision.model.name)
         return [revision.model_id]
-    from upstream.db.schema import Model
-
     return [m.id for m in session.scalars(select(Model)) if may(actor, "feedback.read", m.name)]
 
 
@@ -336,8 +335,6 @@ def stats(hub: Hub, actor: Actor, model: str | None = None) -> list[dict[str, An
     with hub.session() as s:
         rows = list(s.scalars(_query(s, actor, model)))
         models = _readable(s, actor, model)
-        from sqlalchemy import func
-
         served = dict(
             s.execute(
                 select(Trace.revision_id, func.count())
@@ -441,13 +438,12 @@ def contribute(
     ids: list[int] | None = None,
     recipe: dict[str, Any] | None = None,
     description: str = "",
+    fixes: list[int] | None = None,
     attempts: int = 3,
 ) -> dict[str, Any]:
     """Open a dataset contribution to `model` (NAME@REV) from corrections: the chat
     export of the chosen feedback (all with corrections on that revision by default),
     claiming to fix the reports that feedback filed."""
-    import json
-
     lines = export(hub, actor, "chat", model, ids)
     if not lines:
         raise InvalidInput(
@@ -455,14 +451,13 @@ def contribute(
             + (" among those chosen" if ids else "")
         )
     data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
-    fixes = sorted(
-        {int(line["metadata"]["report_id"]) for line in lines if line["metadata"]["report_id"]}
-    )
+    filed = {int(m["report_id"]) for m in (ln["metadata"] for ln in lines) if m["report_id"]}
+    claimed = sorted(filed | set(fixes or []))
     content = Content(dataset=data, dataset_name="feedback.jsonl")
     opened = open_contribution(
         hub,
-        ContributionIn(model, title, content, fixes, dict(recipe or {}), description),
+        ContributionIn(model, title, content, claimed, dict(recipe or {}), description),
         actor,
         attempts,
     )
-    return {**opened, "examples": len(lines)}
+    return {**opened, "examples": len(lines), "fixes": claimed}

@@ -135,6 +135,49 @@ def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
     }
 
 
+def _set_check(session: Any, report: Report, actor: str, check: dict[str, Any]) -> None:
+    """Replace a report's check, recorded as an event; its content hash follows."""
+    session.add(
+        ReportEvent(
+            report_id=report.id,
+            actor=actor,
+            kind="check",
+            note=f"check changed from {report.expected} to {check}",
+        )
+    )
+    report.expected = check
+    report.content_hash = content_hash(
+        report.model.name,
+        report.revision.hash,
+        report.messages,
+        [v.messages for v in report.variants[1:]],
+        check,
+    )
+
+
+class ExpectedOut(Shape):
+    report: int
+    status: str = Field(description="the report's status now")
+    judged: JudgedOut | None = Field(description="its stored outputs judged by the new check")
+    job: int | None = Field(description="the reproduction queued, when it had no outputs yet")
+
+
+def expect(hub: Hub, actor: Actor, report_id: int, check: dict[str, Any]) -> dict[str, Any]:
+    """Give a report its check (a maintainer, or its reporter): the outputs it has are
+    judged at once; one not reproduced yet is queued for reproduction."""
+    parse_check(check, "check")
+    with hub.session() as s, s.begin():
+        report = get_report(s, report_id)
+        require(actor, "reports.expect", report.model.name, owner=report.reporter)
+        outputs = [v.output for v in report.variants]
+        _set_check(s, report, actor.name, check)
+        if all(o is not None for o in outputs):
+            judged = _judge(s, report, [o or "" for o in outputs])
+            return {"report": report_id, "status": report.status, "judged": judged, "job": None}
+        job = hub.jobs.enqueue_in(s, REPRODUCE_JOB, {"reports": [report_id]}, owner=actor)
+        return {"report": report_id, "status": report.status, "judged": None, "job": job}
+
+
 JOB_KIND = REPRODUCE_JOB
 
 
@@ -171,21 +214,6 @@ def rescore(
                     "`upstream reports reproduce` first"
                 )
             if new_check is not None:
-                s.add(
-                    ReportEvent(
-                        report_id=rid,
-                        actor=actor.name,
-                        kind="check",
-                        note=f"check changed from {report.expected} to {new_check}",
-                    )
-                )
-                report.expected = new_check
-                report.content_hash = content_hash(
-                    report.model.name,
-                    report.revision.hash,
-                    report.messages,
-                    [v.messages for v in report.variants[1:]],
-                    new_check,
-                )
+                _set_check(s, report, actor.name, new_check)
             results[rid] = _judge(s, report, [o or "" for o in outputs])
     return {"reports": results}

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from upstream.cli import accounts, contributions, models, releases, reports, suites
+from upstream.cli import accounts, contributions, feedback, models, releases, reports, suites
 from upstream.cli import hub as hub_commands
 from upstream.cli.common import err_console
 from upstream.cli.generate import generate
@@ -37,6 +37,7 @@ app.command("demo")(releases.demo)
 app.add_typer(hub_commands.jobs_app, name="jobs")
 app.add_typer(accounts.users_app, name="users")
 app.add_typer(accounts.tokens_app, name="tokens")
+app.add_typer(feedback.app, name="feedback")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from upstream import contributions as domain
+from upstream import feedback
 from upstream.access import Actor
 from upstream.cli.common import (
     MAX_ID,
@@ -46,6 +47,15 @@ def contribute(
     dataset: Path = typer.Option(
         None, "--dataset", help="Chat JSONL (OpenAI fine-tuning format) to train an adapter on."
     ),
+    from_feedback: bool = typer.Option(
+        False,
+        "--from-feedback",
+        help="Train on the corrections users sent for this revision (`upstream feedback "
+        "list`); it claims the reports their feedback filed.",
+    ),
+    feedback_ids: str = typer.Option(
+        "", "--feedback", help="With --from-feedback: only these feedback ids, e.g. 4,9."
+    ),
     fixes: str = typer.Option("", "--fixes", help="Report ids it fixes, e.g. 3,7,12."),
     description: str = typer.Option("", "--description", help="More words for reviewers."),
     recipe: str = typer.Option(
@@ -57,8 +67,32 @@ def contribute(
     as_user: str = AsOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Open a contribution (adapter or dataset) against a revision, then check it."""
+    """Open a contribution (adapter, dataset, or users' corrections) against a revision,
+    then check it."""
     hub = open_hub()
+    if from_feedback:
+        if adapter is not None or dataset is not None:
+            raise InvalidInput("--from-feedback makes the dataset: leave out --adapter/--dataset")
+        actor = current_actor(hub, as_user)
+        opened = feedback.contribute(
+            hub,
+            actor,
+            model,
+            title,
+            number_list(feedback_ids, int, "--feedback", "feedback ids") or None,
+            _recipe(recipe),
+            description,
+            number_list(fixes, int, "--fixes", "report ids"),
+            attempts=3 if no_check else 1,
+        )
+        if not json_out:
+            console.print(
+                f"opened contribution #{opened['id']} from {opened['examples']} correction(s)"
+            )
+        _check_and_show(hub, opened["id"], opened["job"], no_check, json_out, actor)
+        return
+    elif feedback_ids:
+        raise InvalidInput("--feedback picks corrections for --from-feedback")
     data = domain.ContributionIn(
         model=model,
         title=title,

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from upstream import reports as domain
 from upstream.cli.common import (
@@ -25,6 +26,7 @@ from upstream.cli.common import (
 )
 from upstream.errors import InvalidInput
 from upstream.hub import Hub
+from upstream.reproduction import expect as do_expect
 from upstream.reproduction import queue_reproduction
 from upstream.reproduction import rescore as do_rescore
 from upstream.triage import TriageOut
@@ -125,11 +127,11 @@ def file_(
     _print_reproduction(result)
 
 
-def _check_option(expect: str) -> Any:
+def _check_option(expect: str, option: str = "--expect") -> Any:
     try:
         return json.loads(expect)
     except json.JSONDecodeError as e:
-        raise InvalidInput(f"--expect: not JSON: {e.msg}") from e
+        raise InvalidInput(f"{option}: not JSON: {e.msg}") from e
 
 
 def _reproduce(hub: Hub, job: int | None, queue: bool) -> dict[str, Any]:
@@ -326,6 +328,41 @@ def reproduce(
     if json_out:
         emit_json(result)
     else:
+        _print_reproduction(result)
+
+
+@app.command("expect")
+def expect(
+    report_id: int = typer.Argument(..., min=1, max=MAX_ID, help="The report."),
+    check: str = typer.Option(
+        ..., "--check", help='The check, e.g. \'{"type": "exact", "value": "Paris"}\'.'
+    ),
+    no_reproduce: bool = typer.Option(
+        False, "--no-reproduce", help="Queue its reproduction (if needed) for a worker."
+    ),
+    as_user: str = AsOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Give a report its check (one filed without, such as a thumbs-down): its outputs are
+    judged at once, or it is reproduced now."""
+    hub = open_hub()
+    spec = _check_option(check, "--check")
+    result = do_expect(hub, current_actor(hub, as_user), report_id, spec)
+    if result["judged"] is None:
+        result.update(_reproduce(hub, result["job"], no_reproduce))
+    if json_out:
+        emit_json(result)
+        return
+    judged = result["judged"]
+    if judged is not None:
+        console.print(
+            Text(
+                f"report {report_id}: {judged['result']} "
+                f"(failing {judged['failing']} of {judged['checked']}); now {result['status']}"
+            )
+        )
+    else:
+        console.print(Text(f"report {report_id}: check set"))
         _print_reproduction(result)
 
 

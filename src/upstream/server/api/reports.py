@@ -1,4 +1,5 @@
-"""/api/reports: file, list, show, confirm, close, reproduce and rescore failure reports."""
+"""/api/reports: file, list, show, confirm, close, reproduce, rescore and give checks to
+failure reports."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from upstream import reports as domain
 from upstream.access import Actor
 from upstream.hub import Hub
-from upstream.reproduction import ReproducingOut, RescoredOut, queue_reproduction, rescore
+from upstream.reproduction import (
+    ExpectedOut,
+    ReproducingOut,
+    RescoredOut,
+    expect,
+    queue_reproduction,
+    rescore,
+)
 from upstream.server.body import StrictRoute
 from upstream.server.deps import MAX_ID, BodyId, PathId, get_actor, get_hub
 from upstream.shapes import Shape
@@ -126,3 +134,20 @@ def rescore_report(
 ) -> dict[str, Any]:
     """Judge the stored outputs again, under a new check if given; nothing is generated."""
     return rescore(hub, [report_id], actor, body.expected)
+
+
+class ExpectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    check: dict[str, Any] = Field(description="a check spec, e.g. {'type': 'exact', 'value': 'x'}")
+
+
+@router.post("/reports/{report_id}/expect", response_model=ExpectedOut)
+def expect_report(
+    report_id: PathId,
+    body: ExpectRequest,
+    actor: Actor = Depends(get_actor),
+    hub: Hub = Depends(get_hub),
+) -> dict[str, Any]:
+    """Give a report its check (a maintainer, or its reporter): judged at once on the
+    outputs it has, else its reproduction is queued."""
+    return expect(hub, actor, report_id, body.check)
