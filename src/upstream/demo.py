@@ -1,15 +1,19 @@
 """`upstream demo`: the whole loop on the bundled model, in a fresh temporary hub.
 
-import → one-word failures filed and reproduced → confirmed → a suite built from them →
-a dataset contribution trained and checked → approved → released → the release fixes
-the reports → credits. Every step calls the same domain functions as the CLI and prints
-the real numbers it got. Three people act, each with their own account and role: ana (a
-reporter) reports, bo (a contributor) contributes, and you (the hub's owner, an admin)
-confirm, approve and release.
+import → one-word failures filed and reproduced → an application's user gives a served
+answer a thumbs-down with a correction, which becomes a report → confirmed → a suite built
+from them → a dataset contribution (with the user's correction) trained and checked →
+approved → released → the release fixes the reports → credits. Every step calls the same
+domain functions as the CLI and the API and prints the real numbers it got. Four accounts
+act, each with their own role: ana (a reporter) reports, app (a reporter: the account an
+application serves its users through, with a token that consents to sharing) asks the
+model, bo (a contributor) contributes, and you (the hub's owner, an admin) confirm,
+approve and release.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -21,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from upstream import accounts, contributions, releases, reports, suites
+from upstream import accounts, contributions, feedback, releases, reports, serving, suites
 from upstream.credits import credits_table
 from upstream.hub import Hub
 from upstream.reproduction import reproduce
@@ -29,7 +33,9 @@ from upstream.triage import confirm
 
 MODEL = "smollm2-135m-instruct"
 DATA = Path(__file__).parent / "data"
-REPORTER, CONTRIBUTOR = "ana", "bo"
+REPORTER, CONTRIBUTOR, APP = "ana", "bo", "app"
+# what the application's user asks, and what they say it should have answered
+SERVED_QUESTION, CORRECTION = "What is the capital of Australia? Answer with one word.", "Canberra"
 Progress = Callable[[float, float, str], None]
 
 
@@ -56,16 +62,19 @@ def run_demo(
                 "models.import", {"source": f"bundled:{MODEL}", "name": MODEL}, update
             )
         console.print(f"{MODEL} imported, with its guard suite of ordinary instructions")
-        for name, role in ((REPORTER, "reporter"), (CONTRIBUTOR, "contributor")):
+        for name, role in ((REPORTER, "reporter"), (CONTRIBUTOR, "contributor"), (APP, "reporter")):
             accounts.add_user(hub, owner, name, role)
         # each acts through an API token, as they would over HTTP: ana's may only report
         ana, bo = (
             accounts.authenticate(hub, accounts.create_token(hub, owner, name, scopes)["token"])
             for name, scopes in ((REPORTER, ["read", "report"]), (CONTRIBUTOR, None))
         )
+        app = accounts.authenticate(
+            hub, accounts.create_token(hub, owner, APP, ["read"], consent=True)["token"]
+        )
         console.print(
-            f"accounts: {me} (admin, the owner), {REPORTER} (reporter) and {CONTRIBUTOR} "
-            "(contributor), each with an API token"
+            f"accounts: {me} (admin, the owner), {REPORTER} (reporter), {CONTRIBUTOR} "
+            f"(contributor) and {APP} (an application's account), each with an API token"
         )
 
         step(2, f"{REPORTER} files one-word failures; the hub reproduces them")
@@ -81,7 +90,23 @@ def run_demo(
         console.print(f"{len(ids)} reports filed, {reproduced} reproduced. For example:")
         console.print(f"  asked  {example[0]!r}\n  it said {example[1]!r}", highlight=False)
 
-        step(3, f"{me} (the owner) confirms them and builds a suite")
+        step(3, f"a user of {APP} gets a long answer, clicks thumbs-down and types the right one")
+        served, from_feedback = _served_and_corrected(hub, app)
+        with progress("reproducing") as update:
+            reproduced_fb = reproduce(hub, [from_feedback], update)["reports"][from_feedback]
+        with hub.session() as s:
+            fb_report = reports.get_report(s, from_feedback)
+            same = fb_report.variants[0].output == served
+        console.print(f"  asked  {SERVED_QUESTION!r}\n  it said {served!r}", highlight=False)
+        console.print(
+            f"POST /v1/feedback with the answer's own feedback token: value -1, correction "
+            f"{CORRECTION!r} → report {from_feedback}; reproduced on the same revision: "
+            f"{'the same answer, exactly' if same else 'a different answer'}, "
+            f"{reproduced_fb['result']}"
+        )
+        ids.append(from_feedback)
+
+        step(4, f"{me} (the owner) confirms them and builds a suite")
         for i in ids:
             confirm(hub, i, owner)
         built = suites.build_from_reports(hub, owner, "one-word", "one-word", MODEL)
@@ -92,11 +117,16 @@ def run_demo(
             f"{summary['public']} public and {summary['heldout']} held out"
         )
 
-        step(4, f"{CONTRIBUTOR} contributes 25 one-word answers to other questions")
+        step(5, f"{CONTRIBUTOR} contributes 25 one-word answers, and the user's correction")
+        # the owner exports what users corrected (`upstream feedback export --format chat`)
+        corrections = feedback.export(hub, owner, "chat", MODEL)
+        answers = (DATA / "one_word_answers.jsonl").read_bytes() + b"".join(
+            json.dumps({"messages": line["messages"]}).encode() + b"\n" for line in corrections
+        )
         data = contributions.ContributionIn(
             MODEL,
             "Answer one-word questions in one word",
-            contributions.Content(dataset=(DATA / "one_word_answers.jsonl").read_bytes()),
+            contributions.Content(dataset=answers),
             ids,
         )
         opened = contributions.open_contribution(hub, data, bo, attempts=1)
@@ -113,7 +143,7 @@ def run_demo(
         for reason in detail["checks"]["reasons"]:
             console.print(f"  {reason}", highlight=False)
 
-        step(5, f"{me} approves it; the release search builds the candidates and ships the best")
+        step(6, f"{me} approves it; the release search builds the candidates and ships the best")
         if detail["state"] == "passed":
             contributions.approve(hub, pr, owner, "thanks!")
         else:  # the guard is strict; the demo goes on, and says so
@@ -141,13 +171,18 @@ def run_demo(
         for reason in release["reasons"]:
             console.print(f"  {reason}", highlight=False)
 
-        step(6, "the reports it fixed, and the credits")
+        step(7, "the reports it fixed, and the credits")
         with hub.session() as s:
             fixed = [r for r in (reports.get_report(s, i) for i in ids) if r.status == "fixed"]
             credits = credits_table(s, MODEL)
         console.print(
             f"{len(fixed)} of {len(ids)} reports are now fixed in "
             f"{release['tag'] or 'the candidate'}"
+        )
+        fb_fixed = any(r.id == from_feedback for r in fixed)
+        console.print(
+            f"the thumbs-down's report {from_feedback} is "
+            + ("fixed: the release answers it" if fb_fixed else "not fixed by this release")
         )
         for r in credits:
             roles = ", ".join(f"{n} {role}" for role, n in sorted(r["roles"].items()))
@@ -162,6 +197,9 @@ def run_demo(
             "home": str(home),
             "reports": len(ids),
             "reproduced": reproduced,
+            "feedback_report": from_feedback,
+            "feedback_reproduced_exactly": same and reproduced_fb["result"] == "reproduced",
+            "feedback_fixed": fb_fixed,
             "contribution": pr,
             "verdict": detail["state"],
             "release": release,
@@ -172,3 +210,28 @@ def run_demo(
         hub.close()
         if made and not keep:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _served_and_corrected(hub: Hub, app: Any) -> tuple[str, int]:
+    """Serve SERVED_QUESTION to `app` (as /v1/chat/completions does) and send a user's
+    thumbs-down with CORRECTION using only the answer's feedback token; (the answer, the
+    report the feedback filed)."""
+    question = [{"role": "user", "content": SERVED_QUESTION}]
+    body = serving.ChatIn.model_validate({"model": MODEL, "messages": question, "max_tokens": 48})
+    pending = serving.start_chat(hub, app, body)
+    done = serving.finish_chat(hub, pending, serving.wait(hub, pending))
+    browser = serving.authenticate_token(hub, done["feedback_token"])  # no API key
+    sent = feedback.give(
+        hub,
+        browser,
+        feedback.FeedbackIn.model_validate(
+            {
+                "response_id": done["id"],
+                "value": -1,
+                "correction": CORRECTION,
+                "comment": "one word, please",
+            }
+        ),
+    )
+    assert sent["report_id"] is not None
+    return str(done["choices"][0]["message"]["content"]), int(sent["report_id"])

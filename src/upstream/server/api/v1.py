@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from upstream import feedback, serving
@@ -22,9 +23,29 @@ from upstream.access import Actor
 from upstream.hub import Hub
 from upstream.server.body import StrictRoute
 from upstream.server.deps import bearer, get_actor, get_hub
+from upstream.shapes import Shape
 
-router = APIRouter(tags=["serving"], route_class=StrictRoute)
 FEEDBACK_HEADER = "X-Feedback-Token"
+
+
+class OpenAIErrorDetail(Shape):
+    message: str = Field(description="what is wrong and what is allowed, for a person")
+    type: str = Field(description="invalid_request_error, authentication_error, …")
+    param: str | None = Field(description="the input at fault (`temperature`), if one is")
+    code: str = Field(description="Upstream's machine-readable code: not_found, …")
+
+
+class OpenAIErrorBody(Shape):
+    """The shape of every error under /v1: OpenAI's."""
+
+    error: OpenAIErrorDetail
+
+
+OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorBody}
+    for status in (400, 401, 403, 404, 409, 413, 422, 429, 503, 504)
+}
+router = APIRouter(tags=["serving"], route_class=StrictRoute, responses=OPENAI_ERRORS)
 
 
 def get_feedback_actor(
