@@ -188,3 +188,33 @@ def test_a_contribution_from_corrections_fixes_the_reports_they_filed(tiny_hub: 
         detail = prs.contribution_detail(prs.get_contribution(s, opened["id"]), boss)
     claims = next(x for x in detail["checks"]["suites"] if x["suite"].startswith("claims-"))
     assert claims["splits"]["all"]["fixed_count"] == len(reports), detail["checks"]["reasons"]
+
+
+def test_the_cli_opens_a_contribution_from_feedback(
+    tiny_hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from upstream.cli import app
+
+    api = app_actor(tiny_hub)
+    answer = served(tiny_hub, api, "Say red.")
+    down = say(tiny_hub, api, answer["id"], -1, correction="red")
+    monkeypatch.setenv("UPSTREAM_HOME", str(tiny_hub.settings.home))
+    args = ["contribute", "--model", "tiny@latest", "--from-feedback", "--title", "t"]
+    result = CliRunner().invoke(app, [*args, "--no-check", "--json"])
+    assert result.exit_code == 0, result.output
+    opened = json.loads(result.output)
+    from upstream import contributions as prs
+
+    with tiny_hub.session() as s:
+        c = prs.get_contribution(s, opened["contribution"])
+        assert c.fixes == [down["report_id"]] and c.kind == "dataset"
+        assert "red" in prs.stored_dataset(tiny_hub, c.pushes[0].files)[0].messages[-1]["content"]
+    exported = CliRunner().invoke(app, ["feedback", "export", "--format", "chat", "--json"])
+    assert json.loads(exported.output)["count"] == 1
+    refused = CliRunner().invoke(app, [*args, "--dataset", "x.jsonl"])
+    assert isinstance(refused.exception, InvalidInput)
+    assert "leave out --adapter/--dataset" in str(refused.exception)

@@ -47,6 +47,7 @@ from upstream.db.schema import (
 from upstream.hub import Hub
 from upstream.registry import materialize, resolve
 from upstream.server.app import create_app
+from upstream.serving import served_models
 
 MAINTAINER = "maya"  # a maintainer of `tiny` (not of the hub)
 AUTHOR = "bo"  # a contributor: opens the contribution
@@ -197,6 +198,7 @@ def _fills(hub: Hub) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
             "/api/releases/{release_id}": [
                 ({"release_id": i}, {}) for i in s.scalars(select(Release.id))
             ],
+            "/v1/models/{model_id}": [({"model_id": m["id"]}, {}) for m in served_models(hub)],
         }
 
 

@@ -238,3 +238,34 @@ def test_a_thumbs_down_with_a_correction_becomes_a_report_that_reproduces(live: 
     assert report["variants"][0]["output"] == served  # reproduced exactly as served
     assert report["status"] == "reproduced" and report["reproduction_rate"] == 1.0
     assert report["consent"] is True  # the app's token consented
+
+
+def test_stop_strings_and_seeded_sampling_over_http(live: Live) -> None:
+    full = alone(live, 24)
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    cut = live.client().chat.completions.create(
+        model="tiny",
+        messages=QUESTION,
+        max_tokens=24,
+        stop=[stop],  # type: ignore[arg-type]
+    )
+    assert cut.choices[0].message.content == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+    def sample(seed: int) -> str:
+        done = live.client().chat.completions.create(
+            model="tiny",
+            messages=QUESTION,  # type: ignore[arg-type]
+            max_tokens=16,
+            temperature=1.5,
+            seed=seed,
+        )
+        return done.choices[0].message.content or ""
+
+    assert sample(3) == sample(3) != sample(4)
+    with pytest.raises(openai.UnprocessableEntityError):
+        live.client().chat.completions.create(
+            model="tiny",
+            messages=QUESTION,
+            n=2,  # type: ignore[arg-type]
+        )
