@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from upstream.errors import NotFound
+from upstream.threads import in_fresh_thread
 
 if TYPE_CHECKING:  # numpy is imported where it is used: commands that never embed skip it
     import numpy as np
@@ -98,20 +99,25 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     # worker spins against the request's own work (measured: 22 vs 53 ms per filing).
     threads = torch.get_num_threads()
     single = len(texts) <= SMALL_BATCH
+
+    def encode() -> Any:
+        return model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )  # (n, 384)
+
     with _encode_lock:
         if single:
             torch.set_num_threads(1)
-        try:
-            vecs = model.encode(
-                list(texts),
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )  # (n, 384)
-        finally:
-            if single:
+            try:
+                vecs = encode()
+            finally:
                 torch.set_num_threads(threads)
+        else:  # on all threads, in a thread that ends with it (upstream.threads)
+            vecs = in_fresh_thread(encode)
     return np.ascontiguousarray(vecs, dtype=np.float32)
 
 

@@ -40,6 +40,7 @@ from upstream.access import HUB, Actor, require
 from upstream.db.schema import Job, WorkerProcess, utcnow
 from upstream.errors import Conflict, NotFound, Unavailable, UpstreamError
 from upstream.shapes import Shape
+from upstream.threads import in_fresh_thread
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -499,7 +500,9 @@ class Worker:
         log.info("worker %s runs job %s (%s)", self.name, job.id, job.kind)
         self._beat(job.id)
         try:
-            return self.queue.run(job)
+            # a thread of its own, which ends with the job: its OpenMP team goes with it
+            # and does not slow a served model's decoding thread (upstream.threads)
+            return in_fresh_thread(self.queue.run, job)
         finally:
             self._beat(None)
 

@@ -45,6 +45,7 @@ from upstream.errors import InvalidInput, NotFound, Unauthorized, UpstreamError
 from upstream.hub import Hub
 from upstream.registry import list_models, resolve
 from upstream.shapes import Shape
+from upstream.threads import in_fresh_thread
 
 TOKEN_PREFIX = "fb_"  # a feedback token; API tokens start with up_
 MAX_TOKEN_CHARS = 200
@@ -324,7 +325,7 @@ def start_chat(
 
     with hub.session() as s:
         revision = resolve(s, f"{served.model}@{served.revision}")
-    loaded = load_model(hub, revision, served.adapters)
+    loaded = in_fresh_thread(load_model, hub, revision, served.adapters)  # see upstream.threads
     batcher = batcher_for(
         loaded,
         hub.settings.serve_batch_size,

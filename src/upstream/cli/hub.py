@@ -25,6 +25,7 @@ from upstream.errors import Conflict
 from upstream.jobs import JobList, JobOut, Worker, job_json
 from upstream.registry import default_model_import
 from upstream.registry import fsck as run_fsck
+from upstream.threads import in_fresh_thread
 
 
 def init(json_out: bool = JsonOption) -> None:
@@ -66,7 +67,8 @@ def up(
     args = None if no_import else default_model_import(hub)
     if args:
         err_console.print(f"no models yet: importing the bundled {args['name']} (once)")
-        run_job(hub, "models.import", args, "importing")
+        # in a thread that ends with it, not in the thread that will serve (upstream.threads)
+        in_fresh_thread(run_job, hub, "models.import", args, "importing")
     host = host or hub.settings.host
     port = port or hub.settings.port
     err_console.print(f"Upstream hub at http://{host}:{port}  (home {hub.settings.home})")
