@@ -78,7 +78,7 @@ def get_model(model_id: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     responses={
         200: {
             "model": serving.CompletionOut,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": {"type": "object"}}},
             "description": "the completion; with `stream: true`, chat.completion.chunk events",
         }
     },
