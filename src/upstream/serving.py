@@ -38,7 +38,15 @@ from sqlalchemy.orm import Session
 
 from upstream.access import ANONYMOUS_NAME, Actor, require
 from upstream.contributions import contribution_adapter, get_contribution
-from upstream.db.schema import ApiToken, Contribution, Feedback, HubSecret, Trace, utcnow
+from upstream.db.schema import (
+    ApiToken,
+    Contribution,
+    Feedback,
+    HubSecret,
+    Revision,
+    Trace,
+    utcnow,
+)
 from upstream.engines.base import MAX_NEW_TOKENS, GenRequest, GenResult
 from upstream.engines.serving import Sampling, Ticket, batcher_for, stop_all
 from upstream.errors import InvalidInput, NotFound, Unauthorized, UpstreamError
@@ -117,11 +125,19 @@ class Served:
 
     served_as: str
     model: str
-    model_id: int
-    revision_id: int
-    revision: str  # hash
+    row: Revision = field(repr=False, compare=False)  # for the engine
     contribution: int | None = None
     adapters: tuple[Path, ...] = ()
+
+    @property
+    def revision(self) -> str:  # hash
+        return self.row.hash
+
+    @property
+    def weights(self) -> str:
+        """Which weights answer: `REV[+pr:N]`, the revision and the adapter it wears."""
+        pr = f"+pr:{self.contribution}" if self.contribution else ""
+        return f"{self.revision[:12]}{pr}"
 
 
 def resolve_served(hub: Hub, model_id: str) -> Served:
@@ -136,9 +152,7 @@ def resolve_served(hub: Hub, model_id: str) -> Served:
     with hub.session() as s:
         if pr is None:
             revision = resolve(s, ref)
-            return Served(
-                model_id, revision.model.name, revision.model_id, revision.id, revision.hash
-            )
+            return Served(model_id, revision.model.name, revision)
         c = get_contribution(s, int(pr))
         name = ref.partition("@")[0]
         if c.model.name != name:
@@ -151,9 +165,8 @@ def resolve_served(hub: Hub, model_id: str) -> Served:
             )
         if c.state not in SERVABLE_STATES:
             raise InvalidInput(f"pr:{pr} is {c.state}: only open contributions are served", "model")
-        served = Served(model_id, name, revision.model_id, revision.id, revision.hash, c.id)
     adapter = contribution_adapter(hub, str(c.id))
-    return Served(**{**served.__dict__, "adapters": (adapter,)})
+    return Served(model_id, name, revision, c.id, (adapter,))
 
 
 class AnswerOut(Shape):
@@ -323,9 +336,8 @@ def start_chat(
     sampling = Sampling(body.temperature or 0.0, body.top_p or 1.0, body.seed)
     from upstream.engines.hf import load_model
 
-    with hub.session() as s:
-        revision = resolve(s, f"{served.model}@{served.revision}")
-    loaded = in_fresh_thread(load_model, hub, revision, served.adapters)  # see upstream.threads
+    # see upstream.threads for why a fresh thread
+    loaded = in_fresh_thread(load_model, hub, served.row, served.adapters)
     batcher = batcher_for(
         loaded,
         hub.settings.serve_batch_size,
@@ -341,10 +353,13 @@ def wait(hub: Hub, pending: Pending) -> GenResult:
     try:
         return pending.ticket.result.result(timeout=hub.settings.serve_timeout)
     except TimeoutError:
-        pending.ticket.cancel()
-        raise TimedOut(
-            f"no answer within {hub.settings.serve_timeout:g} s (setting serve_timeout)"
-        ) from None
+        raise timed_out(hub, pending) from None
+
+
+def timed_out(hub: Hub, pending: Pending) -> TimedOut:
+    """Stop a chat that took too long; the error to answer with."""
+    pending.ticket.cancel()
+    return TimedOut(f"no answer within {hub.settings.serve_timeout:g} s (setting serve_timeout)")
 
 
 def finish_chat(hub: Hub, pending: Pending, result: GenResult) -> dict[str, Any]:
@@ -372,8 +387,7 @@ def finish_chat(hub: Hub, pending: Pending, result: GenResult) -> dict[str, Any]
 
 def fingerprint(served: Served) -> str:
     """Which weights answered: the revision, and the contribution whose adapter it wore."""
-    pr = f"+pr:{served.contribution}" if served.contribution else ""
-    return f"upstream:{served.revision[:12]}{pr}"
+    return f"upstream:{served.weights}"
 
 
 def finish_reason(result: GenResult) -> str:
@@ -403,8 +417,7 @@ def record_trace(hub: Hub, pending: Pending, result: GenResult, latency_ms: floa
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "upstream",
         "gen_ai.request.model": body.model,
-        "gen_ai.response.model": f"{served.model}@{served.revision[:12]}"
-        + (f"+pr:{served.contribution}" if served.contribution else ""),
+        "gen_ai.response.model": f"{served.model}@{served.weights}",
         "gen_ai.response.id": pending.id,
         "gen_ai.request.max_tokens": settings["max_tokens"],
         "gen_ai.request.temperature": settings["temperature"],
@@ -423,8 +436,8 @@ def record_trace(hub: Hub, pending: Pending, result: GenResult, latency_ms: floa
         s.add(
             Trace(
                 id=pending.id,
-                model_id=served.model_id,
-                revision_id=served.revision_id,
+                model_id=served.row.model_id,
+                revision_id=served.row.id,
                 contribution_id=served.contribution,
                 served_as=served.served_as[:200],
                 user_id=actor.user_id,

@@ -5,6 +5,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -58,3 +59,37 @@ def wait_job(server: str, job_id: int, timeout: float = 60) -> dict:
         assert time.monotonic() < deadline, f"job {job_id} still {job['state']}"
         time.sleep(0.1)
     return job
+
+
+@contextmanager
+def upstream_up(home: Path, log_path: Path, *options: str) -> Iterator[str]:
+    """`upstream up --no-import` on `home` in its own process (write rate limit off), its
+    output in `log_path`; yields the base URL once /health answers."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "UPSTREAM_HOME": str(home), "UPSTREAM_WRITE_RATE_PER_MINUTE": "0"}
+    command = [sys.executable, "-m", "upstream", "up", "--no-import", "--port", str(port)]
+    with log_path.open("w") as log:  # a pipe nobody reads would fill and stall it
+        server = subprocess.Popen(
+            [*command, *options], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            yield base
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

@@ -10,17 +10,15 @@ left out (it would revoke the run's own token halfway).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.people import owner, person
-from tests.server.conftest import free_port
+from tests.server.conftest import upstream_up
 from upstream import accounts, suites
 from upstream import contributions as prs
 from upstream.hub import Hub
@@ -57,30 +55,9 @@ def test_the_live_api_answers_generated_requests_without_5xx_or_schema_breaks(
 ) -> None:
     home = tmp_path / "home"
     token = _prepared(home, tiny_model_dir)
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSTREAM_HOME": str(home),
-        "UPSTREAM_WRITE_RATE_PER_MINUTE": "0",  # the run writes thousands of times a minute
-    }
-    log = (tmp_path / "up.log").open("w")  # a pipe nobody reads would fill and stall it
-    server = subprocess.Popen(
-        [sys.executable, "-m", "upstream", "up", "--no-import", "--no-worker", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "hub did not start"
-            time.sleep(0.2)
+    log = tmp_path / "up.log"
+    # the run writes thousands of times a minute: upstream_up turns the write limit off
+    with upstream_up(home, log, "--no-worker") as base:
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("schemathesis")),
@@ -113,7 +90,7 @@ def test_the_live_api_answers_generated_requests_without_5xx_or_schema_breaks(
             text=True,
             timeout=BUDGET_S + 240,
         )
-        served = (tmp_path / "up.log").read_text()
+        served = log.read_text()
         assert " 500 " not in served, served[-3000:]
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert "passed" in run.stdout
@@ -123,7 +100,3 @@ def test_the_live_api_answers_generated_requests_without_5xx_or_schema_breaks(
         # the run's own token still works: it revoked nothing it needed
         me = httpx.get(f"{base}/api/me", headers={"Authorization": f"Bearer {token}"})
         assert me.status_code == 200 and me.json()["role"] == "admin"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()

@@ -4,9 +4,6 @@ whose reproduction gives back the served answer exactly."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.people import owner, person
-from tests.server.conftest import free_port
+from tests.server.conftest import upstream_up
 from upstream import accounts
 from upstream.db.schema import Feedback, Trace
 from upstream.engines.base import GenRequest
@@ -60,33 +57,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
         boss_token = accounts.create_token(hub, boss, boss.name)["token"]
     finally:
         hub.close()
-    port = free_port()
-    env = {**os.environ, "UPSTREAM_HOME": str(home), "UPSTREAM_WRITE_RATE_PER_MINUTE": "0"}
-    log_path = home.parent / "up.log"
-    log = log_path.open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "upstream", "up", "--no-import", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+    log = home.parent / "up.log"
+    with upstream_up(home, log) as base:
         yield Live(base, home, app_token, boss_token, revision)
-        assert " 500 " not in log_path.read_text()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+        assert " 500 " not in log.read_text()
 
 
 def alone(live: Live, max_tokens: int) -> str:

@@ -103,10 +103,7 @@ async def _result(hub: Hub, pending: serving.Pending) -> Any:
             asyncio.wrap_future(pending.ticket.result), hub.settings.serve_timeout
         )
     except TimeoutError:
-        pending.ticket.cancel()
-        raise serving.TimedOut(
-            f"no answer within {hub.settings.serve_timeout:g} s (setting serve_timeout)"
-        ) from None
+        raise serving.timed_out(hub, pending) from None
     except asyncio.CancelledError:  # the client went away
         pending.ticket.cancel()
         raise
