@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from upstream.access import ANONYMOUS, ROLE_SCOPES, RULES, SCOPES, Actor, check_role, may, require
-from upstream.db.schema import ApiToken, ModelRole, User, utcnow
+from upstream.db.schema import ApiToken, ModelRole, User, WebSession, utcnow
 from upstream.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from upstream.registry import get_model
 from upstream.shapes import Shape
@@ -344,6 +344,67 @@ def authenticate(hub: Hub, secret: str) -> Actor:
             token.last_used_at = now
             s.commit()
         return actor
+
+
+# ---------------------------------------------------------------- web sessions
+# A browser signs in with an API token once; the hub answers with a session cookie whose
+# secret it keeps only as a sha256, like a token's. The session acts as that token
+# (its scopes, its user's role now), ends when signed out, at web_session_hours, or as
+# soon as the token is revoked or expires. Forms carry a CSRF value derived from the
+# cookie's secret, which another site can neither read nor guess.
+
+SESSION_PREFIX = "ws_"
+
+
+def sign_in(hub: Hub, secret: str) -> tuple[str, Actor]:
+    """Open a web session for the token `secret` (Unauthorized as for the API): the
+    cookie's value, and who it acts as."""
+    actor = authenticate(hub, secret.strip())
+    cookie = SESSION_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    with hub.session() as s, s.begin():
+        token = s.get(ApiToken, actor.token_id)
+        assert token is not None
+        ends = now + timedelta(hours=hub.settings.web_session_hours)
+        if token.expires_at is not None:
+            ends = min(ends, _aware(token.expires_at))
+        s.add(WebSession(digest=_digest(cookie), token_id=token.id, expires_at=ends))
+    return cookie, actor
+
+
+def session_actor(hub: Hub, cookie: str) -> Actor | None:
+    """Who a session cookie acts as, or None when it is unknown, ended or its token is
+    no longer good (the browser then reads as anonymous and may sign in again)."""
+    if not cookie.startswith(SESSION_PREFIX) or len(cookie) > MAX_TOKEN_CHARS:
+        return None
+    now = utcnow()
+    with hub.session() as s:
+        found = s.scalars(select(WebSession).where(WebSession.digest == _digest(cookie))).first()
+        if found is None or _aware(found.expires_at) <= now:
+            return None
+        token = found.token
+        if token.revoked_at is not None or (
+            token.expires_at is not None and _aware(token.expires_at) <= now
+        ):
+            return None
+        return actor_of(token.user, frozenset(token.scopes), token.id)
+
+
+def sign_out(hub: Hub, cookie: str) -> None:
+    """End the session of `cookie` (nothing happens for one that is not a session), and
+    drop sessions that have ended on their own."""
+    with hub.session() as s, s.begin():
+        for found in s.scalars(
+            select(WebSession).where(
+                (WebSession.digest == _digest(cookie)) | (WebSession.expires_at <= utcnow())
+            )
+        ):
+            s.delete(found)
+
+
+def csrf_value(cookie: str) -> str:
+    """The value a form of the session `cookie` must carry."""
+    return hashlib.sha256(f"csrf:{cookie}".encode()).hexdigest()[:32]
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -261,9 +261,14 @@ def get_contribution(session: Session, contribution_id: int) -> Contribution:
 
 
 def list_contributions(
-    session: Session, model: str | None = None, state: str | None = None
+    session: Session,
+    model: str | None = None,
+    state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[Contribution]:
-    q = select(Contribution).order_by(Contribution.id.desc())
+    """Contributions, newest first; a page of them with `limit` and `offset`."""
+    q = select(Contribution).order_by(Contribution.id.desc()).limit(limit).offset(offset)
     if model:
         q = q.where(Contribution.model_id == get_model(session, model.partition("@")[0]).id)
     if state:

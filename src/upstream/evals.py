@@ -31,10 +31,19 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from upstream.access import Actor, require
+from upstream.access import Actor, may, require
 from upstream.blobs import sha256_file
 from upstream.checks import Check, decided, lenient, parse_check
-from upstream.db.schema import Case, EvalOutput, EvalResult, EvalRun, Revision, Suite, utcnow
+from upstream.db.schema import (
+    Case,
+    EvalOutput,
+    EvalResult,
+    EvalRun,
+    Revision,
+    Suite,
+    SuiteVersion,
+    utcnow,
+)
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import DEFAULT_MAX_NEW_TOKENS, GenRequest, check_max_new_tokens
 from upstream.engines.hf import ENGINE_VERSION, engine_version
@@ -557,3 +566,66 @@ def latest_results(hub: Hub, subject_hash: str, version_id: int) -> dict[str, Ev
         if run is None:
             return {}
         return {r.case_id: r for r in run.results}
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def list_runs(session: Any, limit: int = 25, offset: int = 0) -> list[dict[str, Any]]:
+    """Finished and running evaluations, newest first, as `run_summary` shapes them."""
+    runs = session.scalars(
+        select(EvalRun).order_by(EvalRun.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return [_summary(session, r) for r in runs]
+
+
+def get_run(session: Any, run_id: int) -> dict[str, Any]:
+    run = session.get(EvalRun, run_id)
+    if run is None:
+        raise NotFound(f"no evaluation run {run_id}")
+    return _summary(session, run)
+
+
+def _summary(session: Any, run: EvalRun) -> dict[str, Any]:
+    revision = session.get(Revision, run.revision_id)
+    sv = session.get(SuiteVersion, run.suite_version_id)
+    suite = session.get(Suite, sv.suite_id)
+    return {
+        **run_summary(run, revision.model.name, suite.name, sv.number),
+        "state": run.state,
+        "created_at": run.created_at.isoformat(),
+    }
+
+
+def run_cases(
+    session: Any, run_id: int, viewer: Actor, only: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The cases of a run as a page reads them: input, check, output and verdict, by
+    case id; held-out cases only for a viewer who may see them (`suites.heldout`)."""
+    run = session.get(EvalRun, run_id)
+    if run is None:
+        raise NotFound(f"no evaluation run {run_id}")
+    model = session.get(Revision, run.revision_id).model.name
+    see_heldout = may(viewer, "suites.heldout", model)
+    q = select(EvalResult, Case).join(Case, Case.id == EvalResult.case_id)
+    q = q.where(EvalResult.run_id == run_id)
+    if only is not None:
+        q = q.where(EvalResult.case_id.in_(list(only)[:1000]))
+    rows = [(r, c) for r, c in session.execute(q).tuples() if see_heldout or r.split != "heldout"]
+    settings_hash = hashlib.sha256(json.dumps(run.settings, sort_keys=True).encode()).hexdigest()
+    outputs = _cached(session, [c.input_hash for _, c in rows], run.subject_hash, settings_hash)
+    out: dict[str, dict[str, Any]] = {}
+    for r, c in rows:
+        o = outputs.get(c.input_hash)
+        out[c.id] = {
+            "case": c.id,
+            "prompt": next((m["content"] for m in reversed(c.messages) if m["role"] == "user"), ""),
+            "expected": c.expected,
+            "split": r.split,
+            "report": c.report_id,
+            "passed": r.passed,
+            "explanation": r.explanation,
+            "output": o.output if o else None,
+            "stopped": bool(o and o.stopped),
+        }
+    return out

@@ -105,10 +105,7 @@ def export_suite(
     """Write a suite version to `out_dir` as jsonl, hf or lm-eval; returns what was written.
     Held-out cases are included only when asked, for those who may see them."""
     if include_heldout:
-        with hub.session() as s:
-            suite = get_suite(s, name)
-            model = s.get(Model, suite.model_id) if suite.model_id else None
-        require(actor, "suites.heldout", model.name if model else None)
+        _require_heldout(hub, actor, name)
     if fmt not in FORMATS:
         raise InvalidInput(f"format {fmt!r}: allowed formats are {', '.join(FORMATS)}")
     check_max_new_tokens(max_new_tokens)
@@ -599,3 +596,21 @@ def standalone_checks() -> str:
         "# stay identical to the hub's.\n"
     )
     return header + text
+
+
+def jsonl_lines(
+    hub: Hub, actor: Actor, name: str, version: int | None = None, include_heldout: bool = False
+) -> list[str]:
+    """A suite version as the lines of its jsonl export (a download from its page);
+    held-out cases only when asked, for those who may see them."""
+    if include_heldout:
+        _require_heldout(hub, actor, name)
+    sel = select_cases(hub, name, version, include_heldout)
+    return [json.dumps(case_line(r), ensure_ascii=False) + "\n" for r in sel.rows]
+
+
+def _require_heldout(hub: Hub, actor: Actor, name: str) -> None:
+    with hub.session() as s:
+        suite = get_suite(s, name)
+        model = s.get(Model, suite.model_id) if suite.model_id else None
+    require(actor, "suites.heldout", model.name if model else None)

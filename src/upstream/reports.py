@@ -436,6 +436,8 @@ class ReportQuery:
     limit: int = 100
     offset: int = 0
     viewer: Actor = HUB  # whose view: reports they may not see are left out
+    reporter: str | None = None
+    cluster: int | None = None  # only the reports linked (transitively) with this one
 
 
 def hidden_from(session: Session, viewer: Actor) -> ColumnElement[bool] | None:
@@ -496,7 +498,8 @@ _BEHIND: dict[str, tuple[int, list[int]]] = {}
 
 
 def list_reports(session: Session, q: ReportQuery) -> list[Report]:
-    """Reports matching every given filter and visible to `q.viewer`, newest first."""
+    """Reports matching every given filter and visible to `q.viewer`, newest first; the
+    page (`limit`, `offset`) is cut by the database, so a page costs the same at any size."""
     stmt = (
         select(Report)
         .order_by(Report.id.desc())
@@ -518,6 +521,10 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
         if q.severity not in SEVERITIES:
             raise InvalidInput(f"severity {q.severity!r}: allowed {', '.join(SEVERITIES)}")
         stmt = stmt.where(Report.severity == q.severity)
+    if q.reporter:
+        stmt = stmt.where(Report.reporter == q.reporter)
+    if q.cluster is not None:
+        stmt = stmt.where(Report.id.in_(cluster_ids(session, q.cluster)))
     if q.text:
         needle = q.text.lower()
         stmt = stmt.where(
@@ -526,10 +533,42 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
                 func.lower(Report.messages.cast(Text)).contains(needle, autoescape=True),
             )
         )
-    reports = list(session.scalars(stmt))
-    if q.tag:  # tags are a JSON list; filtered here to stay portable across databases
-        reports = [r for r in reports if q.tag.lower() in r.tags]
-    return reports[q.offset : q.offset + q.limit]
+    if q.tag:
+        # Tags are a JSON list of normalised strings; an element is its JSON text, quoted,
+        # which reads the same on SQLite and PostgreSQL (json, not jsonb).
+        element = json.dumps(q.tag.strip().lower())
+        stmt = stmt.where(Report.tags.cast(Text).contains(element, autoescape=True))
+    return list(session.scalars(stmt.limit(q.limit).offset(q.offset)))
+
+
+MAX_CLUSTER = 10_000
+
+
+def cluster_ids(session: Session, report_id: int) -> set[int]:
+    """The reports linked with `report_id` as likely duplicates or duplicates, through
+    any chain of links (the same groups as `clusters`), itself included."""
+    found, frontier = {report_id}, {report_id}
+    links = (Report.similar_to_id, Report.duplicate_of_id)
+    while frontier and len(found) < MAX_CLUSTER:
+        rows = session.execute(
+            select(Report.id, *links).where(
+                or_(Report.id.in_(frontier), *(link.in_(frontier) for link in links))
+            )
+        ).all()
+        reached = {i for row in rows for i in row if i is not None}
+        frontier = reached - found
+        found |= reached
+    return found
+
+
+def status_counts(session: Session, viewer: Actor) -> dict[str, int]:
+    """How many reports `viewer` may see are in each status."""
+    stmt = select(Report.status, func.count()).group_by(Report.status)
+    visible = hidden_from(session, viewer)
+    if visible is not None:
+        stmt = stmt.where(visible)
+    counted = dict(session.execute(stmt).tuples().all())
+    return {status: counted.get(status, 0) for status in STATUSES}
 
 
 def get_report(session: Session, report_id: int, viewer: Actor = HUB) -> Report:

@@ -37,6 +37,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from upstream.access import ANONYMOUS_NAME, Actor, require
+from upstream.checks import parse_check
 from upstream.contributions import contribution_adapter, get_contribution
 from upstream.db.schema import (
     ApiToken,
@@ -47,11 +48,13 @@ from upstream.db.schema import (
     Trace,
     utcnow,
 )
+from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import MAX_NEW_TOKENS, GenRequest, GenResult
 from upstream.engines.serving import Sampling, Ticket, batcher_for, stop_all
 from upstream.errors import InvalidInput, NotFound, Unauthorized, UpstreamError
 from upstream.hub import Hub
 from upstream.registry import list_models, resolve
+from upstream.reports import ReportIn, prepare
 from upstream.shapes import Shape
 from upstream.threads import in_fresh_thread
 
@@ -488,6 +491,31 @@ def purge_traces(hub: Hub) -> int:
 def owner_name(trace: Trace) -> str:
     """Whose response a trace is: its token's user, or anonymous."""
     return trace.user.name if trace.user is not None else ANONYMOUS_NAME
+
+
+def preview(hub: Hub, actor: Actor, item: ReportIn) -> dict[str, Any]:
+    """The filing form's preview: what the model answers a report's input now (greedily,
+    as its reproduction will) and its check's verdict on that answer. Nothing is kept."""
+    if item.expected is None:
+        raise InvalidInput("build a check to preview it", field="expected")
+    with hub.session() as s:
+        prepared = prepare(s, item, hub.settings.max_prompt_chars)
+        model = resolve(s, item.model).model.name
+    require(actor, "reports.file", model)
+    check = parse_check(item.expected)
+    body = ChatIn.model_validate(
+        {"model": item.model, "messages": prepared.messages, "max_tokens": item.max_new_tokens}
+    )
+    pending = start_chat(hub, actor, body)
+    result = wait(hub, pending)
+    outcome = check.score(result.text, embed)
+    return {
+        "output": result.text,
+        "passed": outcome.passed,
+        "score": outcome.score,
+        "explanation": outcome.explanation,
+        "revision": pending.served.row.hash,
+    }
 
 
 def stop() -> None:

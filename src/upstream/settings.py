@@ -76,6 +76,8 @@ class Settings:
     trace_retention_days: int = 30
     # Minutes the feedback token of a response stays valid.
     feedback_token_minutes: int = 60
+    # Hours a web sign-in lasts (never past its token's expiry).
+    web_session_hours: int = 12
     # A new report this close (cosine distance of embeddings) to an open report of the
     # same model is linked to it as a likely duplicate.
     duplicate_distance: float = 0.2

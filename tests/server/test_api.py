@@ -107,8 +107,10 @@ def test_tags_through_the_api(server: str, tiny_hub: Hub) -> None:
 
 
 def test_the_page_lists_models_and_revisions(server: str) -> None:
-    page = httpx.get(f"{server}/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    listing = httpx.get(f"{server}/models")
+    assert listing.status_code == 200 and listing.headers["content-type"].startswith("text/html")
+    assert "tiny" in listing.text and "LlamaForCausalLM" in listing.text
+    page = httpx.get(f"{server}/models/tiny")
     latest = httpx.get(f"{server}/api/models").json()["models"][0]["latest"]
-    assert "tiny" in page.text and latest[:12] in page.text and "LlamaForCausalLM" in page.text
+    assert latest[:12] in page.text and "LlamaForCausalLM" in page.text
     assert "http://" not in page.text.replace(server, "")  # nothing fetched from elsewhere

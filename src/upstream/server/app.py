@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -214,15 +215,21 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
         return await call_next(request)
 
     @app.exception_handler(UpstreamError)
-    async def _user_error(request: Request, exc: UpstreamError) -> JSONResponse:
+    async def _user_error(request: Request, exc: UpstreamError) -> Response:
+        if views.is_page(request):
+            return views.error_page(request, exc.status_code, str(exc))
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
         return error_response(
             exc.status_code, exc.code, str(exc), exc.field, headers, _openai(request)
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(exc, _openai(request))
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        answer = validation_response(exc, _openai(request))
+        if views.is_page(request):
+            said = json.loads(bytes(answer.body))["error"]["message"]
+            return views.error_page(request, answer.status_code, said)
+        return answer
 
     # Input no validator caught that the database cannot hold: still the client's to fix.
     @app.exception_handler(UnicodeEncodeError)
@@ -236,7 +243,9 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
         return error_response(422, "invalid_input", message, openai=_openai(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if views.is_page(request) and exc.status_code < 500:
+            return views.error_page(request, exc.status_code, str(exc.detail))
         code = getattr(exc, "code", None) or HTTP_CODES.get(
             exc.status_code, "bad_request" if exc.status_code < 500 else "error"
         )
@@ -263,4 +272,5 @@ def create_app(hub: Hub, worker: bool = False) -> FastAPI:
     app.include_router(accounts.router, prefix="/api")
     app.include_router(v1.router, prefix="/v1")
     app.include_router(views.router)
+    app.mount("/static", views.static, name="static")
     return app

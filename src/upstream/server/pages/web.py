@@ -1,0 +1,144 @@
+"""What every page shares: templates, who is looking, forms that are safe to post.
+
+A browser signs in with an API token once (`accounts.sign_in`) and holds a session
+cookie afterwards; pages read the actor from it and pass it to the same domain
+functions the API calls, so what a page offers and what it allows are both decided by
+`upstream.access`. A form post must carry the session's CSRF value and, when the browser
+says where it comes from (Origin), come from this hub.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
+
+from upstream import __version__, accounts
+from upstream.access import ANONYMOUS, Actor, may
+from upstream.errors import Forbidden, InvalidInput
+from upstream.hub import Hub
+from upstream.server.deps import get_hub
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+COOKIE = "upstream_session"
+PAGE_SIZE = 25
+MAX_FORM_FIELDS = 200
+MAX_PAGE = 10_000  # ?page= beyond this is refused: OFFSET that deep is a scan, not a page
+
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def _when(value: str | datetime | None) -> str:
+    """A stored time as people read it: `2026-12-07 01:02` (UTC)."""
+    if value is None:
+        return ""
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return text[:16].replace("T", " ")
+
+
+def _percent(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.{digits}f} %"
+
+
+templates.env.filters["when"] = _when
+templates.env.filters["percent"] = _percent
+templates.env.globals["version"] = __version__
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at a page, and the CSRF value their forms carry."""
+
+    actor: Actor
+    csrf: str = ""
+
+    @property
+    def signed_in(self) -> bool:
+        return not self.actor.anonymous
+
+    def may(self, action: str, model: str | None = None, owner: str | None = None) -> bool:
+        """What a page offers is what access allows; the domain enforces it again."""
+        return may(self.actor, action, model, owner)
+
+
+def get_viewer(request: Request, hub: Hub = Depends(get_hub)) -> Viewer:
+    cookie = request.cookies.get(COOKIE, "")
+    actor = accounts.session_actor(hub, cookie) if cookie else None
+    if actor is None:
+        return Viewer(ANONYMOUS)
+    return Viewer(actor, accounts.csrf_value(cookie))
+
+
+async def read_form(request: Request, viewer: Viewer = Depends(get_viewer)) -> FormData:
+    """A posted form that came from one of this hub's pages: the session's CSRF value in
+    `csrf` (a signed-in viewer), and an Origin, when the browser sends one, of this host."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise Forbidden(f"a form posted from {origin}: forms are taken from this hub's pages")
+    form = await request.form(max_fields=MAX_FORM_FIELDS, max_files=0)
+    if viewer.signed_in and form.get("csrf") != viewer.csrf:
+        raise Forbidden("the form is out of date or came from another site: reload the page")
+    return form
+
+
+def field(form: FormData, name: str, limit: int = 10_000) -> str:
+    """A text field of a form (empty when missing), within `limit` characters."""
+    value = form.get(name) or ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name}: a text field, not a file", field=name)
+    if len(value) > limit:
+        raise InvalidInput(f"{name}: at most {limit} characters", field=name)
+    return value.strip()
+
+
+def render(
+    request: Request, viewer: Viewer, name: str, status: int = 200, **context: Any
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request, name, {"viewer": viewer, "path": request.url.path, **context}, status
+    )
+
+
+def back(to: str, note: str = "") -> Response:
+    """After a form: see the page it changed (303, so a reload does not post again)."""
+    return RedirectResponse(to + (f"?{urlencode({'note': note})}" if note else ""), 303)
+
+
+@dataclass(frozen=True)
+class Pager:
+    """One page of a list: which rows to fetch, and the links to its neighbours."""
+
+    page: int
+    size: int = PAGE_SIZE
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+    def links(self, request: Request, shown: int) -> dict[str, str | None]:
+        """Links to the previous and next pages (`shown` rows of size+1 asked: more?)."""
+
+        def to(page: int) -> str:
+            query = {k: v for k, v in request.query_params.items() if k != "page" and v}
+            return "?" + urlencode({**query, "page": page})
+
+        return {
+            "previous": to(self.page - 1) if self.page > 1 else None,
+            "next": to(self.page + 1) if shown > self.size else None,
+            "page": str(self.page),
+        }
+
+
+def pager(page: int = 1) -> Pager:
+    if not 1 <= page <= MAX_PAGE:
+        raise InvalidInput(f"page: 1 to {MAX_PAGE}", field="page")
+    return Pager(page)
