@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,68 @@ ROUTES: dict[tuple[str, str], Write] = {
 }
 
 
+# The pages' forms: the same rules, posted by browsers signed in with a session cookie.
+PAGES: dict[tuple[str, str], Write] = {
+    ("POST", "/reports/new"): Write(
+        "reports.file",
+        body=lambda w: {
+            "model": "tiny",
+            "prompt": "yo?",
+            "check_type": "exact",
+            "check_value": NEVER["value"],
+            "action": "file",
+        },
+    ),
+    ("POST", "/reports/{report_id}/confirm"): Write(
+        "reports.confirm", owner=REPORTER, path=lambda w: f"/reports/{w.report}/confirm"
+    ),
+    ("POST", "/reports/{report_id}/close"): Write(
+        "reports.close",
+        owner=REPORTER,
+        body=lambda w: {"reason": "no"},
+        path=lambda w: f"/reports/{w.report}/close",
+    ),
+    ("POST", "/reports/{report_id}/reproduce"): Write(
+        "reports.reproduce", path=lambda w: f"/reports/{w.report}/reproduce"
+    ),
+    ("POST", "/reports/{report_id}/expect"): Write(
+        "reports.expect",
+        owner=REPORTER,
+        body=lambda w: {"check_type": "exact", "check_value": NEVER["value"]},
+        path=lambda w: f"/reports/{w.report}/expect",
+    ),
+    ("POST", "/suites"): Write(
+        "suites.build", body=lambda w: {"name": "b", "tag": "x", "model": "tiny"}
+    ),
+    ("POST", "/compare"): Write(
+        "evals.run", body=lambda w: {"base": "tiny", "candidate": "tiny", "suite": "s"}
+    ),
+    ("POST", "/contributions/{contribution_id}/check"): Write(
+        "contributions.check",
+        owner=CONTRIBUTOR,
+        path=lambda w: f"/contributions/{w.contribution}/check",
+    ),
+    ("POST", "/contributions/{contribution_id}/approve"): Write(
+        "contributions.approve",
+        owner=CONTRIBUTOR,
+        path=lambda w: f"/contributions/{w.contribution}/approve",
+    ),
+    ("POST", "/contributions/{contribution_id}/reject"): Write(
+        "contributions.reject",
+        owner=CONTRIBUTOR,
+        body=lambda w: {"reason": "no"},
+        path=lambda w: f"/contributions/{w.contribution}/reject",
+    ),
+    ("POST", "/contributions/{contribution_id}/close"): Write(
+        "contributions.close",
+        owner=CONTRIBUTOR,
+        path=lambda w: f"/contributions/{w.contribution}/close",
+    ),
+}
+# Signing in and out changes only the browser's own session (a token decides sign-in).
+SESSION = {("POST", "/sign-in"), ("POST", "/sign-out")}
+
+
 def write_routes(app: Any) -> set[tuple[str, str]]:
     from fastapi import routing
 
@@ -260,13 +323,14 @@ def test_every_write_is_declared(tmp_path: Path) -> None:
         served = write_routes(create_app(hub))
     finally:
         hub.close()
-    assert served - ROUTES.keys() == set(), "write routes with no declared rule"
-    assert ROUTES.keys() - served == set(), "declared routes the app does not serve"
+    declared = ROUTES.keys() | PAGES.keys() | SESSION
+    assert served - declared == set(), "write routes with no declared rule"
+    assert declared - served == set(), "declared routes the app does not serve"
     commands = {" ".join(c) for c in all_commands()}
     undeclared = commands - COMMANDS.keys() - READS - LOCAL
     assert undeclared == set(), "commands with no declared rule (or READS/LOCAL)"
     assert (COMMANDS.keys() | READS | LOCAL) - commands == set(), "declared commands that are gone"
-    for write in [*ROUTES.values(), *COMMANDS.values()]:
+    for write in [*ROUTES.values(), *PAGES.values(), *COMMANDS.values()]:
         assert write.action in RULES
 
 
@@ -308,6 +372,48 @@ def test_every_write_route_for_every_role(tiny_hub: Hub) -> None:
                         wrong.append(f"{method} {path} as {label}: {r.status_code}, not {expected}")
                     elif r.json()["error"]["code"] not in ("unauthorized", "forbidden"):
                         wrong.append(f"{method} {path} as {label}: error shape {r.text}")
+    assert wrong == []
+
+
+def signed_in(client: httpx.Client, token: str) -> str:
+    """Sign `client` in with `token` through the sign-in form; the CSRF value of its
+    forms, read off a page as a browser would."""
+    r = client.post("/sign-in", data={"token": token, "next": "/"})
+    assert r.status_code == 303, r.text
+    page = client.get("/").text
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found, "a signed-in page carries the session's CSRF value"
+    return found.group(1)
+
+
+def test_every_page_form_for_every_role(tiny_hub: Hub) -> None:
+    world = make_world(tiny_hub)
+    tokens = {
+        label: accounts.create_token(tiny_hub, owner(tiny_hub), name, scopes)["token"]
+        for label, name, scopes in ACTORS
+        if name is not None
+    }
+    wrong: list[str] = []
+    with serve(tiny_hub) as server:
+        clients = {label: httpx.Client(base_url=server, timeout=60) for label, *_ in ACTORS}
+        csrf = {label: signed_in(clients[label], t) for label, t in tokens.items()}
+        for (method, route), write in PAGES.items():
+            path = write.path(world) if write.path else route
+            for label, name, scopes in ACTORS:
+                actor = _actor(tiny_hub, name, scopes)
+                allowed = may(actor, write.action, write.model, write.owner)
+                form = {**(write.body(world) if write.body else {}), "csrf": csrf.get(label, "")}
+                r = clients[label].request(method, path, data=form)
+                if allowed and r.status_code in (401, 403):
+                    wrong.append(f"{method} {path} as {label}: refused {r.status_code}")
+                if not allowed:
+                    expected = 401 if name is None else 403
+                    if r.status_code != expected:
+                        wrong.append(f"{method} {path} as {label}: {r.status_code}, not {expected}")
+                    elif "text/html" not in r.headers["content-type"]:
+                        wrong.append(f"{method} {path} as {label}: not a page")
+        for client in clients.values():
+            client.close()
     assert wrong == []
 
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -37,6 +38,7 @@ from upstream.db.schema import (
     Case,
     Contribution,
     EvalOutput,
+    EvalRun,
     Job,
     Model,
     Release,
@@ -63,6 +65,9 @@ QUERIES: dict[str, list[dict[str, Any]]] = {
     "/api/contributions": [{"model": "tiny"}],
     "/api/releases": [{"model": "tiny"}],
     "/api/credits": [{"model": "tiny"}],
+    # the pages: the tracker's filters, and a cluster
+    "/reports": [{"model": "tiny"}, {"q": "mkprompt"}],
+    "/feedback": [{"model": "tiny"}],
 }
 
 # GET routes some viewers may not read at all (they show accounts, never cases), and the
@@ -73,6 +78,10 @@ REFUSED: dict[tuple[str, str], int] = {
     ("/api/users", "author"): 403,
     ("/api/users", "reporter"): 403,
     ("/api/tokens", "anonymous"): 401,
+    # the held-out download of a suite's cases (the public one answers everyone)
+    (f"/suites/{SUITE}/cases.jsonl?heldout=true", "anonymous"): 401,
+    (f"/suites/{SUITE}/cases.jsonl?heldout=true", "author"): 403,
+    (f"/suites/{SUITE}/cases.jsonl?heldout=true", "reporter"): 403,
 }
 
 
@@ -159,6 +168,8 @@ def _get_routes(app: FastAPI) -> list[str]:
     routes = list(flatten(app.routes)) if flatten else list(app.routes)
     paths = []
     for route in routes:
+        if getattr(route, "path", None) == "/static":  # the pages' stylesheet and script
+            continue
         path, methods = getattr(route, "path_format", None), getattr(route, "methods", None)
         assert path and methods is not None, (
             f"route {route!r} is no plain HTTP route (a mount?); say here how to search it "
@@ -199,6 +210,28 @@ def _fills(hub: Hub) -> dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
                 ({"release_id": i}, {}) for i in s.scalars(select(Release.id))
             ],
             "/v1/models/{model_id}": [({"model_id": m["id"]}, {}) for m in served_models(hub)],
+            # the pages, over the same objects (a suite's download with and without the
+            # held-out cases; a comparison is a job)
+            "/models/{name}": [({"name": n}, {}) for n in s.scalars(select(Model.name))],
+            "/jobs/{job_id}": [({"job_id": i}, {}) for i in s.scalars(select(Job.id))],
+            "/reports/{report_id}": [({"report_id": i}, {}) for i in s.scalars(select(Report.id))],
+            "/suites/{name}": [({"name": st.name}, {}) for st in all_suites]
+            + [
+                ({"name": st.name}, {"version": v.number}) for st in all_suites for v in st.versions
+            ],
+            "/suites/{name}/cases.jsonl": [({"name": st.name}, {}) for st in all_suites]
+            + [({"name": SUITE}, {"heldout": "true"})],
+            "/evals/{run_id}": [({"run_id": i}, {}) for i in s.scalars(select(EvalRun.id))],
+            "/compare/{job_id}": [
+                ({"job_id": i}, {})
+                for i in s.scalars(select(Job.id).where(Job.kind == "evals.compare"))
+            ],
+            "/contributions/{contribution_id}": [
+                ({"contribution_id": i}, {}) for i in s.scalars(select(Contribution.id))
+            ],
+            "/releases/{release_id}": [
+                ({"release_id": i}, {}) for i in s.scalars(select(Release.id))
+            ],
         }
 
 
@@ -284,6 +317,21 @@ def test_heldout_cases_are_hidden_on_every_get_route(
         )
         assert r.status_code == 202, r.text
         assert wait_job(server, r.json()["job"])["state"] == "done"
+    # a comparison of the release with its base (its page shows changed cases side by side)
+    with tiny_hub.session() as s:
+        first = s.scalars(select(Revision.hash).order_by(Revision.id)).first()
+    r = httpx.post(
+        f"{server}/api/comparisons",
+        json={
+            "base": f"tiny@{first}",
+            "candidate": "tiny@latest",
+            "suite": SUITE,
+            "max_new_tokens": TOKENS,
+        },
+        headers=author,
+    )
+    assert r.status_code == 202, r.text
+    assert wait_job(server, r.json()["job"], timeout=300)["state"] == "done"
 
     secrets = {(kind, text) for c in heldout for kind, text in _markers(c).items()}
     hidden_inputs = {suites.input_hash(c.messages) for c in heldout}
@@ -323,7 +371,8 @@ def test_heldout_cases_are_hidden_on_every_get_route(
     for url, query in _urls(paths, tiny_hub):
         for viewer, headers in viewers.items():
             r = httpx.get(f"{server}{url}", params=query, headers=headers, timeout=60)
-            expected = REFUSED.get((url, viewer), 200)
+            shown = url + (f"?{urlencode(query)}" if query else "")
+            expected = REFUSED.get((shown, viewer), REFUSED.get((url, viewer), 200))
             assert r.status_code == expected, (
                 f"GET {url} {query} as {viewer}: {r.status_code} {r.text}"
             )

@@ -14,7 +14,7 @@ from upstream import evals, exports, feedback, registry, suites
 from upstream.comparisons import COMPARE_JOB, leaderboard, queue_compare
 from upstream.credits import credits_table, ledger
 from upstream.db.schema import Release
-from upstream.errors import NotFound
+from upstream.errors import InvalidInput, NotFound
 from upstream.hub import Hub
 from upstream.jobs import job_json
 from upstream.releases import get_release, release_summary
@@ -104,7 +104,9 @@ def suite_list(
 ) -> HTMLResponse:
     with hub.session() as s:
         found = [suites.suite_summary(s, st) for st in suites.list_suites(s)]
-    return render(request, viewer, "suites.html", suites=found)
+        models = [m.name for m in registry.list_models(s)]
+    may_build = [m for m in models if viewer.may("suites.build", m)]
+    return render(request, viewer, "suites.html", suites=found, models=may_build)
 
 
 @router.get("/suites/{name}", response_class=HTMLResponse)
@@ -154,24 +156,26 @@ def suite_download(
     )
 
 
-@router.post("/suites/{name}/build")
+@router.post("/suites")
 def suite_build(
-    name: str,
     form: FormData = Depends(read_form),
     viewer: Viewer = Depends(get_viewer),
     hub: Hub = Depends(get_hub),
 ) -> Response:
-    """Add the confirmed reports with a tag to suite `name` (new or not)."""
+    """Add the confirmed reports with a tag to a suite (made when it is new)."""
     percent = field(form, "heldout_percent", 3)
+    if percent and not percent.isdigit():
+        raise InvalidInput("held out: a whole percentage, 0 to 90", field="heldout_percent")
     out = suites.build_from_reports(
         hub,
         viewer.actor,
-        field(form, "name", 100) or name[:100],
+        field(form, "name", 100),
         field(form, "tag", 50),
         field(form, "model", 200) or None,
-        int(percent) if percent.isdigit() else None,
+        int(percent) if percent else None,
     )
-    return back(f"/suites/{out['suite']}", f"Suite {out['suite']} v{out['version']}: built.")
+    added = f"{out['added']} new case{'s' if out['added'] != 1 else ''}"
+    return back(f"/suites/{out['suite']}", f"{out['suite']} v{out['version']}: {added}.")
 
 
 @router.get("/evals", response_class=HTMLResponse)
@@ -325,18 +329,21 @@ def feedback_page(
     viewer: Viewer = Depends(get_viewer),
     hub: Hub = Depends(get_hub),
 ) -> HTMLResponse:
-    per_revision = feedback.stats(hub, viewer.actor, model or None)
-    corrections = [
-        f
-        for f in feedback.list_feedback(hub, viewer.actor, model or None, negative=True, limit=200)
-        if f["correction"]
-    ]
+    # read by maintainers (of a model, or of the hub); others are told so, not refused
+    may_read = viewer.may("feedback.read", model or None) or (
+        not model and any(viewer.may("feedback.read", m) for m in viewer.actor.model_roles)
+    )
+    per_revision: list[dict[str, Any]] = []
+    corrections: list[dict[str, Any]] = []
+    if may_read:
+        per_revision = feedback.stats(hub, viewer.actor, model or None)
+        negative = feedback.list_feedback(hub, viewer.actor, model or None, True, 200)
+        corrections = [f for f in negative if f["correction"]]
     return render(
         request,
         viewer,
         "feedback.html",
         stats=per_revision,
         corrections=corrections[:50],
-        may_read=viewer.may("feedback.read", model or None)
-        or any(viewer.may("feedback.read", m) for m in viewer.actor.model_roles),
+        may_read=may_read,
     )

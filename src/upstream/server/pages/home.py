@@ -66,7 +66,8 @@ def dashboard(
 def _safe_next(target: str) -> str:
     """Where to go after signing in: a path of this hub only (never another site)."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    odd = "\\" in target or any(ord(c) < 32 for c in target)  # browsers read /\x as //x
+    if odd or parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] == "/":
         return "/"
     return target
 

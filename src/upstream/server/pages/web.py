@@ -9,6 +9,7 @@ says where it comes from (Origin), come from this hub.
 
 from __future__ import annotations
 
+import hmac
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +24,7 @@ from starlette.datastructures import FormData
 
 from upstream import __version__, accounts
 from upstream.access import ANONYMOUS, Actor, may
-from upstream.errors import Forbidden, InvalidInput
+from upstream.errors import Forbidden, InvalidInput, Unauthorized
 from upstream.hub import Hub
 from upstream.server.deps import get_hub
 
@@ -56,7 +57,8 @@ templates.env.globals["version"] = __version__
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is looking at a page, and the CSRF value their forms carry."""
+    """Who is looking at a page, and the CSRF value their forms carry (empty for one
+    who sent a bearer token: no browser sends that by itself, so no other site can)."""
 
     actor: Actor
     csrf: str = ""
@@ -71,6 +73,14 @@ class Viewer:
 
 
 def get_viewer(request: Request, hub: Hub = Depends(get_hub)) -> Viewer:
+    """The session cookie's actor; or a bearer token's, as the API reads it (scripts may
+    fetch pages too); else anonymous."""
+    header = request.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization: give `Bearer <token>`")
+        return Viewer(accounts.authenticate(hub, token.strip()))
     cookie = request.cookies.get(COOKIE, "")
     actor = accounts.session_actor(hub, cookie) if cookie else None
     if actor is None:
@@ -85,7 +95,8 @@ async def read_form(request: Request, viewer: Viewer = Depends(get_viewer)) -> F
     if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
         raise Forbidden(f"a form posted from {origin}: forms are taken from this hub's pages")
     form = await request.form(max_fields=MAX_FORM_FIELDS, max_files=0)
-    if viewer.signed_in and form.get("csrf") != viewer.csrf:
+    sent = form.get("csrf")
+    if viewer.csrf and not (isinstance(sent, str) and hmac.compare_digest(sent, viewer.csrf)):
         raise Forbidden("the form is out of date or came from another site: reload the page")
     return form
 
