@@ -149,3 +149,20 @@ def test_hostile_queries_and_forms_get_a_4xx_page(base: str, tiny_hub: Hub) -> N
         if data["prompt"] and len(data["prompt"]) < 100:
             assert data["prompt"] in r.text
     client.close()
+
+
+def test_what_people_typed_is_shown_as_text_never_as_markup(base: str, tiny_hub: Hub) -> None:
+    client, csrf = signed_in(base, token(tiny_hub, "ana", "reporter"))
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    r = client.post(
+        "/reports/new",
+        data={**FORM, "prompt": hostile, "description": hostile, "tags": "x", "csrf": csrf,
+              "action": "file"},
+    )  # fmt: skip
+    assert r.status_code == 303
+    page = client.get(r.headers["location"].split("?")[0]).text
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    listing = client.get("/reports").text
+    assert "<script>alert" not in listing and "&lt;script&gt;" in listing
+    client.close()

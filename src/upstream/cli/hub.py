@@ -52,7 +52,7 @@ def up(
         False, "--no-worker", help="Serve only; run jobs with separate `upstream worker`s."
     ),
 ) -> None:
-    """Start the hub: the models page, the REST API under /api and a job worker."""
+    """Start the hub: the web pages, the REST API under /api, /v1 and a job worker."""
     import uvicorn
 
     from upstream.server.app import create_app

@@ -13,11 +13,12 @@ from starlette.datastructures import FormData
 from upstream import evals, exports, feedback, registry, suites
 from upstream.comparisons import COMPARE_JOB, leaderboard, queue_compare
 from upstream.credits import credits_table, ledger
-from upstream.db.schema import Release
+from upstream.db.schema import Release, Report
 from upstream.errors import InvalidInput, NotFound
 from upstream.hub import Hub
 from upstream.jobs import job_json
 from upstream.releases import get_release, release_summary
+from upstream.reports import hidden_from, prompt_text
 from upstream.server.deps import MAX_ID, PathId, get_hub
 from upstream.server.pages.web import (
     Pager,
@@ -298,6 +299,16 @@ def release_page(
         credits = ledger(s, release_id)
         totals = credits_table(s, release_id=release_id)
         card = release.revision.card if release.revision else ""
+        fixed = []
+        if release.revision_id is not None:  # the reports it fixed that the viewer may see
+            q = select(Report).where(Report.fixed_in_revision_id == release.revision_id)
+            visible = hidden_from(s, viewer.actor)
+            if visible is not None:
+                q = q.where(visible)
+            fixed = [
+                {"id": r.id, "prompt": prompt_text(r.messages), "reporter": r.reporter}
+                for r in s.scalars(q.order_by(Report.id).limit(500))
+            ]
     return render(
         request,
         viewer,
@@ -305,6 +316,7 @@ def release_page(
         r=summary,
         credits=credits,
         totals=totals,
+        fixed=fixed,
         card=markdown.render(card) if card else "",
     )
 

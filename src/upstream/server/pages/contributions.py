@@ -83,8 +83,13 @@ def contribution_page(
         c = domain.get_contribution(s, contribution_id)
         detail = domain.contribution_detail(c, viewer.actor)
         pushes = [
-            {"number": p.number, "verdict": p.verdict, "at": p.created_at.isoformat()}
-            for p in c.pushes
+            {
+                "number": p.number,
+                "verdict": p.verdict,
+                "at": p.created_at.isoformat(),
+                "reasons": (p.checks or {}).get("reasons", []),
+            }
+            for p in reversed(c.pushes)
         ]
         changed: dict[str, list[dict[str, Any]]] = {}
         for result in (detail["checks"] or {}).get("suites", []):

@@ -26,7 +26,7 @@ from upstream.server.pages.web import (
     read_form,
     render,
 )
-from upstream.triage import close, confirm
+from upstream.triage import OPEN_UNCONFIRMED, close, confirm
 
 router = APIRouter(include_in_schema=False)
 
@@ -212,7 +212,8 @@ def report_page(
         )
     model, owner, status = detail["model"], detail["reporter"], detail["status"]
     can = {
-        "confirm": viewer.may("reports.confirm", model, owner) and status != "confirmed",
+        "confirm": status in OPEN_UNCONFIRMED
+        and (viewer.may("reports.triage", model) or viewer.may("reports.confirm", model, owner)),
         "close": viewer.may("reports.close", model, owner) and status not in domain.CLOSED,
         "reproduce": viewer.may("reports.reproduce", model),
         "expect": viewer.may("reports.expect", model, owner),
