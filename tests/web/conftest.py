@@ -84,9 +84,16 @@ class Filled:
         ]
 
 
-@pytest.fixture
-def filled(tiny_hub: Hub, tmp_path: Path) -> Filled:
-    hub = tiny_hub
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Filled]:
+    """Built once for the tests of a module that only read it (they post no forms)."""
+    from upstream.guard import ensure_guard_suite
+    from upstream.registry import import_model
+
+    tmp_path = tmp_path_factory.mktemp("filled")
+    hub = Hub.open(tmp_path / "home", write_rate_per_minute=0)
+    import_model(hub, str(tiny_model_dir), "tiny")
+    ensure_guard_suite(hub, "tiny")
     boss = owner(hub)
     tokens = {
         "ana": token(hub, "ana", "reporter"),
@@ -141,4 +148,5 @@ def filled(tiny_hub: Hub, tmp_path: Path) -> Filled:
             {"response_id": answer["id"], "value": -1, "correction": "Rome"}
         ),
     )
-    return Filled(hub, report, contribution, run, compare_job, release, tokens)
+    yield Filled(hub, report, contribution, run, compare_job, release, tokens)
+    hub.close()
