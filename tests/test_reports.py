@@ -81,6 +81,14 @@ def test_paraphrases_of_three_failures_form_three_clusters(tiny_hub: Hub) -> Non
         assert (
             len({next(t for t in tags[i] if t.startswith("failure-")) for i in g["reports"]}) == 1
         )
+    # the dashboard's grouping (id columns only) and the tracker's cluster filter agree
+    with tiny_hub.session() as s:
+        assert domain.open_clusters(s, owner(tiny_hub)) == groups
+        for g in groups:
+            member = g["reports"][-1]
+            assert domain.cluster_ids(s, member) == set(g["reports"])
+            listed = domain.list_reports(s, domain.ReportQuery(cluster=member, limit=100))
+            assert sorted(r.id for r in listed) == g["reports"]
 
 
 def test_a_bad_jsonl_is_refused_whole_with_every_line_listed(tiny_hub: Hub, tmp_path: Path) -> None:

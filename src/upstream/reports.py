@@ -887,9 +887,10 @@ class FilingQueue:
             t.done.set()
 
 
-def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
-    """Group reports linked as likely duplicates; biggest clusters first."""
-    parent = {r.id: r.id for r in reports}
+def _groups(links: Sequence[tuple[int, int | None, int | None]]) -> list[list[int]]:
+    """Report ids grouped by their links (id, similar_to, duplicate_of) to one another,
+    each group sorted, biggest first."""
+    parent = {i: i for i, _, _ in links}
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -897,26 +898,69 @@ def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
             i = parent[i]
         return i
 
-    for r in reports:
-        for other in (r.similar_to_id, r.duplicate_of_id):
+    for i, similar, duplicate in links:
+        for other in (similar, duplicate):
             if other is not None and other in parent:
-                parent[root(r.id)] = root(other)
-    groups: dict[int, list[Report]] = defaultdict(list)
-    for r in reports:
-        groups[root(r.id)].append(r)
+                parent[root(i)] = root(other)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in parent:
+        groups[root(i)].append(i)
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
+
+
+def clusters(reports: Sequence[Report]) -> list[dict[str, Any]]:
+    """Group reports linked as likely duplicates; biggest clusters first."""
+    by_id = {r.id: r for r in reports}
     out: list[dict[str, Any]] = []
-    for members in groups.values():
-        members.sort(key=lambda r: r.id)
-        first = members[0]
+    for ids in _groups([(r.id, r.similar_to_id, r.duplicate_of_id) for r in reports]):
+        members = [by_id[i] for i in ids]
         out.append(
             {
-                "id": first.id,
-                "size": len(members),
+                "id": ids[0],
+                "size": len(ids),
                 "reporters": len({f.reporter for m in members for f in m.filings}),
-                "reports": [m.id for m in members],
+                "reports": ids,
                 "statuses": sorted({m.status for m in members}),
-                "prompt": prompt_text(first.messages),
+                "prompt": prompt_text(members[0].messages),
             }
         )
-    out.sort(key=lambda c: (-int(c["size"]), int(c["id"])))
     return out
+
+
+def open_clusters(session: Session, viewer: Actor, limit: int = 10) -> list[dict[str, Any]]:
+    """The biggest groups (two reports or more) of open reports `viewer` may see, linked
+    as likely duplicates: `clusters`' shape, read as id columns, not whole reports."""
+    stmt = select(Report.id, Report.similar_to_id, Report.duplicate_of_id, Report.status)
+    stmt = stmt.where(Report.status.not_in(CLOSED))
+    visible = hidden_from(session, viewer)
+    if visible is not None:
+        stmt = stmt.where(visible)
+    rows = session.execute(stmt).tuples().all()
+    status = {i: st for i, _, _, st in rows}
+    top = [g for g in _groups([(i, a, b) for i, a, b, _ in rows]) if len(g) > 1][:limit]
+    members = [i for g in top for i in g]
+    reporters: dict[int, set[str]] = defaultdict(set)
+    for report_id, reporter in session.execute(
+        select(ReportFiling.report_id, ReportFiling.reporter).where(
+            ReportFiling.report_id.in_(members)
+        )
+    ).tuples():
+        reporters[report_id].add(reporter)
+    firsts: dict[int, list[dict[str, str]]] = dict(
+        session.execute(
+            select(Report.id, Report.messages).where(Report.id.in_([g[0] for g in top]))
+        )
+        .tuples()
+        .all()
+    )
+    return [
+        {
+            "id": g[0],
+            "size": len(g),
+            "reporters": len(set().union(*(reporters[i] for i in g))),
+            "reports": g,
+            "statuses": sorted({status[i] for i in g}),
+            "prompt": prompt_text(firsts[g[0]]),
+        }
+        for g in top
+    ]

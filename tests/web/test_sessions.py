@@ -73,7 +73,10 @@ def test_forms_need_the_session_s_csrf_value_and_this_origin(base: str, tiny_hub
         assert "text/html" in r.headers["content-type"]
     assert reports(tiny_hub) == before  # nothing was filed
     r = client.post("/reports/new", data={**FORM, "csrf": csrf, "action": "file"})
-    assert r.status_code == 303 and re.fullmatch(r"/reports/\d+\?note=.*", r.headers["location"])
+    assert r.status_code == 303 and re.fullmatch(r"/reports/\d+", r.headers["location"])
+    assert "Filed; reproducing it now." in client.get(r.headers["location"]).text  # once
+    assert "Filed; reproducing it now." not in client.get(r.headers["location"]).text
+    assert "evil" not in client.get("/", params={"note": "evil"}).text  # no note from a link
     assert reports(tiny_hub) == before + 1
     client.close()
 

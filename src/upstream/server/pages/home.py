@@ -20,7 +20,6 @@ from upstream.server.deps import PathId, get_hub
 from upstream.server.pages.web import COOKIE, Viewer, field, get_viewer, read_form, render
 
 router = APIRouter(include_in_schema=False)
-OPEN_CLUSTERS_FROM = 500  # the dashboard groups the newest open reports, not all of them
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -29,14 +28,7 @@ def dashboard(
 ) -> HTMLResponse:
     with hub.session() as s:
         counts = reports.status_counts(s, viewer.actor)
-        newest_open = [
-            r
-            for status in ("new", "reproduced", "confirmed")
-            for r in reports.list_reports(
-                s, reports.ReportQuery(status=status, limit=OPEN_CLUSTERS_FROM, viewer=viewer.actor)
-            )
-        ]
-        groups = [c for c in reports.clusters(newest_open) if c["size"] > 1][:8]
+        groups = reports.open_clusters(s, viewer.actor, limit=8)
         waiting = [
             contributions.contribution_summary(c)
             for state in ("passed", "failed", "checking", "open")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -31,6 +31,7 @@ from upstream.server.deps import get_hub
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 COOKIE = "upstream_session"
+NOTE = "upstream_note"  # what a form did, shown once on the page it leads to
 PAGE_SIZE = 25
 MAX_FORM_FIELDS = 200
 MAX_PAGE = 10_000  # ?page= beyond this is refused: OFFSET that deep is a scan, not a page
@@ -114,14 +115,24 @@ def field(form: FormData, name: str, limit: int = 10_000) -> str:
 def render(
     request: Request, viewer: Viewer, name: str, status: int = 200, **context: Any
 ) -> HTMLResponse:
-    return templates.TemplateResponse(
-        request, name, {"viewer": viewer, "path": request.url.path, **context}, status
+    """A page; with the note a form left for it (shown once)."""
+    note = unquote(request.cookies.get(NOTE, ""))[:500]
+    page = templates.TemplateResponse(
+        request, name, {"viewer": viewer, "path": request.url.path, "note": note, **context}, status
     )
+    if note:
+        page.delete_cookie(NOTE, path="/")
+    return page
 
 
 def back(to: str, note: str = "") -> Response:
-    """After a form: see the page it changed (303, so a reload does not post again)."""
-    return RedirectResponse(to + (f"?{urlencode({'note': note})}" if note else ""), 303)
+    """After a form: see the page it changed (303, so a reload does not post again), with
+    what happened as a note. The note rides in a short-lived cookie, not the URL, so no
+    link from elsewhere can make a page of this hub say something it did not."""
+    out = RedirectResponse(to, 303)
+    if note:
+        out.set_cookie(NOTE, quote(note[:500]), max_age=60, httponly=True, samesite="lax")
+    return out
 
 
 @dataclass(frozen=True)
