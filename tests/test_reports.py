@@ -10,7 +10,7 @@ from upstream import reports as domain
 from upstream.access import ANONYMOUS
 from upstream.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from upstream.hub import Hub
-from upstream.reproduction import reproduce
+from upstream.reproduction import reproduce, rescore
 from upstream.triage import close, confirm
 
 DATA = Path(__file__).parent / "data"
@@ -55,6 +55,17 @@ def test_reproduction_sets_the_result_and_stores_outputs(tiny_hub: Hub) -> None:
     assert all(v["output"] for v in d["variants"])
     assert d["observed"] == d["variants"][0]["output"]  # generated when not given
     assert [(e["from"], e["to"]) for e in d["events"]] == [("", "new"), ("new", "reproduced")]
+    # each reproduction is kept with its outputs; judging stored outputs again is not one
+    [first] = d["reproductions"]
+    assert first["rate"] == pytest.approx(2 / 3)
+    assert [(o["position"], o["output"], o["passed"]) for o in first["outputs"]] == [
+        (v["position"], v["output"], v["passed"]) for v in d["variants"]
+    ]
+    rescore(tiny_hub, [mixed.id], owner(tiny_hub), ALWAYS)
+    reproduce(tiny_hub, [mixed.id])
+    again = detail(tiny_hub, mixed.id)["reproductions"]
+    assert len(again) == 2 and again[1] == first  # newest first
+    assert again[0]["rate"] == 0.0 and all(o["passed"] for o in again[0]["outputs"])
 
 
 def test_same_content_twice_is_one_report_with_two_reporters(tiny_hub: Hub) -> None:

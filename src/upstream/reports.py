@@ -621,6 +621,19 @@ class EventOut(Shape):
     at: str
 
 
+class ReproducedOutput(Shape):
+    position: int = Field(description="the input: 0 is the report's own, then its variants")
+    output: str | None
+    passed: bool | None
+    explanation: str
+
+
+class ReproductionOut(Shape):
+    at: str
+    rate: float | None = Field(description="share of its checked inputs failing then")
+    outputs: list[ReproducedOutput]
+
+
 class ReportDetail(ReportSummary):
     """The whole report: `reports show --json` and `GET /api/reports/{id}`."""
 
@@ -639,6 +652,7 @@ class ReportDetail(ReportSummary):
     variants: list[VariantOut]
     confirmations: list[str]
     events: list[EventOut]
+    reproductions: list[ReproductionOut] = Field(description="every reproduction, newest first")
 
 
 class ClusterOut(Shape):
@@ -713,6 +727,10 @@ def report_detail(session: Session, r: Report) -> dict[str, Any]:
                 "at": _iso(e.created_at),
             }
             for e in r.events
+        ],
+        "reproductions": [
+            {"at": _iso(p.created_at), "rate": p.rate, "outputs": p.outputs}
+            for p in reversed(r.reproductions)
         ],
     }
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 
 from upstream.access import Actor, require
 from upstream.checks import parse_check
-from upstream.db.schema import Report, ReportEvent, utcnow
+from upstream.db.schema import Report, ReportEvent, ReportReproduction, utcnow
 from upstream.embeddings import embed  # loads its model only when a check needs it
 from upstream.engines.base import GenRequest, GenResult
 from upstream.errors import InvalidInput
@@ -96,8 +96,11 @@ class ReproducingOut(Shape):
     job: int = Field(description="the job reproducing it")
 
 
-def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
-    """Score each input's output with its check; set the report's result."""
+def _judge(
+    session: Any, report: Report, outputs: list[str], generated: bool = True
+) -> dict[str, Any]:
+    """Score each input's output with its check; set the report's result. Freshly
+    `generated` outputs are kept as one more reproduction in the report's history."""
     failing = checked = 0
     for variant, output in zip(report.variants, outputs, strict=True):
         variant.output = output
@@ -118,6 +121,21 @@ def _judge(session: Any, report: Report, outputs: list[str]) -> dict[str, Any]:
     else:
         report.reproduction_rate = failing / checked
         result = "reproduced" if failing else "not_reproduced"
+    if generated:
+        report.reproductions.append(
+            ReportReproduction(
+                rate=report.reproduction_rate,
+                outputs=[
+                    {
+                        "position": v.position,
+                        "output": v.output,
+                        "passed": v.passed,
+                        "explanation": v.explanation,
+                    }
+                    for v in report.variants
+                ],
+            )
+        )
     if report.status in OPEN_UNCONFIRMED and report.status != result:
         set_status(
             session,
@@ -172,7 +190,7 @@ def expect(hub: Hub, actor: Actor, report_id: int, check: dict[str, Any]) -> dic
         outputs = [v.output for v in report.variants]
         _set_check(s, report, actor.name, check)
         if all(o is not None for o in outputs):
-            judged = _judge(s, report, [o or "" for o in outputs])
+            judged = _judge(s, report, [o or "" for o in outputs], generated=False)
             return {"report": report_id, "status": report.status, "judged": judged, "job": None}
         job = hub.jobs.enqueue_in(s, REPRODUCE_JOB, {"reports": [report_id]}, owner=actor)
         return {"report": report_id, "status": report.status, "judged": None, "job": job}
@@ -215,5 +233,5 @@ def rescore(
                 )
             if new_check is not None:
                 _set_check(s, report, actor.name, new_check)
-            results[rid] = _judge(s, report, [o or "" for o in outputs])
+            results[rid] = _judge(s, report, [o or "" for o in outputs], generated=False)
     return {"reports": results}

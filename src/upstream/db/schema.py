@@ -218,6 +218,9 @@ class Report(Base):
         order_by="ReportFiling.id", cascade="all, delete-orphan"
     )
     confirmations: Mapped[list[ReportConfirmation]] = relationship(cascade="all, delete-orphan")
+    reproductions: Mapped[list[ReportReproduction]] = relationship(
+        order_by="ReportReproduction.id", cascade="all, delete-orphan"
+    )
 
 
 class ReportVariant(Base):
@@ -234,6 +237,20 @@ class ReportVariant(Base):
     passed: Mapped[bool | None] = mapped_column()
     score: Mapped[float | None] = mapped_column(Float)
     explanation: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReportReproduction(Base):
+    """One reproduction of a report: what each of its inputs gave then, and the verdict
+    (the variants hold only the newest outputs)."""
+
+    __tablename__ = "report_reproductions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    rate: Mapped[float | None] = mapped_column(Float)  # share of checked inputs failing
+    # [{"position", "output", "passed", "explanation"}], in the order of the variants
+    outputs: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ReportEvent(Base):
