@@ -394,3 +394,16 @@ def test_single_filings_arriving_together_are_filed_together(tiny_hub: Hub) -> N
             job = next(j for j in jobs if j.id == sub.job)
             assert job.owner == f"r{k}" and sub.filed[0].id in job.args["reports"]
     assert max(batches) > 1, batches  # some filings shared a batch
+
+
+def test_the_tag_filter_matches_whole_tags_in_any_script(tiny_hub: Hub) -> None:
+    ana = person(tiny_hub, "ana", "reporter")
+    for prompt, tags in [("¿Qué?", ["español"]), ("What?", ["spa"]), ("Wie?", ["deutsch"])]:
+        item = domain.parse_report({"model": "tiny", "prompt": prompt, "tags": tags})
+        domain.submit_one(tiny_hub, item, ana, "cli")
+    with tiny_hub.session() as s:
+        for tag, prompts in [("español", ["¿Qué?"]), ("spa", ["What?"]), ("ESPAÑOL", ["¿Qué?"])]:
+            found = domain.list_reports(s, domain.ReportQuery(tag=tag))
+            assert [domain.prompt_text(r.messages) for r in found] == prompts, tag
+    with pytest.raises(InvalidInput, match="no quotes or backslashes"):
+        domain.parse_report({"model": "tiny", "prompt": "x", "tags": ['a"b']})

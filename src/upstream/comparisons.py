@@ -26,7 +26,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from upstream import stats
-from upstream.access import ANONYMOUS, Actor, may, require
+from upstream.access import ANONYMOUS, Actor, require
 from upstream.accounts import actor_named
 from upstream.checks import Check, lenient
 from upstream.contributions import resolve_adapters
@@ -38,7 +38,7 @@ from upstream.registry import resolve
 from upstream.settings import Policy, policy_for
 from upstream.shapes import Shape
 from upstream.stats import Allowance
-from upstream.suites import get_version
+from upstream.suites import get_suite, get_version, may_see_heldout
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -122,7 +122,8 @@ def compare(
     with hub.session() as s:
         model = resolve(s, base_ref).model.name
     require(viewer, "evals.run", model)
-    can_see_heldout = may(viewer, "suites.heldout", model)
+    with hub.session() as s:  # held-out ids by the suite's model, as everywhere
+        can_see_heldout = may_see_heldout(s, get_suite(s, suite), viewer)
     # Both sides read the strict verdict and whether the output states the answer, so
     # outputs stop only when both are decided; a stopped output is never compared as
     # text with another (only verdicts are).

@@ -31,7 +31,7 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from upstream.access import Actor, may, require
+from upstream.access import Actor, require
 from upstream.blobs import sha256_file
 from upstream.checks import Check, decided, lenient, parse_check
 from upstream.db.schema import (
@@ -51,7 +51,15 @@ from upstream.errors import InvalidInput, NotFound
 from upstream.registry import resolve
 from upstream.shapes import Shape
 from upstream.stats import wilson
-from upstream.suites import SPLITS, case_split, get_version, split_secret, version_cases
+from upstream.suites import (
+    SPLITS,
+    case_split,
+    get_version,
+    may_see_heldout,
+    split_secret,
+    version_cases,
+    withheld_cases,
+)
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -605,13 +613,16 @@ def run_cases(
     run = session.get(EvalRun, run_id)
     if run is None:
         raise NotFound(f"no evaluation run {run_id}")
-    model = session.get(Revision, run.revision_id).model.name
-    see_heldout = may(viewer, "suites.heldout", model)
+    suite = session.get(Suite, session.get(SuiteVersion, run.suite_version_id).suite_id)
+    see_heldout = may_see_heldout(session, suite, viewer)
     q = select(EvalResult, Case).join(Case, Case.id == EvalResult.case_id)
     q = q.where(EvalResult.run_id == run_id)
     if only is not None:
         q = q.where(EvalResult.case_id.in_(list(only)[:1000]))
-    rows = [(r, c) for r, c in session.execute(q).tuples() if see_heldout or r.split != "heldout"]
+    rows = list(session.execute(q).tuples())
+    if not see_heldout:
+        hidden = withheld_cases(session, [c for _, c in rows])
+        rows = [(r, c) for r, c in rows if r.split != "heldout" and c.id not in hidden]
     settings_hash = hashlib.sha256(json.dumps(run.settings, sort_keys=True).encode()).hexdigest()
     outputs = _cached(session, [c.input_hash for _, c in rows], run.subject_hash, settings_hash)
     out: dict[str, dict[str, Any]] = {}

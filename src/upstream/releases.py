@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 from sqlalchemy import select
 
-from upstream.access import Actor, require
+from upstream.access import ANONYMOUS, Actor, require
 from upstream.ci import ACTOR, compare_on, judge, policy_for, suites_to_check
 from upstream.contributions import adapter_dir, get_contribution, set_state, stored_dataset
 from upstream.credits import CreditEntryOut, credits_table, record_release_credits
@@ -46,6 +46,7 @@ from upstream.db.schema import (
     Job,
     Model,
     Release,
+    Report,
     Revision,
     RevisionParent,
     Tag,
@@ -55,7 +56,7 @@ from upstream.errors import Conflict, InvalidInput, NotFound, UpstreamError
 from upstream.evals import Progress
 from upstream.modelcard import render_card
 from upstream.registry import get_model, import_dir, materialize, resolve, set_tag
-from upstream.reports import get_report, prompt_text
+from upstream.reports import get_report, hidden_from, prompt_text
 from upstream.shapes import Shape
 from upstream.stats import wilson
 from upstream.suites import case_id
@@ -761,18 +762,28 @@ def _card(session: Any, release: Release, fixed: list[int]) -> str:
         "versions": release.versions,
         "created_at": (release.finished_at or utcnow()).isoformat(),
         "contributions": contributions,
+        # the card is public: only the fixed reports anyone may read (not those filed
+        # without consent, nor those behind held-out cases) are named with their prompt
         "reports_fixed": [
             {
                 "id": i,
                 "prompt": prompt_text(get_report(session, i).messages),
                 "reporter": get_report(session, i).reporter,
             }
-            for i in fixed
+            for i in _public(session, fixed)
         ],
         "results": results,
         "credits": credits_table(session, release_id=release.id),
     }
     return render_card(info)
+
+
+def _public(session: Any, report_ids: list[int]) -> list[int]:
+    """Those of `report_ids` an anonymous visitor may read, in their order."""
+    q = select(Report.id).where(Report.id.in_(report_ids))
+    visible = hidden_from(session, ANONYMOUS)
+    shown = set(session.scalars(q.where(visible) if visible is not None else q))
+    return [i for i in report_ids if i in shown]
 
 
 def _interval(prefix: str, rate: float, n: int) -> dict[str, float]:

@@ -115,6 +115,8 @@ class ReportIn(BaseModel):
         for t in tags:
             if not t.strip() or len(t) > 50:
                 raise ValueError(f"tag {t!r}: 1 to 50 characters")
+            if '"' in t or "\\" in t:
+                raise ValueError(f"tag {t!r}: no quotes or backslashes")
         return sorted({t.strip().lower() for t in tags})
 
 
@@ -536,7 +538,7 @@ def list_reports(session: Session, q: ReportQuery) -> list[Report]:
     if q.tag:
         # Tags are a JSON list of normalised strings; an element is its JSON text, quoted,
         # which reads the same on SQLite and PostgreSQL (json, not jsonb).
-        element = json.dumps(q.tag.strip().lower())
+        element = json.dumps(q.tag.strip().lower(), ensure_ascii=False)
         stmt = stmt.where(Report.tags.cast(Text).contains(element, autoescape=True))
     return list(session.scalars(stmt.limit(q.limit).offset(q.offset)))
 
@@ -559,6 +561,13 @@ def cluster_ids(session: Session, report_id: int) -> set[int]:
         frontier = reached - found
         found |= reached
     return found
+
+
+def visible_ids(session: Session, report_ids: set[int], viewer: Actor) -> list[int]:
+    """Those of `report_ids` that `viewer` may see, in order."""
+    q = select(Report.id).where(Report.id.in_(report_ids))
+    visible = hidden_from(session, viewer)
+    return sorted(session.scalars(q.where(visible) if visible is not None else q))
 
 
 def status_counts(session: Session, viewer: Actor) -> dict[str, int]:

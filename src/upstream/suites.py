@@ -487,24 +487,58 @@ def suite_summary(session: Session, suite: Suite) -> dict[str, Any]:
     }
 
 
+def may_see_heldout(session: Session, suite: Suite, viewer: Actor) -> bool:
+    """Whether `viewer` may see `suite`'s held-out cases: a maintainer of the suite's
+    model (of the hub, for a suite of no model), as exports and every page decide it."""
+    model = session.get(Model, suite.model_id) if suite.model_id else None
+    return may(viewer, "suites.heldout", model.name if model else None)
+
+
+def withheld_cases(session: Session, cases: Sequence[Case]) -> set[str]:
+    """The ids of `cases` shown only to those who may see held-out cases: a case held out
+    in any suite is held out everywhere (its id names the same input in each), and a case
+    built from a report filed without consent is not shared (as exports withhold it)."""
+    ids = {c.id for c in cases}
+    secret = split_secret(session)
+    withheld: set[str] = set()
+    for suite in session.scalars(select(Suite).where(Suite.heldout_percent > 0)):
+        inside = {i for v in suite.versions for i in v.case_ids if i in ids}
+        withheld |= {
+            c.id
+            for c in cases
+            if c.id in inside and case_split(c, suite.heldout_percent, secret) == "heldout"
+        }
+    report_ids = {c.report_id for c in cases if c.report_id is not None}
+    private = set(
+        session.scalars(
+            select(Report.id).where(Report.id.in_(report_ids), Report.consent.is_(False))
+        )
+    )
+    return withheld | {c.id for c in cases if c.report_id in private}
+
+
 def suite_view(session: Session, name: str, version: int | None, viewer: Actor) -> dict[str, Any]:
     """A suite version and its cases as `viewer` may see them (held-out contents only for
     those the access rules let see them)."""
     suite = get_suite(session, name)
-    model = session.get(Model, suite.model_id) if suite.model_id else None
-    see = may(viewer, "suites.heldout", model.name if model else None)
+    see = may_see_heldout(session, suite, viewer)
     v = get_version(session, name, version)
     secret = split_secret(session)
-    cases = [
-        case_view(c, case_split(c, suite.heldout_percent, secret), see)
-        for c in version_cases(session, v)
+    cases = version_cases(session, v)
+    hidden = set() if see else withheld_cases(session, cases)
+    shown = [
+        case_view(c, case_split(c, suite.heldout_percent, secret), see, c.id in hidden)
+        for c in cases
     ]
-    return {**suite_summary(session, suite), "shown_version": v.number, "case_list": cases}
+    return {**suite_summary(session, suite), "shown_version": v.number, "case_list": shown}
 
 
-def case_view(case: Case, split: str, can_see_heldout: bool) -> dict[str, Any]:
-    """A case as shown to a viewer: held-out contents only for maintainers."""
-    if split == "heldout" and not can_see_heldout:
+def case_view(
+    case: Case, split: str, can_see_heldout: bool, withheld: bool = False
+) -> dict[str, Any]:
+    """A case as shown to a viewer: held-out (and `withheld`) contents only for
+    maintainers."""
+    if (split == "heldout" or withheld) and not can_see_heldout:
         return {"split": split, "hidden": True}  # not even its id, tags or report
     base = {"id": case.id, "split": split, "tags": case.tags, "report": case.report_id}
     prompt = next((m["content"] for m in reversed(case.messages) if m["role"] == "user"), "")

@@ -53,8 +53,16 @@ def test_sign_in_sets_a_session_cookie_only_this_hub_can_use(base: str, tiny_hub
     assert value.startswith("ws_") and secret not in cookie  # the token is never the cookie
     with tiny_hub.session() as s:  # only its hash is kept
         assert s.scalars(select(WebSession.digest)).all() == [accounts._digest(value)]
-    page = httpx.get(f"{base}/", cookies={COOKIE: value}).text
-    assert "ana" in page and "Sign out" in page
+    page = httpx.get(f"{base}/", cookies={COOKIE: value})
+    assert "ana" in page.text and "Sign out" in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    # signed in, one may sign in again as someone else (the form carries the CSRF value)
+    client, csrf = signed_in(base, secret)
+    other = token(tiny_hub, "bo", "contributor")
+    again = client.post("/sign-in", data={"token": other, "csrf": csrf, "next": "/"})
+    assert again.status_code == 303 and "bo" in client.get("/").text
+    client.close()
     wrong = httpx.post(f"{base}/sign-in", data={"token": "up_not-a-real-token"})
     assert wrong.status_code == 401 and "unknown or revoked token" in wrong.text
     assert COOKIE not in wrong.cookies
@@ -67,6 +75,7 @@ def test_forms_need_the_session_s_csrf_value_and_this_origin(base: str, tiny_hub
         (FORM, {}),  # no csrf: a form another site made
         ({**FORM, "csrf": "0" * 32}, {}),  # a guessed one
         ({**FORM, "csrf": csrf}, {"Origin": "https://evil.example"}),  # posted from elsewhere
+        ({**FORM, "csrf": csrf}, {"Origin": "null"}),  # from a sandboxed frame of elsewhere
     ]:
         r = client.post("/reports/new", data={**data, "action": "file"}, headers=headers)
         assert r.status_code == 403, r.text
@@ -136,6 +145,10 @@ def test_hostile_queries_and_forms_get_a_4xx_page(base: str, tiny_hub: Hub) -> N
         r = httpx.get(f"{base}{url}")
         assert 400 <= r.status_code < 500, f"{url}: {r.status_code}"
         assert "text/html" in r.headers["content-type"], url
+    for headers in ({"Authorization": "Bearer up_forged"}, {"Authorization": "Basic eDp5"}):
+        for url, status in [("/reports", 401), ("/nope", 404)]:  # error pages, bad token
+            r = httpx.get(f"{base}{url}", headers=headers)
+            assert r.status_code == status and "text/html" in r.headers["content-type"], url
     client, csrf = signed_in(base, token(tiny_hub, "ana", "reporter"))
     for data in [
         {**FORM, "check_type": "number", "check_value": "many"},
@@ -144,6 +157,10 @@ def test_hostile_queries_and_forms_get_a_4xx_page(base: str, tiny_hub: Hub) -> N
         {**FORM, "prompt": ""},
         {**FORM, "model": "nope"},
         {**FORM, "prompt": "x" * 100_001},
+        {**FORM, "check_type": "max_words", "check_value": "nan"},
+        {**FORM, "check_type": "max_words", "check_value": "²"},
+        {**FORM, "check_type": "number", "check_value": "inf"},
+        {**FORM, "check_type": "number", "check_value": "1e400"},
     ]:
         r = client.post("/reports/new", data={**data, "csrf": csrf, "action": "file"})
         assert 400 <= r.status_code < 500, f"{data}: {r.status_code}"
@@ -151,6 +168,19 @@ def test_hostile_queries_and_forms_get_a_4xx_page(base: str, tiny_hub: Hub) -> N
         # the form keeps what was typed, to be corrected
         if data["prompt"] and len(data["prompt"]) < 100:
             assert data["prompt"] in r.text
+    report = int(client.post("/reports/new", data={**FORM, "csrf": csrf, "action": "file"})
+                 .headers["location"].rsplit("/", 1)[1])  # fmt: skip
+    maintainer, mcsrf = signed_in(base, token(tiny_hub, "mia", "maintainer"))
+    for url, data in [
+        (f"/reports/{report}/close", {"duplicate_of": "²"}),
+        (f"/reports/{report}/close", {"duplicate_of": "99999999999999999999"}),
+        (f"/reports/{report}/expect", {"check_type": "number", "check_value": "nan"}),
+        ("/suites", {"name": "s", "tag": "x", "heldout_percent": "²"}),
+        ("/suites", {"name": "s", "tag": "x", "heldout_percent": "95"}),
+    ]:
+        r = maintainer.post(url, data={**data, "csrf": mcsrf})
+        assert 400 <= r.status_code < 500 and "text/html" in r.headers["content-type"], url
+    maintainer.close()
     client.close()
 
 

@@ -14,7 +14,7 @@ from upstream import evals, exports, feedback, registry, suites
 from upstream.comparisons import COMPARE_JOB, leaderboard, queue_compare
 from upstream.credits import credits_table, ledger
 from upstream.db.schema import Release, Report
-from upstream.errors import InvalidInput, NotFound
+from upstream.errors import NotFound
 from upstream.hub import Hub
 from upstream.jobs import job_json
 from upstream.releases import get_release, release_summary
@@ -29,12 +29,16 @@ from upstream.server.pages.web import (
     pager,
     read_form,
     render,
+    whole,
 )
 
 router = APIRouter(include_in_schema=False)
 # Model cards are Markdown the hub writes from stored facts; rendered with raw HTML off,
 # so nothing in a card (a report's prompt, say) can become markup.
-markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+# Links and images are left as text: a page loads and links nothing of another host.
+markdown = (
+    MarkdownIt("commonmark", {"html": False}).enable("table").disable(["image", "link", "autolink"])
+)
 ROW = 46  # px per revision in the lineage graph
 
 
@@ -164,16 +168,13 @@ def suite_build(
     hub: Hub = Depends(get_hub),
 ) -> Response:
     """Add the confirmed reports with a tag to a suite (made when it is new)."""
-    percent = field(form, "heldout_percent", 3)
-    if percent and not percent.isdigit():
-        raise InvalidInput("held out: a whole percentage, 0 to 90", field="heldout_percent")
     out = suites.build_from_reports(
         hub,
         viewer.actor,
         field(form, "name", 100),
         field(form, "tag", 50),
         field(form, "model", 200) or None,
-        int(percent) if percent else None,
+        whole(form, "heldout_percent", 0, 90),
     )
     added = f"{out['added']} new case{'s' if out['added'] != 1 else ''}"
     return back(f"/suites/{out['suite']}", f"{out['suite']} v{out['version']}: {added}.")

@@ -105,6 +105,10 @@ def contribution_page(
                 if i in base and i in cand
             ]
     model, author = detail["model"], detail["author"]
+    # a dataset can hold served conversations (contribute --from-feedback), which only the
+    # model's maintainers read (feedback.read); others see how many examples there are
+    own = viewer.signed_in and viewer.actor.name == author
+    reads_data = detail["kind"] == "dataset" and (own or viewer.may("feedback.read", model))
     can = {
         "approve": viewer.may("contributions.approve", model, author)
         and detail["state"] in ("passed", "failed"),
@@ -123,7 +127,7 @@ def contribution_page(
         pushes=pushes,
         changed=changed,
         can=can,
-        preview=_dataset_preview(hub, detail["files"]) if detail["kind"] == "dataset" else [],
+        preview=_dataset_preview(hub, detail["files"]) if reads_data else [],
         job=detail["job"] if detail["state"] == "checking" else None,
     )
 

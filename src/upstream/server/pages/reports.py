@@ -4,6 +4,8 @@ filing form with its check builder."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,6 +27,7 @@ from upstream.server.pages.web import (
     pager,
     read_form,
     render,
+    whole,
 )
 from upstream.triage import OPEN_UNCONFIRMED, close, confirm
 
@@ -58,12 +61,18 @@ def built_check(form: FormData) -> dict[str, Any] | None:
     spec: dict[str, Any] = {"type": kind}
     if kind in LISTS:
         spec["values"] = [line.strip() for line in text.splitlines() if line.strip()]
-    elif kind in ("number", "max_words"):
+    elif kind == "max_words":
+        if not re.fullmatch(r"[0-9]{1,6}", text):
+            raise InvalidInput(f"{text!r}: max_words takes a whole number", field="check_value")
+        spec["value"] = int(text)
+    elif kind == "number":
         try:
             number = float(text)
         except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or abs(number) > 1e15:
             raise InvalidInput(f"{text!r} is not a number", field="check_value") from None
-        spec["value"] = int(number) if kind == "max_words" or number.is_integer() else number
+        spec["value"] = int(number) if number.is_integer() else number
     elif kind == "regex":
         spec["pattern"] = text
     else:
@@ -201,7 +210,9 @@ def report_page(
     with hub.session() as s:
         report = domain.get_report(s, report_id, viewer.actor)
         detail = domain.report_detail(s, report)
-        members = sorted(domain.cluster_ids(s, report_id) - {report_id})
+        members = domain.visible_ids(
+            s, domain.cluster_ids(s, report_id) - {report_id}, viewer.actor
+        )
         job = next(
             (
                 j.id
@@ -249,11 +260,8 @@ def close_report(
     viewer: Viewer = Depends(get_viewer),
     hub: Hub = Depends(get_hub),
 ) -> Response:
-    duplicate = field(form, "duplicate_of", 20)
-    if duplicate and not duplicate.isdigit():
-        raise InvalidInput("duplicate of: a report number", field="duplicate_of")
-    reason = field(form, "reason", 10_000)
-    close(hub, report_id, viewer.actor, reason, int(duplicate) if duplicate else None)
+    duplicate = whole(form, "duplicate_of", 1, MAX_ID)
+    close(hub, report_id, viewer.actor, field(form, "reason", 10_000), duplicate)
     return back(f"/reports/{report_id}", "Closed.")
 
 

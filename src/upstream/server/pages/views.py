@@ -7,8 +7,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from upstream.access import ANONYMOUS
+from upstream.errors import UpstreamError
 from upstream.server.pages import catalog, contributions, home, reports
-from upstream.server.pages.web import STATIC, get_viewer, render
+from upstream.server.pages.web import STATIC, Viewer, get_viewer, render
 
 router = APIRouter(include_in_schema=False)
 for part in (home, reports, contributions, catalog):
@@ -36,6 +38,9 @@ def is_page(request: Request) -> bool:
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     """An error as a page, with the signed-in viewer's header."""
-    viewer = get_viewer(request, request.app.state.hub)
+    try:
+        viewer = get_viewer(request, request.app.state.hub)
+    except UpstreamError:  # the error may be the request's own token: show it anyway
+        viewer = Viewer(ANONYMOUS)
     title = TITLES.get(status, "Something went wrong" if status >= 500 else "Cannot do that")
     return render(request, viewer, "error.html", status, code=status, title=title, message=message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,13 @@ MAX_FORM_FIELDS = 200
 MAX_PAGE = 10_000  # ?page= beyond this is refused: OFFSET that deep is a scan, not a page
 
 templates = Jinja2Templates(directory=HERE / "templates")
+# Every page: scripts, styles, images and form targets of this hub only, no framing.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def _when(value: str | datetime | None) -> str:
@@ -93,7 +101,8 @@ async def read_form(request: Request, viewer: Viewer = Depends(get_viewer)) -> F
     """A posted form that came from one of this hub's pages: the session's CSRF value in
     `csrf` (a signed-in viewer), and an Origin, when the browser sends one, of this host."""
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        # "null" too: a sandboxed frame of another site posts with that origin
         raise Forbidden(f"a form posted from {origin}: forms are taken from this hub's pages")
     form = await request.form(max_fields=MAX_FORM_FIELDS, max_files=0)
     sent = form.get("csrf")
@@ -112,6 +121,16 @@ def field(form: FormData, name: str, limit: int = 10_000) -> str:
     return value.strip()
 
 
+def whole(form: FormData, name: str, low: int, high: int) -> int | None:
+    """A whole-number field (None when empty), from `low` to `high`."""
+    text = field(form, name, 20)
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]{1,12}", text) or not low <= int(text) <= high:
+        raise InvalidInput(f"{name}: a whole number from {low} to {high}", field=name)
+    return int(text)
+
+
 def render(
     request: Request, viewer: Viewer, name: str, status: int = 200, **context: Any
 ) -> HTMLResponse:
@@ -120,6 +139,7 @@ def render(
     page = templates.TemplateResponse(
         request, name, {"viewer": viewer, "path": request.url.path, "note": note, **context}, status
     )
+    page.headers.update(PAGE_HEADERS)
     if note:
         page.delete_cookie(NOTE, path="/")
     return page
