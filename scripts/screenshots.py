@@ -41,8 +41,12 @@ PAGES = {
     "release": "/releases/1",
     "leaderboard": "/leaderboard",
     "feedback": "/feedback",
+    "compare": "/compare/7",
+    "job": "/jobs/7",
 }
 PHONE = {"reports-phone": "/reports", "report-phone": "/reports/15"}
+# (job 7 of the demo hub: a comparison of the imported revision with v2 on one-word,
+# queued after the demo with `comparisons.queue_compare` and run)
 
 
 def main() -> None:
@@ -71,6 +75,8 @@ def main() -> None:
                 context = browser.new_context(viewport={"width": size[0], "height": size[1]})
                 page = context.new_page()
                 page.goto(f"{base}/sign-in")
+                if size[0] > 400:
+                    page.screenshot(path=str(args.out / "sign-in.png"))
                 page.get_by_label("API token").fill(made["token"])
                 page.get_by_role("button", name="Sign in").click()
                 page.wait_for_url(f"{base}/")
