@@ -24,7 +24,7 @@ import pytest
 from tests.people import owner, person
 from tests.server.conftest import serve
 from tests.test_cli import all_commands
-from upstream import accounts, serving, suites
+from upstream import accounts, evals, serving, suites
 from upstream import contributions as prs
 from upstream.access import ANONYMOUS, RULES, Actor, may
 from upstream.db.schema import Release
@@ -54,6 +54,8 @@ class World:
     job: int  # an evaluation cory queued
     release: int  # a release whose build failed
     response: str  # an answer served to rita
+    run: int  # an evaluation run of suite s
+    case: str  # its case
 
 
 def make_world(hub: Hub) -> World:
@@ -92,7 +94,9 @@ def make_world(hub: Hub) -> World:
     body = serving.ChatIn(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)  # type: ignore[list-item]
     pending = serving.start_chat(hub, rita, body)
     response = serving.finish_chat(hub, pending, serving.wait(hub, pending))["id"]
-    return World(hub, report, contribution, victim, job, release, response)
+    run = evals.run_eval(hub, "tiny", "s", max_new_tokens=4)["run"]
+    case = suites.case_id(cases[0].messages, cases[0].expected)
+    return World(hub, report, contribution, victim, job, release, response, run, case)
 
 
 # The actors of the matrix: (label, name or None for anonymous, token scopes or None).
@@ -275,6 +279,9 @@ PAGES: dict[tuple[str, str], Write] = {
     ),
     ("POST", "/suites"): Write(
         "suites.build", body=lambda w: {"name": "b", "tag": "x", "model": "tiny"}
+    ),
+    ("POST", "/evals/{run_id}/cases/{case_id}/full"): Write(
+        "evals.run", path=lambda w: f"/evals/{w.run}/cases/{w.case}/full"
     ),
     ("POST", "/compare"): Write(
         "evals.run", body=lambda w: {"base": "tiny", "candidate": "tiny", "suite": "s"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, Response
 from markdown_it import MarkdownIt
 from sqlalchemy import select
@@ -29,6 +30,7 @@ from upstream.server.pages.web import (
     pager,
     read_form,
     render,
+    safe_path,
     whole,
 )
 
@@ -224,6 +226,20 @@ def eval_page(
         pages=page.links(request, len(shown)),
         hidden=(run["metrics"] or {}).get("all", {}).get("n", 0) - len(cases),
     )
+
+
+@router.post("/evals/{run_id}/cases/{case_id}/full")
+def whole_output(
+    run_id: PathId,
+    case_id: str = PathParam(pattern=r"^[0-9a-f]{64}$"),
+    form: FormData = Depends(read_form),
+    viewer: Viewer = Depends(get_viewer),
+    hub: Hub = Depends(get_hub),
+) -> Response:
+    """Generate the whole output of a case whose output stopped at its verdict."""
+    out = evals.full_output(hub, viewer.actor, run_id, case_id)
+    said = "The whole answer is generated." if out["generated"] else "It was whole already."
+    return back(safe_path(field(form, "next", 2000) or f"/evals/{run_id}"), said)
 
 
 @router.post("/compare")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -17,7 +16,15 @@ from upstream.hub import Hub
 from upstream.jobs import job_json
 from upstream.releases import release_summary
 from upstream.server.deps import PathId, get_hub
-from upstream.server.pages.web import COOKIE, Viewer, field, get_viewer, read_form, render
+from upstream.server.pages.web import (
+    COOKIE,
+    Viewer,
+    field,
+    get_viewer,
+    read_form,
+    render,
+    safe_path,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -55,20 +62,11 @@ def dashboard(
     )
 
 
-def _safe_next(target: str) -> str:
-    """Where to go after signing in: a path of this hub only (never another site)."""
-    parts = urlsplit(target)
-    odd = "\\" in target or any(ord(c) < 32 for c in target)  # browsers read /\x as //x
-    if odd or parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] == "/":
-        return "/"
-    return target
-
-
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_page(
     request: Request, next: str = "/", viewer: Viewer = Depends(get_viewer)
 ) -> HTMLResponse:
-    return render(request, viewer, "sign_in.html", next=_safe_next(next[:2000]))
+    return render(request, viewer, "sign_in.html", next=safe_path(next[:2000]))
 
 
 @router.post("/sign-in")
@@ -78,7 +76,7 @@ def sign_in(
     viewer: Viewer = Depends(get_viewer),
     hub: Hub = Depends(get_hub),
 ) -> Response:
-    target = _safe_next(field(form, "next", 2000) or "/")
+    target = safe_path(field(form, "next", 2000) or "/")
     try:
         cookie, _ = accounts.sign_in(hub, field(form, "token", 500))
     except Unauthorized as e:

@@ -180,6 +180,15 @@ class Pager:
         }
 
 
+def safe_path(target: str) -> str:
+    """Where to go after a form: a path of this hub only (never another site)."""
+    parts = urlsplit(target)
+    odd = "\\" in target or any(ord(c) < 32 for c in target)  # browsers read /\x as //x
+    if odd or parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] == "/":
+        return "/"
+    return target
+
+
 def pager(page: int = 1) -> Pager:
     if not 1 <= page <= MAX_PAGE:
         raise InvalidInput(f"page: 1 to {MAX_PAGE}", field="page")
