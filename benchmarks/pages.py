@@ -25,8 +25,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -35,7 +33,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert, select
 
-from benchmarks.reports import SUBJECTS, TEMPLATES, free_port
+from benchmarks.reports import SUBJECTS, TEMPLATES, free_port, serve
 from upstream import accounts, evals, suites
 from upstream import contributions as prs
 from upstream.db.schema import (
@@ -190,24 +188,9 @@ def main() -> None:
     secret = build(home, args.reports)
     print(f"hub with {args.reports} reports built in {time.perf_counter() - t0:.0f} s: {home}")
     port = free_port()
-    env = {**os.environ, "UPSTREAM_HOME": str(home), "UPSTREAM_WRITE_RATE_PER_MINUTE": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "upstream", "up", "--port", str(port), "--no-import", "--no-worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve(home, port)  # `upstream up --no-worker`, once it answers
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the hub did not start"
-            time.sleep(0.2)
         rows = []
         with (
             httpx.Client(base_url=base, timeout=60) as maintainer,

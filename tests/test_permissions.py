@@ -58,6 +58,23 @@ class World:
     case: str  # its case
 
 
+def failed_release(hub: Hub, contribution: int) -> int:
+    """A release of `contribution` to `tiny` whose build failed (none is built)."""
+    with hub.session() as s, s.begin():
+        base = resolve(s, "tiny")
+        row = Release(
+            model_id=base.model_id,
+            base_revision_id=base.id,
+            method="linear",
+            contributions=[contribution],
+            state="failed",
+            author=owner(hub).name,
+        )
+        s.add(row)
+        s.flush()
+        return row.id
+
+
 def make_world(hub: Hub) -> World:
     boss = owner(hub)
     rita = person(hub, REPORTER, "reporter")
@@ -78,19 +95,7 @@ def make_world(hub: Hub) -> World:
     suites.import_cases(hub, boss, "s", cases, model="tiny")
     victim = accounts.create_token(hub, boss, REPORTER, ["read"])["id"]
     job = queue_eval(hub, cory, "tiny", "s")
-    with hub.session() as s, s.begin():  # a failed build of a release, to ship (refused)
-        base = resolve(s, "tiny")
-        row = Release(
-            model_id=base.model_id,
-            base_revision_id=base.id,
-            method="linear",
-            contributions=[contribution],
-            state="failed",
-            author=boss.name,
-        )
-        s.add(row)
-        s.flush()
-        release = row.id
+    release = failed_release(hub, contribution)  # to ship (refused)
     body = serving.ChatIn(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)  # type: ignore[list-item]
     pending = serving.start_chat(hub, rita, body)
     response = serving.finish_chat(hub, pending, serving.wait(hub, pending))["id"]

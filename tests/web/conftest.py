@@ -13,10 +13,10 @@ import pytest
 
 from tests.people import owner, person
 from tests.test_contributions import make_adapter
+from tests.test_permissions import failed_release
 from upstream import accounts, ci, evals, feedback, serving, suites
 from upstream import contributions as prs
 from upstream.comparisons import queue_compare
-from upstream.db.schema import Release
 from upstream.hub import Hub
 from upstream.registry import materialize, resolve
 from upstream.reports import parse_report, submit_one
@@ -122,19 +122,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
         hub, boss, "tiny", "tiny", "web", cand_adapters=[f"pr:{contribution}"], max_new_tokens=8
     )
     hub.jobs.run_now(compare_job)
-    with hub.session() as s, s.begin():
-        base = resolve(s, "tiny")
-        row = Release(
-            model_id=base.model_id,
-            base_revision_id=base.id,
-            method="linear",
-            contributions=[contribution],
-            state="failed",
-            author=boss.name,
-        )
-        s.add(row)
-        s.flush()
-        release = row.id
+    release = failed_release(hub, contribution)
     body = serving.ChatIn.model_validate(
         {"model": "tiny", "messages": [{"role": "user", "content": "Capital of Italy?"}],
          "max_tokens": 6}
