@@ -8,8 +8,6 @@ tests/web -k screenshots`).
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,10 +19,9 @@ import httpx
 import pytest
 
 from tests.server.conftest import serve, wait_job
-from tests.test_contributions import make_adapter
+from tests.server.test_heldout_api import _adapter_body
 from tests.web.conftest import Filled, token
 from upstream.hub import Hub
-from upstream.registry import materialize, resolve
 
 PHONE = {"width": 375, "height": 812}
 REPRODUCING = 180_000  # ms: the first report of a process loads the embedding model too
@@ -47,17 +44,6 @@ def sign_in(page: Any, base: str, secret: str) -> None:
 
 def csrf_of(page: Any) -> str:
     return str(page.locator('input[name="csrf"]').first.get_attribute("value"))
-
-
-def _adapter_body(hub: Hub, out: Path) -> dict[str, Any]:
-    with hub.session() as s:
-        adapter = make_adapter(materialize(hub, resolve(s, "tiny")), out)
-    return {
-        "config": json.loads((adapter / "adapter_config.json").read_text()),
-        "safetensors_base64": base64.b64encode(
-            (adapter / "adapter_model.safetensors").read_bytes()
-        ).decode(),
-    }
 
 
 def test_the_loop_through_the_pages(browser: Any, live: str, tiny_hub: Hub, tmp_path: Path) -> None:
