@@ -30,7 +30,6 @@ PAGES = {
     "model": "/models/smollm2-135m-instruct",
     "reports": "/reports",
     "report": "/reports/15",
-    "file-a-report": "/reports/new",
     "suites": "/suites",
     "suite": "/suites/one-word",
     "evals": "/evals",
@@ -45,6 +44,7 @@ PAGES = {
     "job": "/jobs/7",
 }
 PHONE = {"reports-phone": "/reports", "report-phone": "/reports/15"}
+# (file-a-report.png is the form after Preview on a fresh hub, taken by hand: docs/web.md)
 # (job 7 of the demo hub: a comparison of the imported revision with v2 on one-word,
 # queued after the demo with `comparisons.queue_compare` and run)
 
