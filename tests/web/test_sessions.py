@@ -4,6 +4,7 @@ tokens, open redirects and hostile query strings."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,6 +19,7 @@ from tests.web.conftest import token
 from upstream import accounts
 from upstream.db.schema import ApiToken, Report, WebSession, utcnow
 from upstream.hub import Hub
+from upstream.reports import parse_report, submit
 from upstream.server.pages.web import COOKIE
 
 FORM = {"model": "tiny", "prompt": "Is it?", "check_type": "exact", "check_value": "no"}
@@ -199,3 +201,20 @@ def test_what_people_typed_is_shown_as_text_never_as_markup(base: str, tiny_hub:
     listing = client.get("/reports").text
     assert "<script>alert" not in listing and "&lt;script&gt;" in listing
     client.close()
+
+
+def test_lists_are_paged_with_links_to_their_neighbours(base: str, tiny_hub: Hub) -> None:
+    token(tiny_hub, "ana", "reporter")
+    items = [
+        (i, parse_report({"model": "tiny", "prompt": f"Question number {i}?", "tags": ["paged"]}))
+        for i in range(30)
+    ]
+    submit(tiny_hub, items, accounts.actor_named(tiny_hub, "ana"), "cli")
+    first = httpx.get(f"{base}/reports", params={"tag": "paged"}).text
+    assert first.count("<tr>") - 1 == 25  # a page of 25, under the header row
+    nxt = re.search(r'href="(\?[^"]*page=2[^"]*)" rel="next"', first)
+    assert nxt and "page 1" in first and 'rel="prev"' not in first
+    second = httpx.get(f"{base}/reports{html.unescape(nxt.group(1))}").text
+    assert second.count("<tr>") - 1 == 5 and "page 2" in second
+    assert 'rel="prev"' in second and 'rel="next"' not in second
+    assert "tag=paged" in html.unescape(nxt.group(1))  # the filters ride along
