@@ -19,7 +19,7 @@ from upstream.hub import Hub
 from upstream.registry import import_model
 from upstream.releases import _public
 from upstream.reports import parse_report, submit_one
-from upstream.server.pages.catalog import markdown
+from upstream.server.pages.catalog import markdown, render_card
 from upstream.triage import confirm
 
 SECRET = "a served conversation 7q3z"
@@ -106,3 +106,10 @@ def test_a_public_card_names_only_reports_anyone_may_read(tiny_hub: Hub) -> None
         hidden = s.get(Report, filed[1])
         assert hidden is not None and not hidden.consent
         assert s.scalars(select(Report.id)).all() == filed
+
+
+def test_a_card_s_front_matter_is_shown_as_it_is_not_as_markdown() -> None:
+    html, front = render_card("---\nlicense: mit\ntags:\n- a\n---\n# Title\n\nBody.\n")
+    assert front == "license: mit\ntags:\n- a" and "<h1>Title</h1>" in html
+    assert "license" not in html
+    assert render_card(None) == ("", "") and render_card("# Only")[1] == ""

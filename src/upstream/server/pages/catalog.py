@@ -44,6 +44,16 @@ markdown = (
 ROW = 46  # px per revision in the lineage graph
 
 
+def render_card(text: str | None) -> tuple[str, str]:
+    """A model card as HTML, and its YAML front matter (shown as it is, not as Markdown)."""
+    if not text:
+        return "", ""
+    front = ""
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        front, text = text[4:].split("\n---\n", 1)
+    return markdown.render(text), front
+
+
 @router.get("/models", response_class=HTMLResponse)
 def models(
     request: Request, viewer: Viewer = Depends(get_viewer), hub: Hub = Depends(get_hub)
@@ -90,8 +100,12 @@ def model_page(
                 select(Release).where(Release.model_id == model.id).order_by(Release.id.desc())
             )
         ]
-    latest = detail["revision_list"][0] if detail["revision_list"] else None
-    card = markdown.render(latest["card"]) if latest and latest.get("card") else ""
+    # the card of the revision `latest` names (the newest may be an unreleased candidate)
+    shown = next(
+        (r for r in detail["revision_list"] if r["revision"] == detail["latest"]),
+        detail["revision_list"][0] if detail["revision_list"] else None,
+    )
+    card, front = render_card(shown["card"] if shown else None)
     results = [r for r in leaderboard(hub) if r["model"] == detail["name"]]
     return render(
         request,
@@ -100,6 +114,7 @@ def model_page(
         m=detail,
         graph=lineage(detail["revision_list"], released),
         card=card,
+        front=front,
         results=results,
         releases=released,
     )
@@ -315,7 +330,7 @@ def release_page(
         summary = release_summary(release)
         credits = ledger(s, release_id)
         totals = credits_table(s, release_id=release_id)
-        card = release.revision.card if release.revision else ""
+        card, front = render_card(release.revision.card if release.revision else None)
         fixed = []
         if release.revision_id is not None:  # the reports it fixed that the viewer may see
             q = select(Report).where(Report.fixed_in_revision_id == release.revision_id)
@@ -334,7 +349,8 @@ def release_page(
         credits=credits,
         totals=totals,
         fixed=fixed,
-        card=markdown.render(card) if card else "",
+        card=card,
+        front=front,
     )
 
 
