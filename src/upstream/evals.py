@@ -634,12 +634,30 @@ def run_cases(
             "prompt": next((m["content"] for m in reversed(c.messages) if m["role"] == "user"), ""),
             "expected": c.expected,
             "split": r.split,
+            "tags": list(c.tags),
             "report": c.report_id,
             "passed": r.passed,
             "explanation": r.explanation,
             "output": o.output if o else None,
             "stopped": bool(o and o.stopped),
         }
+    return out
+
+
+def tag_rates(cases: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pass rate per tag (Wilson 95 % interval) over `cases` as `run_cases` shows them:
+    for a viewer who may not see every case, the rates of the cases they see, so no tag
+    of a hidden case is named."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for c in cases:
+        for t in c["tags"]:
+            groups[t].append(bool(c["passed"]))
+    out = {}
+    for tag, verdicts in sorted(groups.items()):
+        passed = sum(verdicts)
+        low, high = wilson(passed, len(verdicts))
+        out[tag] = {"n": len(verdicts), "passed": passed, "rate": passed / len(verdicts),
+                    "low": low, "high": high}  # fmt: skip
     return out
 
 

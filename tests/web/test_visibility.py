@@ -53,7 +53,7 @@ def test_held_out_cases_follow_the_suite_s_model_and_consent(
     mia = token(tiny_hub, "mia", "maintainer", model="tiny")
     cases = [
         suites.CaseIn([{"role": "user", "content": f"Say word {i} mk{i}zz."}], {"type": "exact",
-                      "value": f"w{i}"}, [])
+                      "value": f"w{i}"}, [f"tg{i}x"])
         for i in range(12)
     ]  # fmt: skip
     suites.import_cases(tiny_hub, owner(tiny_hub), "s", cases, model="tiny", heldout_percent=50)
@@ -74,7 +74,9 @@ def test_held_out_cases_follow_the_suite_s_model_and_consent(
             if suites.case_split(c, 50, suites.split_secret(s)) == "heldout" and not c.report_id
         ]
     assert heldout
+    # each case has its own tag: the eval page's per-tag rates must not name a hidden one
     marks = [c.messages[0]["content"].split()[-1].rstrip(".") for c in heldout]
+    marks += [t for c in heldout for t in c.tags]
     with serve(tiny_hub) as base:
         for url in (f"/evals/{run}", "/suites/s"):
             as_tom = httpx.get(f"{base}{url}", headers=bearer(tom)).text

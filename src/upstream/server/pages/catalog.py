@@ -232,6 +232,9 @@ def eval_page(
         cases = list(evals.run_cases(s, run_id, viewer.actor).values())
     cases.sort(key=lambda c: (c["passed"], c["case"]))  # failures first
     shown = cases[page.offset : page.offset + page.size + 1]
+    hidden = (run["metrics"] or {}).get("all", {}).get("n", 0) - len(cases)
+    if hidden > 0 and run["metrics"]:  # tags of what the viewer sees, not of hidden cases
+        run["metrics"] = {**run["metrics"], "tags": evals.tag_rates(cases)}
     return render(
         request,
         viewer,
@@ -239,7 +242,7 @@ def eval_page(
         run=run,
         cases=shown[: page.size],
         pages=page.links(request, len(shown)),
-        hidden=(run["metrics"] or {}).get("all", {}).get("n", 0) - len(cases),
+        hidden=hidden,
     )
 
 
