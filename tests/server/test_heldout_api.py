@@ -93,30 +93,41 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
     h.close()
 
 
-def _marked_cases() -> list[suites.CaseIn]:
-    """Twelve cases, each with its own prompt and check marker; pass = few enough words.
+def _marked_case(i: int) -> suites.CaseIn:
+    """A case with its own prompt and check marker; pass = few enough words.
 
     The word limits vary so that a changed model fixes some cases and breaks others: the
     CI's report then names changed cases in both splits.
     """
-    cases = []
-    for i in range(12):
-        prompt = f"Tell a tale of the sea, mkprompt{i:02d}zq."
-        expected = {
-            "type": "all_of",
-            "checks": [
-                {"type": "min_words", "value": 4 + i % 3},
-                {"type": "not_contains", "values": [f"mkexpect{i:02d}zq"]},
-            ],
-        }
-        cases.append(suites.CaseIn([{"role": "user", "content": prompt}], expected, ["sea"]))
-    return cases
+    prompt = f"Tell a tale of the sea, mkprompt{i:02d}zq."
+    expected = {
+        "type": "all_of",
+        "checks": [
+            {"type": "min_words", "value": 4 + i % 3},
+            {"type": "not_contains", "values": [f"mkexpect{i:02d}zq"]},
+        ],
+    }
+    return suites.CaseIn([{"role": "user", "content": prompt}], expected, ["sea"])
 
 
 def _is_heldout(hub: Hub, c: suites.CaseIn) -> bool:
     key = suites.split_key(None, suites.input_hash(c.messages))
     with hub.session() as s:
         return suites.split_of(key, 50, suites.split_secret(s)) == "heldout"
+
+
+def _marked_cases(hub: Hub) -> list[suites.CaseIn]:
+    """Twelve marked cases, held-out and public by turns under this hub's split secret.
+
+    The secret is random per hub, so the cases are picked from a longer run rather than
+    taken as the first twelve (which could fall nearly all on one side).
+    """
+    sides: dict[bool, list[suites.CaseIn]] = {True: [], False: []}
+    for i in range(100):
+        c = _marked_case(i)
+        sides[_is_heldout(hub, c)].append(c)
+    assert len(sides[True]) >= 6 and len(sides[False]) >= 6
+    return [c for pair in zip(sides[True][:6], sides[False][:6], strict=True) for c in pair]
 
 
 def _markers(c: suites.CaseIn) -> dict[str, str]:
@@ -263,10 +274,9 @@ def test_heldout_cases_are_hidden_on_every_get_route(
         "author": author,
         "reporter": bearer(tiny_hub, REPORTER, "reporter"),
     }
-    cases = _marked_cases()
+    cases = _marked_cases(tiny_hub)
     heldout = [c for c in cases if _is_heldout(tiny_hub, c)]
     public = [c for c in cases if not _is_heldout(tiny_hub, c)]
-    assert len(heldout) >= 3 and len(public) >= 3  # the split rule is stable
     suites.add_cases(tiny_hub, SUITE, cases[:8], "tiny", heldout_percent=50, note="first")
     suites.add_cases(tiny_hub, SUITE, cases[8:], "tiny", note="more")
 
