@@ -10,7 +10,13 @@ import pytest
 from tests.engines.test_hf import PROMPTS
 from tests.tiny_models import FAMILIES, build_model
 from upstream.engines.base import GenRequest
-from upstream.engines.fastgen import common_prefix_length, greedy_generate, supports
+from upstream.engines.fastgen import (
+    ROOM,
+    common_prefix_length,
+    greedy_generate,
+    new_cache,
+    supports,
+)
 from upstream.engines.hf import HFEngine, LoadedModel, load_from_dir
 from upstream.hub import Hub
 from upstream.registry import resolve
@@ -194,3 +200,31 @@ def test_common_prefix_length() -> None:
     assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
     assert common_prefix_length([[1, 2], [3]]) == 0
     assert common_prefix_length([[5, 6]]) == 2
+
+
+def test_cache_layers_append_in_place_and_make_room_when_full() -> None:
+    import torch
+
+    cache = new_cache(small_model().config)
+    layer = cache.layers[0]
+    k, v = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    keys, values = cache.update(k, v, 0)
+    assert torch.equal(keys, k) and torch.equal(values, v)
+    storage, written = layer._kv[0], [k]
+    for _ in range(ROOM):
+        new = torch.randn(2, 1, 1, 4)
+        keys, values = cache.update(new, -new, 0)
+        written.append(new)
+    assert layer._kv[0] is storage  # ROOM columns appended without a copy
+    new = torch.randn(2, 1, 1, 4)
+    keys, values = cache.update(new, -new, 0)
+    written.append(new)
+    assert layer._kv[0] is not storage  # full: copied into a larger one
+    assert torch.equal(keys, torch.cat(written, dim=2))
+    assert torch.equal(values[:, :, 3:], -torch.cat(written[1:], dim=2))
+    assert cache.get_seq_length() == 4 + ROOM
+    # the loop drops columns by setting keys and values; the next update still appends
+    layer.keys, layer.values = keys[:, :, 1:], values[:, :, 1:]
+    assert cache.get_seq_length() == 3 + ROOM
+    keys, _ = cache.update(new, new, 0)
+    assert torch.equal(keys, torch.cat([*written, new], dim=2)[:, :, 1:])
