@@ -15,6 +15,7 @@ from upstream.engines.fastgen import (
     common_prefix_length,
     greedy_generate,
     new_cache,
+    rows_within,
     supports,
 )
 from upstream.engines.hf import HFEngine, LoadedModel, load_from_dir
@@ -228,3 +229,11 @@ def test_cache_layers_append_in_place_and_make_room_when_full() -> None:
     assert cache.get_seq_length() == 3 + ROOM
     keys, _ = cache.update(new, new, 0)
     assert torch.equal(keys, torch.cat([*written, new], dim=2)[:, :, 1:])
+
+
+def test_rows_within_counts_a_row_s_keys_and_values() -> None:
+    model = small_model()  # 1 layer, 1 key-value head of 8 dimensions, float32
+    per_row = 1 * 2 * 1 * 8 * 4 * (100 + 100 // 8 + ROOM)
+    assert rows_within(model, 100, per_row * 5) == 5
+    assert rows_within(model, 100, per_row * 5 - 1) == 4
+    assert rows_within(model, 100, 1) == 1  # one row always runs

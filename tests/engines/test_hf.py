@@ -148,3 +148,17 @@ def test_lora_adapter_changes_the_output(
         HFEngine.for_revision(tiny_hub, rev, adapters=[wrong])
     # the base model in the cache was not modified by merging the adapter
     assert HFEngine.for_revision(tiny_hub, rev).generate(request)[0].token_ids == plain.token_ids
+
+
+def test_the_lean_loop_widens_its_batch_where_the_cache_fits(
+    engine: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream.engines import hf
+
+    prompts = [[1] * 40, [1] * 10]
+    engine.batch_size = hf.DEFAULT_BATCH_SIZE
+    assert engine.fast_rows(prompts, 16) == hf.DEFAULT_BATCH_SIZE  # a tiny model: all fit
+    monkeypatch.setattr(hf, "KV_BUDGET_BYTES", 1)
+    assert engine.fast_rows(prompts, 16) == hf.BASE_BATCH_SIZE  # never fewer than before
+    engine.batch_size = 3
+    assert engine.fast_rows(prompts, 16) == 3  # a caller's smaller batch is kept

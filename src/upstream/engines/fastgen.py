@@ -162,6 +162,19 @@ def new_cache(config: Any) -> Any:
     return cache
 
 
+def rows_within(model: Any, columns: int, budget: int) -> int:
+    """How many rows of `columns` cache columns (plus the room a layer keeps, and the
+    eighth of unused columns the loop tolerates) hold their keys and values in `budget`
+    bytes, for `model`'s layers, heads and dtype."""
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    per_column = config.num_hidden_layers * 2 * heads * head_dim * element
+    held = columns + columns // 8 + ROOM
+    return max(1, budget // (per_column * held))
+
+
 @functools.cache
 def _room_layer() -> type:
     """The class of a full-attention cache layer that appends into room it keeps.

@@ -41,7 +41,12 @@ if TYPE_CHECKING:
 
 # bump when a change could alter generated text; hf-4: decoded without space clean-up
 ENGINE_VERSION = "hf-4"
-DEFAULT_BATCH_SIZE = 64  # rows decoded together; larger is faster on CPU (benchmarks/fastgen.py)
+# Rows decoded together; larger is faster on CPU (benchmarks/fastgen.py). The lean loop
+# takes up to DEFAULT_BATCH_SIZE rows where their keys and values fit in KV_BUDGET_BYTES,
+# never fewer than BASE_BATCH_SIZE; `generate` takes BASE_BATCH_SIZE (it pads every row).
+DEFAULT_BATCH_SIZE = 128
+BASE_BATCH_SIZE = 64
+KV_BUDGET_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -238,7 +243,7 @@ class HFEngine:
                     [encoded[i] for i in idx], [requests[i] for i in idx], idx, finished
                 )
         else:
-            for batch in plan_batches(requests, encoded, self.batch_size):
+            for batch in plan_batches(requests, encoded, min(self.batch_size, BASE_BATCH_SIZE)):
                 outs = self._generate_batch([encoded[i] for i in batch], requests[batch[0]])
                 for i, result in zip(batch, outs, strict=True):
                     finished(i, result)
@@ -252,6 +257,15 @@ class HFEngine:
         if self._fastgen is None:
             self._fastgen = fastgen.supports(self.loaded.model)
         return self._fastgen
+
+    def fast_rows(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+        """Rows the lean loop decodes together for `prompts`: at most `batch_size`, as many
+        as have room for their keys and values in KV_BUDGET_BYTES, at least BASE_BATCH_SIZE."""
+        from upstream.engines import fastgen
+
+        columns = max(len(p) for p in prompts) + max_new_tokens
+        fit = fastgen.rows_within(self.loaded.model, columns, KV_BUDGET_BYTES)
+        return min(self.batch_size, max(BASE_BATCH_SIZE, fit))
 
     def _generate_fast(
         self,
@@ -296,7 +310,7 @@ class HFEngine:
             eos,
             tok.pad_token_id,
             stop_check if stop or any(untils) else None,
-            batch_size=self.batch_size,
+            batch_size=self.fast_rows(prompts, settings.max_new_tokens),
             on_done=done,
         )
 
