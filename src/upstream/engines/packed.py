@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 # oneDNN picks the weights' blocked layout for an expected batch; 64 rows (the engine's
-# batch) was as fast as 1 at 1 to 10 rows and the fastest at 64 (measured on 2 cores).
+# batch then; it now takes up to 128) was as fast as 1 at 1 to 10 rows and the fastest at
+# 64 (measured on 2 cores).
 LAYOUT_BATCH = 64
 
 
