@@ -187,7 +187,7 @@ def _room_layer() -> type:
     """
     from transformers.cache_utils import DynamicLayer
 
-    class RoomLayer(DynamicLayer):  # type: ignore[misc]
+    class RoomLayer(DynamicLayer):
         def __init__(self) -> None:
             # storage and how many of its columns are in use, for keys and for values
             self._kv: list[torch.Tensor | None] = [None, None]
