@@ -25,7 +25,7 @@ from typing import Any
 from upstream.engines.fastgen import new_cache
 from upstream.engines.hf import load_model
 from upstream.hub import Hub
-from upstream.registry import import_model, list_models, resolve
+from upstream.registry import import_model, resolve
 from upstream.threads import in_fresh_thread
 
 NAME = "smollm2-135m-instruct"
@@ -35,10 +35,7 @@ STEPS = 40
 def loaded_model(home: Path) -> Any:
     hub = Hub.open(home)
     try:
-        with hub.session() as s:
-            known = [m.name for m in list_models(s)]
-        if NAME not in known:
-            in_fresh_thread(import_model, hub, "bundled:smollm2-135m-instruct", NAME)
+        import_model(hub, f"bundled:{NAME}", NAME)  # once: later calls find it by its hash
         with hub.session() as s:
             revision = resolve(s, NAME)
         return load_model(hub, revision).model

@@ -110,14 +110,13 @@ def _marked_case(i: int) -> suites.CaseIn:
     return suites.CaseIn([{"role": "user", "content": prompt}], expected, ["sea"])
 
 
-def _is_heldout(hub: Hub, c: suites.CaseIn) -> bool:
+def _is_heldout(c: suites.CaseIn, secret: str) -> bool:
     key = suites.split_key(None, suites.input_hash(c.messages))
-    with hub.session() as s:
-        return suites.split_of(key, 50, suites.split_secret(s)) == "heldout"
+    return suites.split_of(key, 50, secret) == "heldout"
 
 
-def _marked_cases(hub: Hub) -> list[suites.CaseIn]:
-    """Twelve marked cases, held-out and public by turns under this hub's split secret.
+def _marked_cases(secret: str) -> list[suites.CaseIn]:
+    """Twelve marked cases, held-out and public by turns under the hub's split secret.
 
     The secret is random per hub, so the cases are picked from a longer run rather than
     taken as the first twelve (which could fall nearly all on one side).
@@ -125,7 +124,7 @@ def _marked_cases(hub: Hub) -> list[suites.CaseIn]:
     sides: dict[bool, list[suites.CaseIn]] = {True: [], False: []}
     for i in range(100):
         c = _marked_case(i)
-        sides[_is_heldout(hub, c)].append(c)
+        sides[_is_heldout(c, secret)].append(c)
     assert len(sides[True]) >= 6 and len(sides[False]) >= 6
     return [c for pair in zip(sides[True][:6], sides[False][:6], strict=True) for c in pair]
 
@@ -274,9 +273,11 @@ def test_heldout_cases_are_hidden_on_every_get_route(
         "author": author,
         "reporter": bearer(tiny_hub, REPORTER, "reporter"),
     }
-    cases = _marked_cases(tiny_hub)
-    heldout = [c for c in cases if _is_heldout(tiny_hub, c)]
-    public = [c for c in cases if not _is_heldout(tiny_hub, c)]
+    with tiny_hub.session() as s:
+        secret = suites.split_secret(s)
+    cases = _marked_cases(secret)
+    heldout = [c for c in cases if _is_heldout(c, secret)]
+    public = [c for c in cases if not _is_heldout(c, secret)]
     suites.add_cases(tiny_hub, SUITE, cases[:8], "tiny", heldout_percent=50, note="first")
     suites.add_cases(tiny_hub, SUITE, cases[8:], "tiny", note="more")
 
