@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.tiny_models import FAMILIES, build_model
 from upstream.errors import InvalidInput
 from upstream.training import (
     Conversation,
@@ -330,7 +331,7 @@ def test_logits_only_where_tokens_are_learned_give_the_same_losses(
     from upstream import training
 
     # transformers' own loss, over the logits of every position
-    monkeypatch.setattr(training, "_learned_logits_trainer", lambda: Trainer)
+    monkeypatch.setattr(training, "_learned_logits_trainer", lambda share_prefix: Trainer)
     plain = train_adapter(tiny_model_dir, MEMORISE, FAST, tmp_path / "plain")
     _, ours, _ = trained
     assert len(plain.losses) == len(ours.losses)
@@ -410,3 +411,89 @@ def test_training_mixes_replayed_answers_into_the_data(
     # one replayed answer per example asked; an empty answer would be left out
     assert 0 < result.replayed <= 4 and result.examples == len(MEMORISE) + result.replayed
     assert calls[0] == "replayed the base's answers to 4 ordinary prompts"
+
+
+# ---- the shared prefix run once -----------------------------------------------------
+
+SYSTEM = {"role": "system", "content": "You are a careful assistant. Answer in few words."}
+
+
+def test_shared_columns_stop_at_the_first_difference_padding_or_limit() -> None:
+    import torch
+
+    from upstream.training import shared_columns
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 0], [1, 2, 3, 4, 5, 7]])
+    mask = torch.ones_like(ids)
+    assert shared_columns(ids, mask, 6) == 4  # column 4 differs in the second row
+    assert shared_columns(ids, mask, 2) == 2  # the first kept logit comes first
+    mask[1, 3:] = 0  # the second row ends after three tokens: its padding is not shared
+    assert shared_columns(ids, mask, 6) == 3
+    assert shared_columns(ids[:1], mask[:1], 6) == 6  # one row: all of it
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_shared_prefix_run_once_gives_the_same_loss_and_gradients(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from upstream import training
+
+    model_dir = build_model(tmp_path / family, family)
+    tokenizer = training._load_tokenizer(model_dir)
+    pairs = [("Say red.", "red"), ("Name a fruit, please.", "apple"), ("Hi", "Yes, hello.")]
+    examples = training.encode_dataset(
+        tokenizer, [Conversation([SYSTEM, user(q), assistant(a)]) for q, a in pairs], 512
+    )
+    batch = training._collate(tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    )
+    assert training.shared_columns(batch["input_ids"], batch["attention_mask"], 10**6) >= 8
+    torch.manual_seed(0)
+    # LoRA B drawn too (not zeros), so every LoRA weight has a gradient to compare
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(training._load_model(model_dir), lora)
+    model.train()
+    shared_calls: list[int] = []
+    real = training._shared_forward
+    monkeypatch.setattr(
+        training, "_shared_forward", lambda *a: shared_calls.append(a[-1]) or real(*a)
+    )
+
+    def loss_and_gradients(share: bool) -> tuple[float, list[Any]]:
+        model.zero_grad()
+        trainer_class = training._learned_logits_trainer(share_prefix=share)
+        loss = trainer_class.compute_loss(None, model, dict(batch))
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    whole_loss, whole_grads = loss_and_gradients(False)
+    assert not shared_calls
+    shared_loss, shared_grads = loss_and_gradients(True)
+    assert shared_calls and shared_calls[0] >= 8  # the prefix did run apart
+    assert shared_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert len(shared_grads) == len(whole_grads) > 0
+    for a, b in zip(shared_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_training_runs_the_shared_prefix_once_a_batch_and_learns_the_same(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from upstream import training
+
+    with_system = [Conversation([SYSTEM, *c.messages], line=c.line) for c in MEMORISE]
+    shared_calls: list[int] = []
+    real = training._shared_forward
+    monkeypatch.setattr(
+        training, "_shared_forward", lambda *a: shared_calls.append(a[-1]) or real(*a)
+    )
+    shared = train_adapter(tiny_model_dir, with_system, FAST, tmp_path / "shared")
+    assert len(shared_calls) == shared.steps  # every batch shared its prefix
+    monkeypatch.setattr(training, "MIN_SHARED_COLUMNS", 10**6)  # never worth it: off
+    whole = train_adapter(tiny_model_dir, with_system, FAST, tmp_path / "whole")
+    assert len(shared_calls) == shared.steps
+    assert shared.losses[0] == pytest.approx(whole.losses[0], rel=1e-5)
+    assert shared.losses == pytest.approx(whole.losses, rel=1e-3)

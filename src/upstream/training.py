@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from upstream.engines.base import GenRequest
+from upstream.engines.fastgen import full_attention
 from upstream.errors import InvalidInput
 
 ROLES = ("system", "user", "assistant")
@@ -561,7 +562,9 @@ def train_adapter(
                     )
 
     trainer_class = (
-        _learned_logits_trainer()
+        # the prefix run once is exact without dropout (one mask per row otherwise) and
+        # with full-attention layers only
+        _learned_logits_trainer(share_prefix=recipe.dropout == 0 and full_attention(model.config))
         if "logits_to_keep" in inspect.signature(model.forward).parameters
         else Trainer
     )
@@ -625,7 +628,7 @@ def train_adapter(
     )
 
 
-def _learned_logits_trainer() -> Any:
+def _learned_logits_trainer(share_prefix: bool = True) -> Any:
     """A Trainer whose loss computes the logits only where a token is learned.
 
     The output layer and its softmax over the whole vocabulary (49k for SmolLM2) are a
@@ -634,6 +637,10 @@ def _learned_logits_trainer() -> Any:
     positions kept are those where some row's next token has a label; the loss is the
     same cross-entropy, summed over the labelled tokens and divided by their count
     (`num_items_in_batch`, as transformers' own causal-LM loss does).
+
+    With `share_prefix`, the columns every row of a batch begins with (the chat
+    template's system prompt: 24 of SmolLM2's ~58 tokens an example) are run once, as a
+    batch of one, and their keys and values are given to every row (`_shared_forward`).
     """
     import torch
     from transformers import Trainer
@@ -648,11 +655,12 @@ def _learned_logits_trainer() -> Any:
         ) -> Any:
             targets = inputs["labels"][:, 1:]  # (batch, seq - 1): the token each predicts
             keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                logits_to_keep=keep,
-            )
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            shared = shared_columns(ids, mask, int(keep[0]) if len(keep) else 0)
+            if share_prefix and shared >= MIN_SHARED_COLUMNS and len(ids) > 1:
+                outputs = _shared_forward(model, ids, mask, keep, shared)
+            else:
+                outputs = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
             logits = outputs.logits.float()  # (batch, k, vocab)
             picked = targets[:, keep]  # (batch, k)
             loss = torch.nn.functional.cross_entropy(
@@ -668,6 +676,48 @@ def _learned_logits_trainer() -> Any:
             return (loss, outputs) if return_outputs else loss
 
     return LearnedLogitsTrainer
+
+
+MIN_SHARED_COLUMNS = 4  # fewer shared columns save less than the second forward call costs
+
+
+def shared_columns(ids: Any, mask: Any, limit: int) -> int:
+    """How many leading columns every row has alike (same token, not padding), at most `limit`.
+
+    `limit` is the first position whose logits are kept: the shared part is run apart and
+    its logits are not asked for.
+    """
+    same = (ids == ids[:1]).all(dim=0) & (mask == 1).all(dim=0)  # (seq,)
+    differs = (~same).nonzero()
+    first = int(differs[0]) if len(differs) else int(ids.shape[1])
+    return min(first, limit)
+
+
+def _shared_forward(model: Any, ids: Any, mask: Any, keep: Any, shared: int) -> Any:
+    """The model on a batch whose rows all begin with the same `shared` tokens.
+
+    The shared tokens run once, as a batch of one, and their keys and values (with the
+    graph behind them, so the LoRA weights still learn from every row) are expanded to
+    every row; the rest of each row runs on them, its positions continuing after the
+    shared part. A row's tokens see the same keys and values as in one forward over the
+    whole batch, so the logits and gradients are the same (to float32 rounding: the
+    products run on fewer rows); the prefix's share of the products is saved (b - 1)
+    times over a batch of b.
+    """
+    from transformers import DynamicCache
+
+    cache: Any = DynamicCache(config=model.config)  # plain layers: fastgen.full_attention
+    model(input_ids=ids[:1, :shared], cache=cache, use_cache=True, logits_to_keep=1)
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(len(ids), -1, -1, -1)
+        layer.values = layer.values.expand(len(ids), -1, -1, -1)
+    return model(
+        input_ids=ids[:, shared:],
+        attention_mask=mask,  # (batch, seq): the shared columns and the rest
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=keep - shared,
+    )
 
 
 REPLAY_PROMPTS = Path(__file__).parent / "data" / "replay_prompts.jsonl"

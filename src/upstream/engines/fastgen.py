@@ -79,9 +79,6 @@ _NEUTRAL_SETTINGS: dict[str, tuple[object, ...]] = {
 
 def supports(model: Any) -> bool:
     """Whether `greedy_generate` can run `model` (else use `model.generate`)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
@@ -93,16 +90,25 @@ def supports(model: Any) -> bool:
             return False
     try:
         params = inspect.signature(model.forward).parameters
-        layers = DynamicCache(config=config).layers
-    except Exception:  # no inspectable forward, or a cache not buildable from the config
+    except Exception:  # no inspectable forward
         return False
-    # Sliding-window, linear-attention and other layer kinds count columns or keep state
-    # in ways the shared layout would change; only plain full-attention layers are exact.
-    return (
-        set(params) >= _FORWARD_ARGS
-        and bool(layers)
-        and all(type(layer) is DynamicLayer for layer in layers)
-    )
+    return set(params) >= _FORWARD_ARGS and full_attention(config)
+
+
+def full_attention(config: Any) -> bool:
+    """Whether every layer of the model's cache is a plain full-attention one.
+
+    Sliding-window, linear-attention and other layer kinds count columns or keep state
+    in ways a shared prefix (here and in training) would change; only these are exact.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # a cache not buildable from the config
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 def greedy_generate(
