@@ -331,7 +331,7 @@ def test_logits_only_where_tokens_are_learned_give_the_same_losses(
     from upstream import training
 
     # transformers' own loss, over the logits of every position
-    monkeypatch.setattr(training, "_learned_logits_trainer", lambda share_prefix: Trainer)
+    monkeypatch.setattr(training, "_learned_logits_trainer", lambda **kw: Trainer)
     plain = train_adapter(tiny_model_dir, MEMORISE, FAST, tmp_path / "plain")
     _, ours, _ = trained
     assert len(plain.losses) == len(ours.losses)
@@ -413,7 +413,7 @@ def test_training_mixes_replayed_answers_into_the_data(
     assert calls[0] == "replayed the base's answers to 4 ordinary prompts"
 
 
-# ---- the shared prefix run once -----------------------------------------------------
+# ---- packed batches, the shared prefix run once --------------------------------------
 
 SYSTEM = {"role": "system", "content": "You are a careful assistant. Answer in few words."}
 
@@ -432,12 +432,23 @@ def test_shared_columns_stop_at_the_first_difference_padding_or_limit() -> None:
     assert shared_columns(ids[:1], mask[:1], 6) == 6  # one row: all of it
 
 
+def _spy_packed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the shared columns of every packed forward."""
+    from upstream import training
+
+    calls: list[int] = []
+    real = training._packed_forward
+    monkeypatch.setattr(training, "_packed_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    return calls
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_shared_prefix_run_once_gives_the_same_loss_and_gradients(
+def test_packed_batches_give_the_same_loss_and_gradients_as_padded_ones(
     family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import layer as peft_lora
 
     from upstream import training
 
@@ -450,50 +461,64 @@ def test_the_shared_prefix_run_once_gives_the_same_loss_and_gradients(
     batch = training._collate(tokenizer.pad_token_id)(
         [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
     )
+    assert not batch["attention_mask"].all()  # rows of different lengths: padding
     assert training.shared_columns(batch["input_ids"], batch["attention_mask"], 10**6) >= 8
     torch.manual_seed(0)
     # LoRA B drawn too (not zeros), so every LoRA weight has a gradient to compare
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     model = get_peft_model(training._load_model(model_dir), lora)
     model.train()
-    shared_calls: list[int] = []
-    real = training._shared_forward
-    monkeypatch.setattr(
-        training, "_shared_forward", lambda *a: shared_calls.append(a[-1]) or real(*a)
-    )
+    packed_calls = _spy_packed(monkeypatch)
 
-    def loss_and_gradients(share: bool) -> tuple[float, list[Any]]:
+    def loss_and_gradients(packed: bool, share: bool) -> tuple[float, list[Any]]:
         model.zero_grad()
-        trainer_class = training._learned_logits_trainer(share_prefix=share)
+        trainer_class = training._learned_logits_trainer(packed=packed, share_prefix=share)
         loss = trainer_class.compute_loss(None, model, dict(batch))
         loss.backward()
         return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
-    whole_loss, whole_grads = loss_and_gradients(False)
-    assert not shared_calls
-    shared_loss, shared_grads = loss_and_gradients(True)
-    assert shared_calls and shared_calls[0] >= 8  # the prefix did run apart
-    assert shared_loss == pytest.approx(whole_loss, rel=1e-5)
-    assert len(shared_grads) == len(whole_grads) > 0
-    for a, b in zip(shared_grads, whole_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    padded_loss, padded_grads = loss_and_gradients(packed=False, share=False)  # peft's forward
+    assert not packed_calls
+    lora_linears = [m for m in model.modules() if type(m) is peft_lora.Linear]
+    assert training.fuse_lora_products(model) == len(lora_linears) > 0  # and ours from here
+    for share in (False, True):
+        loss, grads = loss_and_gradients(packed=True, share=share)
+        shared = packed_calls.pop()  # the system prompt and more ran once, or nothing did
+        assert shared >= 8 if share else shared == 0
+        assert loss == pytest.approx(padded_loss, rel=1e-5)
+        assert len(grads) == len(padded_grads) > 0
+        for a, b in zip(grads, padded_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_training_runs_the_shared_prefix_once_a_batch_and_learns_the_same(
+def test_training_packs_every_batch_and_learns_the_same_as_padded(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from upstream import training
 
     with_system = [Conversation([SYSTEM, *c.messages], line=c.line) for c in MEMORISE]
-    shared_calls: list[int] = []
-    real = training._shared_forward
-    monkeypatch.setattr(
-        training, "_shared_forward", lambda *a: shared_calls.append(a[-1]) or real(*a)
-    )
-    shared = train_adapter(tiny_model_dir, with_system, FAST, tmp_path / "shared")
-    assert len(shared_calls) == shared.steps  # every batch shared its prefix
-    monkeypatch.setattr(training, "MIN_SHARED_COLUMNS", 10**6)  # never worth it: off
-    whole = train_adapter(tiny_model_dir, with_system, FAST, tmp_path / "whole")
-    assert len(shared_calls) == shared.steps
-    assert shared.losses[0] == pytest.approx(whole.losses[0], rel=1e-5)
-    assert shared.losses == pytest.approx(whole.losses, rel=1e-3)
+    packed_calls = _spy_packed(monkeypatch)
+    packed = train_adapter(tiny_model_dir, with_system, FAST, tmp_path / "packed")
+    assert len(packed_calls) == packed.steps and min(packed_calls) >= 8
+    real = training._learned_logits_trainer
+    monkeypatch.setattr(training, "_learned_logits_trainer", lambda **kw: real(packed=False))
+    padded = train_adapter(tiny_model_dir, with_system, FAST, tmp_path / "padded")
+    assert len(packed_calls) == packed.steps  # the padded run did not pack
+    assert packed.losses[0] == pytest.approx(padded.losses[0], rel=1e-5)
+    assert packed.losses == pytest.approx(padded.losses, rel=1e-3)
+
+
+def test_with_dropout_batches_are_packed_without_sharing_the_prefix_or_fusing(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_system = [Conversation([SYSTEM, *c.messages], line=c.line) for c in MEMORISE]
+    from upstream import training
+
+    packed_calls = _spy_packed(monkeypatch)
+    fused: list[int] = []
+    real = training.fuse_lora_products
+    monkeypatch.setattr(training, "fuse_lora_products", lambda m: fused.append(real(m)))
+    recipe = dataclasses.replace(FAST, dropout=0.1, epochs=1)
+    result = train_adapter(tiny_model_dir, with_system, recipe, tmp_path / "dropout")
+    assert packed_calls == [0] * result.steps  # one dropout mask per row, as padded
+    assert fused == [0]  # and peft's own forward, which applies the dropout

@@ -50,6 +50,7 @@ The output is the two files a PEFT adapter needs, `adapter_config.json` and
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -543,6 +544,7 @@ def train_adapter(
     except ValueError as e:  # e.g. target modules not found in this architecture
         raise InvalidInput(f"recipe: target_modules do not fit {model_dir.name}: {e}") from e
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    fuse_lora_products(peft_model)
     precision = recipe.precision
     if precision == "bfloat16" and not bf16_supported():
         precision = "float32"  # the same recipe on a CPU without bfloat16 units
@@ -561,11 +563,15 @@ def train_adapter(
                         f"epoch {epoch:.1f} · loss {logs['loss']:.3f}",
                     )
 
+    forward_args = inspect.signature(model.forward).parameters
     trainer_class = (
-        # the prefix run once is exact without dropout (one mask per row otherwise) and
-        # with full-attention layers only
-        _learned_logits_trainer(share_prefix=recipe.dropout == 0 and full_attention(model.config))
-        if "logits_to_keep" in inspect.signature(model.forward).parameters
+        # packed batches need plain full-attention layers (a 4-D mask over every column);
+        # the prefix run once is exact without dropout (one mask per row otherwise)
+        _learned_logits_trainer(
+            packed=full_attention(model.config) and "position_ids" in forward_args,
+            share_prefix=recipe.dropout == 0,
+        )
+        if "logits_to_keep" in forward_args
         else Trainer
     )
     with tempfile.TemporaryDirectory(prefix="upstream-train-") as tmp:
@@ -628,19 +634,20 @@ def train_adapter(
     )
 
 
-def _learned_logits_trainer(share_prefix: bool = True) -> Any:
+def _learned_logits_trainer(packed: bool = True, share_prefix: bool = True) -> Any:
     """A Trainer whose loss computes the logits only where a token is learned.
 
     The output layer and its softmax over the whole vocabulary (49k for SmolLM2) are a
     fifth of a training step when run at every position, and most positions (the prompt,
-    the template's text, padding) carry no label. Position t predicts token t + 1, so the
-    positions kept are those where some row's next token has a label; the loss is the
-    same cross-entropy, summed over the labelled tokens and divided by their count
-    (`num_items_in_batch`, as transformers' own causal-LM loss does).
+    the template's text, padding) carry no label. The loss is the same cross-entropy,
+    summed over the labelled tokens and divided by their count (`num_items_in_batch`,
+    as transformers' own causal-LM loss does).
 
-    With `share_prefix`, the columns every row of a batch begins with (the chat
-    template's system prompt: 24 of SmolLM2's ~58 tokens an example) are run once, as a
-    batch of one, and their keys and values are given to every row (`_shared_forward`).
+    `packed` (`_packed_forward`): the batch runs as one sequence without padding, the
+    columns every row begins with (the chat template's system prompt: 24 of SmolLM2's
+    ~58 tokens an example) once if `share_prefix`, and the logits only of the tokens
+    whose next token is learned. Otherwise the padded batch runs as it is, with the
+    logits of every position where some row's next token is learned.
     """
     import torch
     from transformers import Trainer
@@ -654,15 +661,15 @@ def _learned_logits_trainer(share_prefix: bool = True) -> Any:
             num_items_in_batch: Any = None,
         ) -> Any:
             targets = inputs["labels"][:, 1:]  # (batch, seq - 1): the token each predicts
-            keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            shared = shared_columns(ids, mask, int(keep[0]) if len(keep) else 0)
-            if share_prefix and shared >= MIN_SHARED_COLUMNS and len(ids) > 1:
-                outputs = _shared_forward(model, ids, mask, keep, shared)
+            if packed:
+                shared = shared_columns(ids, mask, first_learned(targets)) if share_prefix else 0
+                outputs, picked = _packed_forward(model, ids, mask, targets, shared)
             else:
+                keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
                 outputs = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
-            logits = outputs.logits.float()  # (batch, k, vocab)
-            picked = targets[:, keep]  # (batch, k)
+                picked = targets[:, keep]  # (batch, k)
+            logits = outputs.logits.float()  # (batch, k, vocab), or (1, k, vocab) packed
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]),
                 picked.reshape(-1),
@@ -678,14 +685,17 @@ def _learned_logits_trainer(share_prefix: bool = True) -> Any:
     return LearnedLogitsTrainer
 
 
-MIN_SHARED_COLUMNS = 4  # fewer shared columns save less than the second forward call costs
+def first_learned(targets: Any) -> int:
+    """The first position whose next token is learned in some row (0 if none is)."""
+    learned = (targets != IGNORE).any(dim=0).nonzero()
+    return int(learned[0]) if len(learned) else 0
 
 
 def shared_columns(ids: Any, mask: Any, limit: int) -> int:
     """How many leading columns every row has alike (same token, not padding), at most `limit`.
 
-    `limit` is the first position whose logits are kept: the shared part is run apart and
-    its logits are not asked for.
+    `limit` is the first position whose logits are kept: the shared columns are run
+    once for all rows, so none of them may carry a row's own loss.
     """
     same = (ids == ids[:1]).all(dim=0) & (mask == 1).all(dim=0)  # (seq,)
     differs = (~same).nonzero()
@@ -693,31 +703,137 @@ def shared_columns(ids: Any, mask: Any, limit: int) -> int:
     return min(first, limit)
 
 
-def _shared_forward(model: Any, ids: Any, mask: Any, keep: Any, shared: int) -> Any:
-    """The model on a batch whose rows all begin with the same `shared` tokens.
+def _packed_forward(model: Any, ids: Any, mask: Any, targets: Any, shared: int) -> Any:
+    """The model on a right-padded batch laid out as one sequence; (outputs, targets kept).
 
-    The shared tokens run once, as a batch of one, and their keys and values (with the
-    graph behind them, so the LoRA weights still learn from every row) are expanded to
-    every row; the rest of each row runs on them, its positions continuing after the
-    shared part. A row's tokens see the same keys and values as in one forward over the
-    whole batch, so the logits and gradients are the same (to float32 rounding: the
-    products run on fewer rows); the prefix's share of the products is saved (b - 1)
-    times over a batch of b.
+    The sequence is the `shared` columns every row begins with, once, then each row's
+    other tokens without their padding. Each token keeps its own position and sees
+    what it sees in the padded batch: the shared columns and its own row's tokens
+    before it (a 4-D mask; a masked key's weight is exactly 0). So every logit and
+    gradient is the same, to float32 rounding (the products run on other row counts),
+    while the products run on the tokens that exist, the shared ones once. The logits
+    are asked only at the tokens whose next token is learned; the targets returned are
+    those tokens' next tokens, in the same order.
     """
-    from transformers import DynamicCache
+    import torch
 
-    cache: Any = DynamicCache(config=model.config)  # plain layers: fastgen.full_attention
-    model(input_ids=ids[:1, :shared], cache=cache, use_cache=True, logits_to_keep=1)
-    for layer in cache.layers:
-        layer.keys = layer.keys.expand(len(ids), -1, -1, -1)
-        layer.values = layer.values.expand(len(ids), -1, -1, -1)
-    return model(
-        input_ids=ids[:, shared:],
-        attention_mask=mask,  # (batch, seq): the shared columns and the rest
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=keep - shared,
+    lengths = mask.sum(dim=1).tolist()  # each row's tokens: padding is on the right
+    pieces, positions, owner = [ids[0, :shared]], [torch.arange(shared)], [-1] * shared
+    keep, picked = [], []
+    start = shared
+    for r, n in enumerate(lengths):
+        pieces.append(ids[r, shared:n])
+        positions.append(torch.arange(shared, n))
+        owner += [r] * (n - shared)
+        at = torch.arange(shared, n - 1)  # the row's positions that predict a token
+        learned = targets[r, shared : n - 1] != IGNORE
+        keep.append(start + (at - shared)[learned])
+        picked.append(targets[r, shared : n - 1][learned])
+        start += n - shared
+    seq = torch.cat(pieces).unsqueeze(0)  # (1, t)
+    whose = torch.tensor(owner)  # (t,): the row of each token, -1 for the shared ones
+    causal = torch.ones(len(owner), len(owner), dtype=torch.bool).tril()  # (t, t)
+    visible = causal & ((whose.unsqueeze(0) == -1) | (whose.unsqueeze(0) == whose.unsqueeze(1)))
+    dtype = model.get_input_embeddings().weight.dtype
+    bias = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    outputs = model(
+        input_ids=seq,
+        attention_mask=bias[None, None],  # (1, 1, t, t): 0 where a token may look, else min
+        position_ids=torch.cat(positions).unsqueeze(0),  # (1, t)
+        logits_to_keep=torch.cat(keep),
     )
+    return outputs, torch.cat(picked).unsqueeze(0)  # (1, k)
+
+
+def fuse_lora_products(model: Any) -> int:
+    """Give every plain LoRA linear layer of `model` `_lora_linear` as its forward; how many.
+
+    peft adds a layer's LoRA term as `result + lora_B(lora_A(x)) * scaling`, and
+    autograd runs each product of that apart. A product with an inner size of the rank
+    (8) is slow in MKL when it writes a new tensor: on 2 cores, 276 x 8 by 8 x 576 took
+    250 us, against 65 us when it adds into an existing one (beta 1); with the adds and
+    scalings around them, the LoRA terms were a fifth of a training step. `_LoraLinear`
+    computes the same forward and gradients with the rank-sized products added into
+    the base's. Layers with dropout, a LoRA variant (DoRA), several adapters, a bias in
+    B or a base that is trained keep peft's own forward.
+    """
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    fused = 0
+    for module in model.modules():
+        if type(module) is not Linear or module.lora_variant or list(module.lora_A) != ["default"]:
+            continue
+        base = module.base_layer
+        frozen = [t for t in (base.weight, base.bias) if t is not None]
+        plain = (
+            module.lora_B["default"].bias is None
+            and isinstance(module.lora_dropout["default"], torch.nn.Identity)
+            and not any(t.requires_grad for t in frozen)
+            and base.weight.dtype == torch.float32
+        )
+        if plain:
+            module.forward = functools.partial(_lora_linear, module, module.forward)
+            fused += 1
+    return fused
+
+
+def _lora_linear(layer: Any, peft_forward: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    """A plain LoRA layer's output, base(x) + scaling * B(A(x)), through `_LoraLinear`
+    (peft's own forward when the adapter is off or merged, or under autocast)."""
+    import torch
+
+    if (
+        layer.disable_adapters
+        or layer.merged
+        or args
+        or kwargs
+        or torch.is_autocast_enabled(x.device.type)
+    ):
+        return peft_forward(x, *args, **kwargs)
+    base = layer.base_layer
+    flat = x.reshape(-1, x.shape[-1])  # (tokens, in)
+    out = _lora_function().apply(
+        flat,
+        base.weight,  # (out, in), frozen
+        base.bias,
+        layer.lora_A["default"].weight,  # (rank, in)
+        layer.lora_B["default"].weight,  # (out, rank)
+        float(layer.scaling["default"]),
+    )
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@functools.cache
+def _lora_function() -> Any:
+    import torch
+
+    class LoraLinear(torch.autograd.Function):
+        """y = x W^T + b + s (x A^T) B^T, W and b frozen; gradients for x, A and B."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, w: Any, b: Any, a: Any, lb: Any, s: float) -> Any:
+            low = x @ a.t()  # (tokens, rank)
+            y = torch.nn.functional.linear(x, w, b)  # (tokens, out)
+            y.addmm_(low, lb.t(), alpha=s)
+            ctx.save_for_backward(x, w, a, lb, low)
+            ctx.scaling = s
+            return y
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            x, w, a, lb, low = ctx.saved_tensors
+            s = ctx.scaling
+            grad_low = grad @ lb  # (tokens, rank), before the scaling
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = grad @ w  # (tokens, in)
+                grad_x.addmm_(grad_low, a, alpha=s)
+            grad_a = (grad_low.t() @ x).mul_(s)  # (rank, in)
+            grad_b = (low.t() @ grad).mul_(s).t()  # (out, rank)
+            return grad_x, None, None, grad_a, grad_b, None
+
+    return LoraLinear
 
 
 REPLAY_PROMPTS = Path(__file__).parent / "data" / "replay_prompts.jsonl"
