@@ -773,7 +773,7 @@ def fuse_lora_products(model: Any) -> int:
             and base.weight.dtype == torch.float32
         )
         if plain:
-            module.forward = functools.partial(_lora_linear, module, module.forward)
+            module.forward = functools.partial(_lora_linear, module, module.forward)  # type: ignore[method-assign]
             fused += 1
     return fused
 
