@@ -432,10 +432,28 @@ def test_shared_columns_stop_at_the_first_difference_padding_or_limit() -> None:
     assert shared_columns(ids[:1], mask[:1], 6) == 6  # one row: all of it
 
 
+def test_packing_pays_for_short_examples_and_not_for_long_ones() -> None:
+    import torch
+
+    from upstream.training import packing_pays
+
+    def mask(lengths: list[int]) -> Any:
+        width = max(lengths)
+        return torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+
+    # the demo's batches: 8 rows of 43-72 tokens, 24 shared, SmolLM2's hidden size
+    assert packing_pays(mask([43, 50, 55, 58, 60, 62, 67, 72]), 24, 576)
+    # 8 rows near max_length: attention over the 4,000-token sequence costs more
+    assert not packing_pays(mask([480, 500, 505, 510, 512, 512, 512, 512]), 24, 576)
+    assert not packing_pays(mask([40] * 8), 0, 576)  # nothing to save: no padding, no prefix
+
+
 def _spy_packed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the shared columns of every packed forward."""
+    """Record the shared columns of every packed forward, and pack every batch (the tiny
+    models' hidden size of 32 makes packing without a shared prefix not pay)."""
     from upstream import training
 
+    monkeypatch.setattr(training, "packing_pays", lambda *a: True)
     calls: list[int] = []
     real = training._packed_forward
     monkeypatch.setattr(training, "_packed_forward", lambda *a: calls.append(a[-1]) or real(*a))

@@ -662,8 +662,8 @@ def _learned_logits_trainer(packed: bool = True, share_prefix: bool = True) -> A
         ) -> Any:
             targets = inputs["labels"][:, 1:]  # (batch, seq - 1): the token each predicts
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            if packed:
-                shared = shared_columns(ids, mask, first_learned(targets)) if share_prefix else 0
+            shared = shared_columns(ids, mask, first_learned(targets)) if share_prefix else 0
+            if packed and packing_pays(mask, shared, getattr(model.config, "hidden_size", 0)):
                 outputs, picked = _packed_forward(model, ids, mask, targets, shared)
             else:
                 keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
@@ -689,6 +689,20 @@ def first_learned(targets: Any) -> int:
     """The first position whose next token is learned in some row (0 if none is)."""
     learned = (targets != IGNORE).any(dim=0).nonzero()
     return int(learned[0]) if len(learned) else 0
+
+
+def packing_pays(mask: Any, shared: int, hidden: int) -> bool:
+    """Whether the packed sequence costs less than the padded batch.
+
+    Per layer and token, the products cost about 24 h^2 (h the hidden size) and
+    attention about 4 h per key it sees. A packed token sees every column of the
+    sequence (the mask hides most, but they are computed), a padded one its row's
+    width; so long examples, where attention over the whole packed sequence would
+    outgrow the padding saved, stay padded.
+    """
+    rows, width = mask.shape
+    packed = shared + int(mask.sum()) - rows * shared  # the shared columns once
+    return packed * (6 * hidden + packed) < rows * width * (6 * hidden + width)
 
 
 def shared_columns(ids: Any, mask: Any, limit: int) -> int:
