@@ -540,3 +540,35 @@ def test_with_dropout_batches_are_packed_without_sharing_the_prefix_or_fusing(
     result = train_adapter(tiny_model_dir, with_system, recipe, tmp_path / "dropout")
     assert packed_calls == [0] * result.steps  # one dropout mask per row, as padded
     assert fused == [0]  # and peft's own forward, which applies the dropout
+
+
+def test_conv1d_layers_keep_pefts_forward(tmp_path: Path) -> None:
+    import torch
+    import transformers as t
+    from peft import LoraConfig, get_peft_model
+
+    from upstream.training import fuse_lora_products
+
+    config = t.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=64)
+    model = get_peft_model(
+        t.GPT2LMHeadModel(config), LoraConfig(r=2, target_modules=["c_attn", "c_proj"])
+    )
+    model.eval()  # GPT-2 drops out in training
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = model(input_ids=ids).logits
+    assert fuse_lora_products(model) == 0  # weights stored (in, out): not ours to fuse
+    torch.testing.assert_close(model(input_ids=ids).logits, before)
+
+
+def test_a_base_that_drops_out_is_seen(tiny_model_dir: Path) -> None:
+    import torch
+
+    from upstream import training
+
+    model = training._load_model(tiny_model_dir)
+    assert not training.has_dropout(model)  # so its batches share their prefix
+    model.config.attention_dropout = 0.1
+    assert training.has_dropout(model)
+    model.config.attention_dropout = 0.0
+    model.model.layers[0].add_module("drop", torch.nn.Dropout(0.2))
+    assert training.has_dropout(model)

@@ -565,11 +565,14 @@ def train_adapter(
 
     forward_args = inspect.signature(model.forward).parameters
     trainer_class = (
-        # packed batches need plain full-attention layers (a 4-D mask over every column);
-        # the prefix run once is exact without dropout (one mask per row otherwise)
+        # packed batches need plain full-attention layers (a 4-D mask over every column)
+        # and positions from position_ids (ALiBi builds its bias from a 2-D mask); the
+        # prefix run once is exact without dropout (one mask per row otherwise)
         _learned_logits_trainer(
-            packed=full_attention(model.config) and "position_ids" in forward_args,
-            share_prefix=recipe.dropout == 0,
+            packed=full_attention(model.config)
+            and "position_ids" in forward_args
+            and not getattr(model.config, "alibi", False),
+            share_prefix=recipe.dropout == 0 and not has_dropout(model),
         )
         if "logits_to_keep" in forward_args
         else Trainer
@@ -691,6 +694,18 @@ def first_learned(targets: Any) -> int:
     return int(learned[0]) if len(learned) else 0
 
 
+def has_dropout(model: Any) -> bool:
+    """Whether the base model drops anything in training (its own dropout layers, or an
+    attention dropout in its config), beside the recipe's LoRA dropout."""
+    import torch
+
+    config = model.config
+    attention = (getattr(config, k, 0) for k in ("attention_dropout", "attn_pdrop"))
+    if any(isinstance(p, (int, float)) and p > 0 for p in attention):
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 def packing_pays(mask: Any, shared: int, hidden: int) -> bool:
     """Whether the packed sequence costs less than the padded batch.
 
@@ -781,7 +796,9 @@ def fuse_lora_products(model: Any) -> int:
         base = module.base_layer
         frozen = [t for t in (base.weight, base.bias) if t is not None]
         plain = (
-            module.lora_B["default"].bias is None
+            type(base) is torch.nn.Linear  # not a Conv1D (GPT-2), whose weight is (in, out)
+            and not module.fan_in_fan_out
+            and module.lora_B["default"].bias is None
             and isinstance(module.lora_dropout["default"], torch.nn.Identity)
             and not any(t.requires_grad for t in frozen)
             and base.weight.dtype == torch.float32
