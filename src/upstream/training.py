@@ -665,11 +665,12 @@ def _learned_logits_trainer(packed: bool = True, share_prefix: bool = True) -> A
         ) -> Any:
             targets = inputs["labels"][:, 1:]  # (batch, seq - 1): the token each predicts
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            shared = shared_columns(ids, mask, first_learned(targets)) if share_prefix else 0
+            keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
+            first = int(keep[0]) if len(keep) else 0  # the first kept logit
+            shared = shared_columns(ids, mask, first) if packed and share_prefix else 0
             if packed and packing_pays(mask, shared, getattr(model.config, "hidden_size", 0)):
                 outputs, picked = _packed_forward(model, ids, mask, targets, shared)
             else:
-                keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,) positions
                 outputs = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
                 picked = targets[:, keep]  # (batch, k)
             logits = outputs.logits.float()  # (batch, k, vocab), or (1, k, vocab) packed
@@ -686,12 +687,6 @@ def _learned_logits_trainer(packed: bool = True, share_prefix: bool = True) -> A
             return (loss, outputs) if return_outputs else loss
 
     return LearnedLogitsTrainer
-
-
-def first_learned(targets: Any) -> int:
-    """The first position whose next token is learned in some row (0 if none is)."""
-    learned = (targets != IGNORE).any(dim=0).nonzero()
-    return int(learned[0]) if len(learned) else 0
 
 
 def has_dropout(model: Any) -> bool:
@@ -754,10 +749,10 @@ def _packed_forward(model: Any, ids: Any, mask: Any, targets: Any, shared: int) 
         pieces.append(ids[r, shared:n])
         positions.append(torch.arange(shared, n))
         owner += [r] * (n - shared)
-        at = torch.arange(shared, n - 1)  # the row's positions that predict a token
-        learned = targets[r, shared : n - 1] != IGNORE
-        keep.append(start + (at - shared)[learned])
-        picked.append(targets[r, shared : n - 1][learned])
+        predicted = targets[r, shared : n - 1]  # what the row's own positions predict
+        learned = predicted != IGNORE
+        keep.append(start + learned.nonzero().squeeze(1))
+        picked.append(predicted[learned])
         start += n - shared
     seq = torch.cat(pieces).unsqueeze(0)  # (1, t)
     whose = torch.tensor(owner)  # (t,): the row of each token, -1 for the shared ones
@@ -781,7 +776,7 @@ def fuse_lora_products(model: Any) -> int:
     autograd runs each product of that apart. A product with an inner size of the rank
     (8) is slow in MKL when it writes a new tensor: on 2 cores, 276 x 8 by 8 x 576 took
     250 us, against 65 us when it adds into an existing one (beta 1); with the adds and
-    scalings around them, the LoRA terms were a fifth of a training step. `_LoraLinear`
+    scalings around them, the LoRA terms were a fifth of a training step. `LoraLinear`
     computes the same forward and gradients with the rank-sized products added into
     the base's. Layers with dropout, a LoRA variant (DoRA), several adapters, a bias in
     B or a base that is trained keep peft's own forward.
@@ -810,7 +805,7 @@ def fuse_lora_products(model: Any) -> int:
 
 
 def _lora_linear(layer: Any, peft_forward: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
-    """A plain LoRA layer's output, base(x) + scaling * B(A(x)), through `_LoraLinear`
+    """A plain LoRA layer's output, base(x) + scaling * B(A(x)), through `LoraLinear`
     (peft's own forward when the adapter is off or merged, or under autocast)."""
     import torch
 
