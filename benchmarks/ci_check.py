@@ -1,14 +1,17 @@
 """The CI check of a dataset contribution on the bundled model, timed: training and each
 suite's comparison.
 
-    python -m benchmarks.ci_check [--home DIR]
+    python -m benchmarks.ci_check [--home DIR] [--checks N]
 
 In a fresh hub, the steps of `upstream demo` up to its check: import SmolLM2-135M-Instruct
 (with its guard suite), file the one-word failures and reproduce them, confirm them and
 build a suite, then open the 25-example dataset contribution and run its check job (the
 LoRA is trained with the default recipe, then base and candidate are compared on every
 suite). Prints the check's wall time, its training and the rest, and per evaluation run
-of the check: cases, tokens generated and answers stopped at their verdict.
+of the check: cases, tokens generated and answers stopped at their verdict. Then (by
+default) a second contribution of the same data is opened and checked the same way: what
+every later check of a contribution to that revision costs, with the base's outputs (its
+evaluation runs and its replayed answers) already in the hub's output cache.
 
 To measure an older commit the same way, put its source first on the path:
 `git worktree add /tmp/old COMMIT && PYTHONPATH=/tmp/old/src python benchmarks/ci_check.py`.
@@ -24,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -39,6 +43,13 @@ from upstream.triage import confirm
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=None, help="a fresh directory (default: a temp one)")
+    parser.add_argument(
+        "--checks",
+        type=int,
+        default=2,
+        help="checks to run one after the other, each of a new contribution of the same data "
+        "(the first in the fresh hub; later ones find the base's outputs cached)",
+    )
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="upstream-ci-bench-"))
     hub = Hub.open(home)
@@ -54,9 +65,29 @@ def main() -> None:
     for i in ids:
         confirm(hub, i, owner)
     suites.build_from_reports(hub, owner, "one-word", "one-word", MODEL)
+    checks = []
+    for n in range(args.checks):
+        title = "Answer one-word questions in one word" + (f" (again, {n + 1})" if n else "")
+        checks.append(check_once(hub, title, ids, bo, owner))
+    commit = subprocess.run(
+        ["git", "-C", str(Path(upstream.__file__).parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    for n, (wall, detail, rows) in enumerate(checks):
+        report(n, wall, detail, rows, commit)
+    if args.home is None:
+        hub.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def check_once(
+    hub: Hub, title: str, ids: list[int], bo: Any, owner: Any
+) -> tuple[float, dict[str, Any], list[tuple[str, int, int, str, str]]]:
+    """Open the demo's dataset contribution and run its check job: (wall s, detail, runs)."""
     data = contributions.ContributionIn(
         MODEL,
-        "Answer one-word questions in one word",
+        title,
         contributions.Content(dataset=(DATA / "one_word_answers.jsonl").read_bytes()),
         ids,
     )
@@ -86,23 +117,30 @@ def main() -> None:
                     "-" if outs is None else str(outs["stopped_at_verdict"]),
                 )
             )
+    return wall, detail, rows
+
+
+def report(
+    n: int,
+    wall: float,
+    detail: dict[str, Any],
+    rows: list[tuple[str, int, int, str, str]],
+    commit: str,
+) -> None:
     training = detail["training"]["seconds"]
-    commit = subprocess.run(
-        ["git", "-C", str(Path(upstream.__file__).parent), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    which = "in a fresh hub" if n == 0 else f"number {n + 1}, same revision and suites"
     print(
-        f"\nCI check of the demo's dataset contribution ({detail['training']['examples']} "
-        f"examples with replay), Upstream at {commit or '?'} from {upstream.__file__}; "
-        f"{platform.machine()}, {os.cpu_count()} CPUs; verdict {detail['state']}\n"
+        f"\nCI check {which}: the demo's dataset contribution "
+        f"({detail['training']['examples']} examples with replay), Upstream at "
+        f"{commit or '?'} from {upstream.__file__}; {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; verdict {detail['state']}\n"
     )
     print(f"{'check job, wall s':<34}{wall:>8.1f}")
     print(f"{'  training (LoRA + replay), s':<34}{training:>8.1f}")
     print(f"{'  the rest (comparisons), s':<34}{wall - training:>8.1f}")
     print(f"\n{'evaluation run':<38}{'cases':>7}{'generated':>11}{'tokens':>9}{'stopped':>9}")
-    for name, n, generated, tokens, stopped in rows:
-        print(f"{name:<38}{n:>7}{generated:>11}{tokens:>9}{stopped:>9}")
+    for name, cases, generated, tokens, stopped in rows:
+        print(f"{name:<38}{cases:>7}{generated:>11}{tokens:>9}{stopped:>9}")
     print(f"\n{'suite':<30}{'kind':<10}{'cases':>6}{'fixed':>7}{'broken':>8}{'lost':>6}")
     for r in detail["checks"]["suites"]:
         d = r["splits"]["all"]
@@ -113,9 +151,6 @@ def main() -> None:
     for reason in detail["checks"]["reasons"]:
         print(f"  {reason}")
     print(f"training precision: {detail['training'].get('precision', 'float32')}")
-    if args.home is None:
-        hub.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

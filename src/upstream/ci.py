@@ -22,6 +22,7 @@ from everyone but maintainers, who see counts and rates only otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ from upstream.contributions import (
 )
 from upstream.db.schema import Case, ContributionPush, Job, Model, Report, Suite
 from upstream.errors import Conflict, InvalidInput, UpstreamError
-from upstream.evals import Progress
+from upstream.evals import Progress, answers
 from upstream.guard import GUARD_MAX_NEW_TOKENS, ensure_guard_suite
 from upstream.registry import materialize
 from upstream.reports import prompt_text
@@ -232,6 +233,7 @@ def _train(
             chosen,
             out,
             lambda done, total, message: say(done, total, f"training: {message}"),
+            functools.partial(answers, hub, revision),  # replayed answers cached
         )
         adapter = store_adapter(hub, out)
     training = {"recipe": dataclasses.asdict(chosen), **dataclasses.asdict(result)}

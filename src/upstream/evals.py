@@ -55,6 +55,7 @@ from upstream.suites import (
     SPLITS,
     case_split,
     get_version,
+    input_hash,
     may_see_heldout,
     split_secret,
     version_cases,
@@ -114,6 +115,45 @@ def settings_of(max_new_tokens: int) -> tuple[dict[str, Any], str]:
         ).settings_key()
     )
     return settings, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def answers(
+    hub: Hub, revision: Revision, prompts: Sequence[str], max_new_tokens: int
+) -> list[tuple[str, int]]:
+    """The revision's full greedy answers to single-turn prompts, with their token counts,
+    through the output cache: a prompt answered before (by any run with these settings)
+    is not generated again. For the hub's own prompts (training's replay); an answer the
+    engine cannot give raises."""
+    _, subject_hash = subject_of(revision, (), engine_version(hub))
+    _, settings_hash = settings_of(max_new_tokens)
+    keys = [input_hash([{"role": "user", "content": p}]) for p in prompts]
+    with hub.session() as s:
+        have = {
+            k: (o.output, o.completion_tokens)
+            for k, o in _cached(s, keys, subject_hash, settings_hash).items()
+            if usable(o, None)
+        }
+    todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in have}.items())
+    if todo:
+        from upstream.engines.hf import HFEngine
+
+        engine = HFEngine.for_revision(hub, revision)  # the model the evaluations use next
+        results = engine.generate(
+            [GenRequest.from_prompt(p, max_new_tokens=max_new_tokens) for _, p in todo]
+        )
+        rows = [
+            EvalOutput(
+                subject_hash=subject_hash,
+                input_hash=k,
+                settings_hash=settings_hash,
+                output=r.text,
+                completion_tokens=r.completion_tokens,
+            )
+            for (k, _), r in zip(todo, results, strict=True)
+        ]
+        _store_outputs(hub, rows)
+        have.update({row.input_hash: (row.output, row.completion_tokens) for row in rows})
+    return [have[k] for k in keys]
 
 
 def run_eval(

@@ -24,6 +24,7 @@ release. The job (`releases.build`) then
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 import shutil
@@ -53,7 +54,7 @@ from upstream.db.schema import (
     utcnow,
 )
 from upstream.errors import Conflict, InvalidInput, NotFound, UpstreamError
-from upstream.evals import Progress
+from upstream.evals import Progress, answers
 from upstream.modelcard import render_card
 from upstream.registry import get_model, import_dir, materialize, resolve, set_tag
 from upstream.reports import get_report, hidden_from, prompt_text
@@ -470,7 +471,7 @@ def _merge(
 
     base_dir = materialize(hub, base)
     if method == "retrain":
-        adapters = [_retrain(hub, base_dir, ids, inputs, tmp / "retrained", say)]
+        adapters = [_retrain(hub, base, base_dir, ids, inputs, tmp / "retrained", say)]
         merge_params = merging.check_params("linear", 1)
     else:
         adapters = [adapter_dir(hub, inputs["adapters"][str(i)]) for i in ids]
@@ -489,7 +490,13 @@ def _merge(
 
 
 def _retrain(
-    hub: Hub, base_dir: Path, ids: list[int], inputs: dict[str, Any], out: Path, say: Progress
+    hub: Hub,
+    base: Revision,
+    base_dir: Path,
+    ids: list[int],
+    inputs: dict[str, Any],
+    out: Path,
+    say: Progress,
 ) -> Path:
     """One adapter trained on the union of the contributions' datasets (default recipe)."""
     from upstream.training import Recipe, train_adapter
@@ -503,6 +510,7 @@ def _retrain(
         Recipe(),
         out,
         lambda done, total, message: say(done, total, f"retraining: {message}"),
+        functools.partial(answers, hub, base),  # replayed answers cached
     )
     return out
 

@@ -74,6 +74,8 @@ MAX_LISTED_ERRORS = 10  # line errors shown in one message; the rest are counted
 IGNORE = -100  # label for tokens that carry no loss (PyTorch cross-entropy's ignore_index)
 
 ProgressCallback = Callable[[float, float, str], None]  # (done steps, total steps, message)
+# (prompts, max new tokens) -> each prompt's greedy answer and the tokens it took
+Answer = Callable[[Sequence[str], int], list[tuple[str, int]]]
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -491,8 +493,10 @@ def train_adapter(
     recipe: Recipe,
     out_dir: Path,
     progress: ProgressCallback | None = None,
+    answer: Answer | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on the conversations and write it to out_dir (two files)."""
+    """Train a LoRA adapter on the conversations and write it to out_dir (two files);
+    `answer` generates the base's replayed answers (see `replay_conversations`)."""
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -509,6 +513,7 @@ def train_adapter(
         round(recipe.replay * len(conversations)),
         recipe.replay_max_new_tokens,
         recipe.seed,
+        answer,
     )
     if progress and replayed:
         progress(0.0, 1.0, f"replayed the base's answers to {len(replayed)} ordinary prompts")
@@ -872,12 +877,14 @@ def replay_prompts() -> list[str]:
 
 
 def replay_conversations(
-    model_dir: Path, n: int, max_new_tokens: int, seed: int = 0
+    model_dir: Path, n: int, max_new_tokens: int, seed: int = 0, answer: Answer | None = None
 ) -> list[Conversation]:
     """The base's own greedy answers to `n` prompts of the pool (at most all), drawn by `seed`.
 
     Greedy, so the same base and seed always replay the same answers; an answer cut at
     `max_new_tokens` is marked incomplete and is learned without its end-of-turn token.
+    `answer` gives them (a hub passes its cached generation); by default the base in
+    `model_dir` is loaded and generates them.
     """
     import random
 
@@ -885,17 +892,23 @@ def replay_conversations(
     prompts = random.Random(seed).sample(pool, min(max(0, n), len(pool)))
     if not prompts:
         return []
+    got = (answer or functools.partial(_answer, model_dir))(prompts, max_new_tokens)
+    return [
+        Conversation(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": text.strip()}],
+            complete=tokens < max_new_tokens,
+        )
+        for p, (text, tokens) in zip(prompts, got, strict=True)
+        if text.strip()
+    ]
+
+
+def _answer(model_dir: Path, prompts: Sequence[str], max_new_tokens: int) -> list[tuple[str, int]]:
+    """The greedy answers of the base in `model_dir`, loaded for this call alone."""
     from upstream.engines.hf import HFEngine, load_from_dir
 
     engine = HFEngine(load_from_dir(model_dir))  # batched greedy: the same answers as one by one
     results = engine.generate(
         [GenRequest.from_prompt(p, max_new_tokens=max_new_tokens) for p in prompts]
     )
-    return [
-        Conversation(
-            [{"role": "user", "content": p}, {"role": "assistant", "content": r.text.strip()}],
-            complete=r.completion_tokens < max_new_tokens,
-        )
-        for p, r in zip(prompts, results, strict=True)
-        if r.text.strip()
-    ]
+    return [(r.text, r.completion_tokens) for r in results]
