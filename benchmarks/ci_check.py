@@ -9,9 +9,10 @@ build a suite, then open the 25-example dataset contribution and run its check j
 LoRA is trained with the default recipe, then base and candidate are compared on every
 suite). Prints the check's wall time, its training and the rest, and per evaluation run
 of the check: cases, tokens generated and answers stopped at their verdict. Then (by
-default) a second contribution of the same data is opened and checked the same way: what
-every later check of a contribution to that revision costs, with the base's outputs (its
-evaluation runs and its replayed answers) already in the hub's output cache.
+default) a second contribution is opened and checked the same way, with one example fewer
+(another adapter, so the candidate's outputs are new): what a later check of a
+contribution to that revision costs, with the base's outputs (its evaluation runs and,
+since 2026-12-07, its replayed answers) already in the hub's output cache.
 
 To measure an older commit the same way, put its source first on the path:
 `git worktree add /tmp/old COMMIT && PYTHONPATH=/tmp/old/src python benchmarks/ci_check.py`.
@@ -65,10 +66,13 @@ def main() -> None:
     for i in ids:
         confirm(hub, i, owner)
     suites.build_from_reports(hub, owner, "one-word", "one-word", MODEL)
+    lines = (DATA / "one_word_answers.jsonl").read_bytes().splitlines(keepends=True)
     checks = []
     for n in range(args.checks):
+        # a later contribution is another fix: one example fewer each time, so its adapter
+        # (and its outputs) differ while its replayed prompts are the first one's, fewer
         title = "Answer one-word questions in one word" + (f" (again, {n + 1})" if n else "")
-        checks.append(check_once(hub, title, ids, bo, owner))
+        checks.append(check_once(hub, title, b"".join(lines[: len(lines) - n]), ids, bo, owner))
     commit = subprocess.run(
         ["git", "-C", str(Path(upstream.__file__).parent), "rev-parse", "--short", "HEAD"],
         capture_output=True,
@@ -82,13 +86,13 @@ def main() -> None:
 
 
 def check_once(
-    hub: Hub, title: str, ids: list[int], bo: Any, owner: Any
+    hub: Hub, title: str, dataset: bytes, ids: list[int], bo: Any, owner: Any
 ) -> tuple[float, dict[str, Any], list[tuple[str, int, int, str, str]]]:
     """Open the demo's dataset contribution and run its check job: (wall s, detail, runs)."""
     data = contributions.ContributionIn(
         MODEL,
         title,
-        contributions.Content(dataset=(DATA / "one_word_answers.jsonl").read_bytes()),
+        contributions.Content(dataset=dataset),
         ids,
     )
     with hub.session() as s:

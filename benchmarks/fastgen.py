@@ -1,14 +1,20 @@
 """The lean greedy loop (`upstream.engines.fastgen`) vs the current engine (`generate`) on SmolLM2.
 
     python -m benchmarks.fastgen [--home DIR] [--n 100] [--max-new-tokens 64]
-                                 [--batch-sizes 32,100] [--no-one-by-one]
+                                 [--batch-sizes 32,100] [--no-one-by-one] [--long K]
 
 Imports the bundled SmolLM2-135M-Instruct into a benchmark hub (once), encodes ~100
 short instructions with its chat template, and times on the CPU, fp32, greedy:
 
 - `HFEngine` with batch 32 (HF `generate`, left padding): the current engine;
 - `greedy_generate` with each batch size of `--batch-sizes`;
-- `HFEngine` one by one (the reference for token equality), unless `--no-one-by-one`.
+- `HFEngine` one by one (the reference for token equality), unless `--no-one-by-one`;
+- `greedy_generate` with every prompt of a batch prefilled in one padded forward, as
+  before 2026-12-07 (now prompts of like length are prefilled together).
+
+`--long K` gives every K-th prompt a long context first (the other instructions, about
+600 tokens), as a report that quotes a document would: the prompts' lengths then differ
+by much more than the template's.
 
 Prints wall seconds, generated tokens/s, the speed-up over the current engine, and how
 many outputs are token-for-token identical to the one-by-one (and batch-32) outputs.
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.prompts import instructions
+from upstream.engines import fastgen
 from upstream.engines.base import GenRequest
 from upstream.engines.fastgen import greedy_generate, supports
 from upstream.engines.hf import HFEngine
@@ -47,6 +54,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="32,100")
     parser.add_argument("--no-one-by-one", action="store_true")
+    parser.add_argument("--long", type=int, default=0, help="every K-th prompt gets a long context")
     args = parser.parse_args()
 
     hub = Hub.open(args.home)
@@ -56,10 +64,11 @@ def main() -> None:
     engine = HFEngine.for_revision(hub, rev, batch_size=32)
     model, tok = engine.loaded.model, engine.loaded.tokenizer
     assert supports(model), "SmolLM2 (Llama) should be supported"
-    requests = [
-        GenRequest.from_prompt(p, max_new_tokens=args.max_new_tokens)
-        for p in instructions()[: args.n]
-    ]
+    texts = instructions()[: args.n]
+    if args.long:
+        context = "Some notes:\n" + "\n".join(instructions()[:40]) + "\n\n"
+        texts = [context + t if i % args.long == 0 else t for i, t in enumerate(texts)]
+    requests = [GenRequest.from_prompt(p, max_new_tokens=args.max_new_tokens) for p in texts]
     prompts = [engine.encode(r) for r in requests]
     eos = [model.generation_config.eos_token_id, tok.eos_token_id]
     eos = sorted({e for e in eos if e is not None})
@@ -68,16 +77,31 @@ def main() -> None:
         run = HFEngine(engine.loaded, batch_size=batch_size)
         return lambda: [r.token_ids for r in run.generate(requests)]
 
-    def fast(batch_size: int) -> Callable[[], list[list[int]]]:
-        return lambda: greedy_generate(
-            model, prompts, args.max_new_tokens, eos, tok.pad_token_id, batch_size=batch_size
-        )
+    def fast(batch_size: int, one_prefill: bool = False) -> Callable[[], list[list[int]]]:
+        def run() -> list[list[int]]:
+            cost = fastgen.FORWARD_COST_TOKENS
+            if one_prefill:  # the cheapest split is then always one forward
+                fastgen.FORWARD_COST_TOKENS = 10**9
+            try:
+                return greedy_generate(
+                    model,
+                    prompts,
+                    args.max_new_tokens,
+                    eos,
+                    tok.pad_token_id,
+                    batch_size=batch_size,
+                )
+            finally:
+                fastgen.FORWARD_COST_TOKENS = cost
+
+        return run
 
     HFEngine(engine.loaded, batch_size=4).generate(requests[:4])  # warm-up: lazy kernels
     rows: list[tuple[str, float, list[list[int]]]] = []
     rows.append(("generate, batch 32", *timed(hf(32))))
     for size in [int(b) for b in args.batch_sizes.split(",")]:
         rows.append((f"fastgen, batch {size}", *timed(fast(size))))
+        rows.append(("  one padded prefill", *timed(fast(size, one_prefill=True))))
     reference = None
     if not args.no_one_by_one:
         rows.append(("generate, 1 by 1", *timed(hf(1))))
@@ -88,7 +112,10 @@ def main() -> None:
     print(
         f"\nSmolLM2-135M-Instruct, fp32, greedy, {len(prompts)} prompts, "
         f"max_new_tokens={args.max_new_tokens}"
+        + (f", every {args.long}th with a long context" if args.long else "")
     )
+    lengths = sorted(len(p) for p in prompts)
+    print(f"prompt tokens: {lengths[0]} to {lengths[-1]}, {sum(lengths)} in all")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads\n"

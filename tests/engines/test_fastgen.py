@@ -9,11 +9,13 @@ import pytest
 
 from tests.engines.test_hf import PROMPTS
 from tests.tiny_models import FAMILIES, build_model
+from upstream.engines import fastgen
 from upstream.engines.base import GenRequest
 from upstream.engines.fastgen import (
     ROOM,
     common_prefix_length,
     greedy_generate,
+    length_chunks,
     new_cache,
     rows_within,
     supports,
@@ -160,6 +162,64 @@ def test_a_row_that_ends_at_once_and_identical_prompts(tiny: Tiny) -> None:
     got = greedy_generate(tiny.model, prompts, 4, eos, tiny.pad, batch_size=2)
     expected = reference(tiny.model, prompts, 4, eos, tiny.pad)
     assert got == expected and got[0] == [] and got[2] == []
+
+
+@pytest.mark.parametrize("cost", [0, 4, 10_000])
+def test_prompts_of_other_lengths_are_prefilled_apart_with_the_same_tokens(
+    tiny: Tiny, cost: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cost 0: one forward per prompt length; 10,000: every prompt in one padded forward
+    monkeypatch.setattr(fastgen, "FORWARD_COST_TOKENS", cost)
+    forwards: list[int] = []
+    real = fastgen._Decoder._prefill_chunk
+
+    def spy(self: Any, group: list[int], own: list[int]) -> Any:
+        forwards.append(len(group))
+        return real(self, group, own)
+
+    monkeypatch.setattr(fastgen._Decoder, "_prefill_chunk", spy)
+    got = greedy_generate(tiny.model, tiny.prompts, 16, tiny.early_eos, tiny.pad, batch_size=32)
+    assert got == tiny.expected
+    lengths = {len(p) for p in tiny.prompts}
+    assert sum(forwards) == len(tiny.prompts)
+    if cost == 0:
+        assert len(forwards) == len(lengths)
+    elif cost == 4:  # alike lengths share a forward, far ones do not
+        assert 1 < len(forwards) < len(lengths)
+    else:
+        assert forwards == [len(tiny.prompts)]
+
+
+def test_length_chunks_finds_the_cheapest_split() -> None:
+    import itertools
+    import random
+
+    def cost(lengths: list[int], sizes: list[int], per_forward: int) -> int:
+        total, start = 0, 0
+        for size in sizes:
+            total += size * lengths[start + size - 1] + per_forward
+            start += size
+        return total
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 7)))
+        per_forward = rng.choice([0, 5, 32, 500])
+        sizes = length_chunks(lengths, per_forward)
+        assert sum(sizes) == len(lengths) and all(s > 0 for s in sizes)
+        every = [  # every split into consecutive runs, by its cut points
+            [b - a for a, b in itertools.pairwise([0, *cuts, len(lengths)])]
+            for k in range(len(lengths))
+            for cuts in itertools.combinations(range(1, len(lengths)), k)
+        ]
+        assert cost(lengths, sizes, per_forward) == min(
+            cost(lengths, s, per_forward) for s in every
+        )
+    assert length_chunks([14] * 100) == [100]  # alike: one forward
+    assert length_chunks([12] * 60 + [500]) == [60, 1]  # one long prompt runs alone
+    assert length_chunks([]) == []
+    with pytest.raises(ValueError, match="ascending"):
+        length_chunks([3, 2])
 
 
 def small_model(family: str = "llama", **config: Any) -> Any:
