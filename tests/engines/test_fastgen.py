@@ -190,6 +190,29 @@ def test_prompts_of_other_lengths_are_prefilled_apart_with_the_same_tokens(
         assert forwards == [len(tiny.prompts)]
 
 
+def test_a_far_longer_prompt_waits_for_a_batch_of_its_own(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = tiny.loaded.tokenizer
+    context = tok(" ".join(PROMPTS) * 4)["input_ids"]
+    long = [p[:-3] + context + p[-3:] for p in tiny.prompts[:2]]  # inside the user turn
+    prompts = [*tiny.prompts, *long]
+    limit = fastgen.WIDTH_SPREAD * max(len(p) + 16 for p in tiny.prompts) + fastgen.WIDTH_SLACK
+    assert min(len(p) for p in long) > limit  # too long to join the short ones' batch
+    groups: list[list[int]] = []
+    real = fastgen._Decoder._prefill
+
+    def spy(self: Any, group: list[int]) -> Any:
+        groups.append(sorted(group))
+        return real(self, group)
+
+    monkeypatch.setattr(fastgen._Decoder, "_prefill", spy)
+    got = greedy_generate(tiny.model, prompts, 16, tiny.early_eos, tiny.pad, batch_size=32)
+    assert got == reference(tiny.model, prompts, 16, tiny.early_eos, tiny.pad)
+    short, far = set(range(len(tiny.prompts))), {len(tiny.prompts), len(tiny.prompts) + 1}
+    assert groups == [sorted(short), sorted(far)]  # the long ones after the short ones ended
+
+
 def test_length_chunks_finds_the_cheapest_split() -> None:
     import itertools
     import random

@@ -284,6 +284,13 @@ class _Decoder:
         self.prefix = list(prefix)
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, (1, h, p, d)
 
+    def _fits(self, i: int, width: int) -> bool:
+        """Whether prompt `i` may join a batch whose cache is `width` columns wide (0: an
+        empty batch). Every row of a batch carries as many columns as its widest, and a
+        decoding step reads them all: a prompt far longer than the batch waits for a
+        batch of its own, rather than make every short row carry its length."""
+        return not width or len(self.prompts[i]) <= WIDTH_SPREAD * width + WIDTH_SLACK
+
     def _shares_prefix(self, i: int) -> bool:
         """Whether prompt `i` begins with the shared prefix and has tokens after it."""
         p = len(self.prefix)
@@ -301,8 +308,16 @@ class _Decoder:
                 self.prefix_kv = self._run_prefix()
             while True:
                 live = 0 if rows is None else len(rows.prompts)
-                if queue and (live == 0 or batch_size - live >= refill_at):
-                    group = [queue.popleft() for _ in range(min(batch_size - live, len(queue)))]
+                width = 0 if rows is None else int(rows.mask.shape[1])
+                if (
+                    queue
+                    and (live == 0 or batch_size - live >= refill_at)
+                    and self._fits(queue[0], width)
+                ):
+                    group = [queue.popleft()]
+                    width = width or len(self.prompts[group[0]])
+                    while queue and len(group) < batch_size - live and self._fits(queue[0], width):
+                        group.append(queue.popleft())
                     joining = self._prefill(group)
                     if rows is None or joining is None:
                         rows = rows or joining
@@ -477,6 +492,12 @@ def _merge(*parts: _Rows) -> _Rows:
         prompts=[i for r in parts for i in r.prompts],
     )
 
+
+# A prompt joins a running batch (or a group being formed) only when it is at most this
+# many times as long as the batch's cache is wide, plus this many columns (about what a
+# row generates): short prompts are not made to carry a long one's columns.
+WIDTH_SPREAD = 2
+WIDTH_SLACK = 64
 
 # What a forward costs beyond its tokens (reading every weight once), in tokens of a
 # prefill: on 2 CPU cores a SmolLM2 forward of one token takes ~45 ms, and of many about
