@@ -13,6 +13,10 @@ does less work for the same tokens:
   CPU a decoding step costs a fixed part (reading every weight, ~85 ms for SmolLM2 on
   2 cores) plus a part per row, so a batch kept full costs far less per token than one
   that runs on with a few long answers.
+- **Like lengths together.** Joining prompts are prefilled in forwards of like length
+  (`length_chunks`), and a prompt far longer than the running batch is wide waits for
+  a batch of its own: every row carries as many cache columns as the widest, and each
+  step reads them all.
 - **Keys and values written in place.** A row's cache has room for the next columns, so
   a step writes its one new column instead of copying the whole cache into a new tensor
   as `transformers`' own layer does (5-7 % of a SmolLM2 step at 16 to 64 rows,
