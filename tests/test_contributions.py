@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from tests.people import owner, person
 from upstream import contributions as prs
@@ -303,6 +304,26 @@ def test_replayed_answers_come_from_the_output_cache(
         )
         cid = prs.open_contribution(tiny_hub, data, person(tiny_hub, "bo"), attempts=1)["id"]
         return check(tiny_hub, cid)["training"]
+
+    # a stopped prefix cached for the same input and settings is replaced by the full
+    # answer, which is then a full output (read by anyone) and served from the cache
+    from upstream.db.schema import EvalOutput
+    from upstream.suites import input_hash
+
+    key = input_hash([{"role": "user", "content": prompts[0]}])
+    with tiny_hub.session() as s, s.begin():
+        row = s.scalars(select(EvalOutput).where(EvalOutput.input_hash == key)).one()
+        row.output, row.stopped, row.error = row.output[:1], True, "an old failure"
+    generated.clear()
+    text, _ = evals.answers(tiny_hub, revision, prompts[:1], 24)[0]
+    assert text.strip() == alone[0].messages[1]["content"]
+    assert generated == prompts[:1]
+    with tiny_hub.session() as s:
+        row = s.scalars(select(EvalOutput).where(EvalOutput.input_hash == key)).one()
+        assert (row.stopped, row.error) == (False, "")
+    generated.clear()
+    evals.answers(tiny_hub, revision, prompts[:1], 24)
+    assert generated == []
 
     generated.clear()
     first = trained("colours")  # replays 8 prompts drawn by seed 0, as above: all cached

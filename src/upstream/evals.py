@@ -147,7 +147,9 @@ def answers(
                 input_hash=k,
                 settings_hash=settings_hash,
                 output=r.text,
+                error="",  # set, not left to defaults: a merge onto a stopped or failed
                 completion_tokens=r.completion_tokens,
+                stopped=False,  # row for the same key keeps the columns it is not given
             )
             for (k, _), r in zip(todo, results, strict=True)
         ]
