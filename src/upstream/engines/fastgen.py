@@ -355,8 +355,9 @@ class _Decoder:
         p = len(self.prefix)
         # a prompt that does not begin with the prefix runs whole, the prefix masked out
         own = {i: p if self._shares_prefix(i) else 0 for i in group}
-        group = sorted(group, key=lambda i: len(self.prompts[i]) - own[i])
-        sizes = length_chunks([len(self.prompts[i]) - own[i] for i in group], FORWARD_COST_TOKENS)
+        length = {i: len(self.prompts[i]) - own[i] for i in group}  # what each one runs
+        group = sorted(group, key=length.__getitem__)
+        sizes = length_chunks([length[i] for i in group], FORWARD_COST_TOKENS)
         parts, start = [], 0
         for size in sizes:
             chunk = group[start : start + size]
@@ -519,7 +520,7 @@ def length_chunks(lengths: Sequence[int], forward_cost: int = FORWARD_COST_TOKEN
     n = len(lengths)
     if any(b < a for a, b in itertools.pairwise(lengths)):
         raise ValueError("lengths must be in ascending order")
-    best = [0] + [0] * n  # best[j]: cost of the first j rows
+    best = [0] * (n + 1)  # best[j]: cost of the first j rows
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         best[j], cut[j] = min(
