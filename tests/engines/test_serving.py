@@ -7,12 +7,13 @@ import time
 from concurrent.futures import CancelledError
 
 import pytest
+import torch
 
 from tests.engines.test_hf import PROMPTS
 from tests.tiny_models import build_model
 from upstream.engines.base import GenRequest
 from upstream.engines.hf import HFEngine, LoadedModel, load_from_dir
-from upstream.engines.serving import Batcher, Overloaded, Sampling, _safe_text
+from upstream.engines.serving import Batcher, Overloaded, Sampling, _safe_text, sample
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,19 @@ def test_a_seed_gives_the_same_sample_whatever_else_decodes(loaded: LoadedModel)
     for t in crowd:
         t.result.result(timeout=60)
     batcher.stop()
+
+
+def test_any_temperature_the_api_admits_samples_a_token() -> None:
+    """A temperature near 0 is greedy (it once divided into inf and made nan, failing
+    every request in flight); the greatest one still samples from the whole vocabulary."""
+    logits = torch.tensor([0.5, 3.0, -2.0, 3.0 - 1e-6])
+    for temperature in (5e-324, 1e-300, 1e-30, 1e-9):
+        for top_p in (1.0, 0.5, 5e-324):
+            picked = sample(logits, Sampling(temperature, top_p), torch.Generator().manual_seed(0))
+            assert picked == 1, (temperature, top_p)
+    seen = {sample(logits, Sampling(2.0), torch.Generator().manual_seed(s)) for s in range(64)}
+    assert seen == {0, 1, 2, 3}
+    assert sample(torch.tensor([1.0, float("nan")]), Sampling(1.0), None) in (0, 1)
 
 
 def test_streamed_text_holds_back_what_may_change() -> None:

@@ -229,10 +229,18 @@ class Batcher:
 
 
 def sample(logits: torch.Tensor, sampling: Sampling, generator: Any) -> int:
-    """One token from a row's logits (vocab,): temperature, then nucleus (top_p)."""
+    """One token from a row's logits (vocab,): temperature, then nucleus (top_p).
+
+    In float64 and from the top logit down, so that any temperature the API admits
+    (above 0) gives a distribution: 1e-300 is greedy rather than inf / inf = nan.
+    """
     import torch
 
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    scaled = logits.double()
+    scaled = (scaled - scaled.max()) / sampling.temperature
+    probs = torch.softmax(scaled, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # logits that were already nan or inf
+        return int(logits.argmax().item())
     if sampling.top_p < 1.0:
         ordered, order = probs.sort(descending=True)
         # keep the smallest head whose mass reaches top_p (at least one token)
