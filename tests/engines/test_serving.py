@@ -122,6 +122,28 @@ def test_any_temperature_the_api_admits_samples_a_token() -> None:
     assert sample(torch.tensor([1.0, float("nan")]), Sampling(1.0), None) in (0, 1)
 
 
+def test_a_request_whose_sampling_fails_fails_alone(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows decoding beside a failing one get their whole answers."""
+    from upstream.engines import serving
+
+    def poisoned(logits: torch.Tensor, sampling: Sampling, generator: object) -> int:
+        raise RuntimeError("poisoned row")
+
+    monkeypatch.setattr(serving, "sample", poisoned)
+    batcher = Batcher(loaded, batch_size=8)
+    others = [GenRequest.from_prompt(p, max_new_tokens=12) for p in PROMPTS]
+    tickets = [batcher.submit(r) for r in others[:2]]
+    bad = batcher.submit(GenRequest.from_prompt(PROMPTS[0], max_new_tokens=12), Sampling(1.0))
+    tickets += [batcher.submit(r) for r in others[2:]]
+    with pytest.raises(RuntimeError, match="poisoned row"):
+        bad.result.result(timeout=60)
+    for request, ticket in zip(others, tickets, strict=True):
+        assert ticket.result.result(timeout=60).token_ids == alone(loaded, request)[0]
+    batcher.stop()
+
+
 def test_streamed_text_holds_back_what_may_change() -> None:
     assert _safe_text("hello wor", ("world",)) == "hello "
     assert _safe_text("caf\ufffd", ()) == "caf"

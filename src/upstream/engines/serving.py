@@ -65,6 +65,7 @@ class Ticket:
     cancelled: bool = False
     sent: str = ""  # text already given to on_text
     generator: Any = None  # torch.Generator of a sampled row
+    failed: BaseException | None = None  # what ended this request alone
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -191,7 +192,7 @@ class Batcher:
 
     def _stop_check(self, i: int, tokens: list[int]) -> bool:
         t = self._live[i]
-        if t.cancelled:
+        if t.cancelled or t.failed is not None:
             return True
         stop = t.request.stop
         tok = self.engine.loaded.tokenizer
@@ -208,6 +209,9 @@ class Batcher:
     def _done(self, i: int, ids: list[int]) -> None:
         with self._cond:
             t = self._live.pop(i)
+        if t.failed is not None:
+            t.result.set_exception(t.failed)
+            return
         request = t.request
         ended = len(ids) < request.max_new_tokens
         result = _result(self.engine.loaded.tokenizer, ids, len(t.tokens), request.stop, ended)
@@ -223,8 +227,11 @@ class Batcher:
         tokens = logits.argmax(dim=-1)  # (rows,)
         for row, i in enumerate(prompts):
             t = self._live[i]
-            if t.sampling.temperature > 0:
-                tokens[row] = sample(logits[row], t.sampling, t.generator)
+            if t.sampling.temperature > 0 and t.failed is None:
+                try:
+                    tokens[row] = sample(logits[row], t.sampling, t.generator)
+                except Exception as e:  # this request fails; the rows beside it go on
+                    t.failed = e
         return tokens
 
 
