@@ -542,6 +542,40 @@ def test_with_dropout_batches_are_packed_without_sharing_the_prefix_or_fusing(
     assert fused == [0]  # and peft's own forward, which applies the dropout
 
 
+def test_the_frozen_products_run_prepacked_with_the_same_results(tiny_model_dir: Path) -> None:
+    """A fused layer's base products use its weights prepacked for oneDNN (this torch
+    build has it); the output and every gradient match those of MKL's products."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import layer as peft_lora
+
+    from upstream import training
+    from upstream.engines import packed
+
+    assert packed.available()
+    model = get_peft_model(
+        training._load_model(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear")
+    )
+    assert training.fuse_lora_products(model) > 0
+    fused = [m for m in model.modules() if type(m) is peft_lora.Linear]
+    assert all(m.forward.args[2] is not None for m in fused)  # (layer, peft's, products)
+
+    torch.manual_seed(0)
+    x = torch.randn(37, 24, requires_grad=True)
+    w, b, upstream_grad = torch.randn(40, 24), torch.randn(40), torch.randn(37, 40)
+    a = torch.randn(4, 24, requires_grad=True)
+    lb = torch.randn(40, 4, requires_grad=True)
+    results = []
+    for products in (None, training._packed_products(w)):
+        for t in (x, a, lb):
+            t.grad = None
+        y = training._lora_function().apply(x, w, b, a, lb, 2.0, products)
+        (y * upstream_grad).sum().backward()
+        results.append([y.detach(), x.grad, a.grad, lb.grad])
+    for mkl, onednn in zip(*results, strict=True):
+        torch.testing.assert_close(onednn, mkl, rtol=1e-5, atol=1e-5)
+
+
 def test_conv1d_layers_keep_pefts_forward(tmp_path: Path) -> None:
     import torch
     import transformers as t

@@ -804,14 +804,48 @@ def fuse_lora_products(model: Any) -> int:
             and base.weight.dtype == torch.float32
         )
         if plain:
-            module.forward = functools.partial(_lora_linear, module, module.forward)  # type: ignore[method-assign]
+            products = _packed_products(base.weight)
+            module.forward = functools.partial(_lora_linear, module, module.forward, products)  # type: ignore[method-assign]
             fused += 1
     return fused
 
 
-def _lora_linear(layer: Any, peft_forward: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+def _packed_products(weight: Any) -> tuple[Any, Any] | None:
+    """A frozen weight W (out, in) prepacked for oneDNN twice: as W for the forward
+    product x Wᵀ, and as Wᵀ for the input gradient g W; None where oneDNN is missing.
+
+    MKL's sgemm, which `nn.Linear` and `@` use, ran these training shapes (a packed batch
+    of 500-1,500 tokens by SmolLM2's 576 x 1536 projections) at 86-196 GFLOP/s on the
+    2-core AMD EPYC of docs/benchmarks.md; oneDNN with the weights reordered once, at
+    181-216 (`engines/packed.py`, the same float32 products for generation). The two
+    copies cost twice the projections' float32 size (0.86 GB for SmolLM2) while the
+    adapter trains; they go with the model.
+    """
+    import torch
+
+    from upstream.engines import packed
+
+    if not packed.available():
+        return None
+    with torch.no_grad():
+        w = weight.detach()
+        return (
+            torch.ops.mkldnn._reorder_linear_weight(w, packed.LAYOUT_BATCH),
+            torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), packed.LAYOUT_BATCH),
+        )
+
+
+def _lora_linear(
+    layer: Any,
+    peft_forward: Any,
+    products: tuple[Any, Any] | None,
+    x: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
     """A plain LoRA layer's output, base(x) + scaling * B(A(x)), through `LoraLinear`
-    (peft's own forward when the adapter is off or merged, or under autocast)."""
+    (peft's own forward when the adapter is off or merged, or under autocast); the base's
+    products with its `products` (`_packed_products`) where there are some."""
     import torch
 
     if (
@@ -831,6 +865,7 @@ def _lora_linear(layer: Any, peft_forward: Any, x: Any, *args: Any, **kwargs: An
         layer.lora_A["default"].weight,  # (rank, in)
         layer.lora_B["default"].weight,  # (out, rank)
         float(layer.scaling["default"]),
+        products,
     )
     return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -840,15 +875,22 @@ def _lora_function() -> Any:
     import torch
 
     class LoraLinear(torch.autograd.Function):
-        """y = x W^T + b + s (x A^T) B^T, W and b frozen; gradients for x, A and B."""
+        """y = x W^T + b + s (x A^T) B^T, W and b frozen; gradients for x, A and B.
+        `products`: W and W^T prepacked for oneDNN (`_packed_products`), or None."""
 
         @staticmethod
-        def forward(ctx: Any, x: Any, w: Any, b: Any, a: Any, lb: Any, s: float) -> Any:
+        def forward(
+            ctx: Any, x: Any, w: Any, b: Any, a: Any, lb: Any, s: float, products: Any
+        ) -> Any:
             low = x @ a.t()  # (tokens, rank)
-            y = torch.nn.functional.linear(x, w, b)  # (tokens, out)
+            if products is None:
+                y = torch.nn.functional.linear(x, w, b)  # (tokens, out)
+            else:
+                y = torch.ops.mkldnn._linear_pointwise(x, products[0], b, "none", [], "")
             y.addmm_(low, lb.t(), alpha=s)
             ctx.save_for_backward(x, w, a, lb, low)
             ctx.scaling = s
+            ctx.products = products
             return y
 
         @staticmethod
@@ -858,11 +900,16 @@ def _lora_function() -> Any:
             grad_low = grad @ lb  # (tokens, rank), before the scaling
             grad_x = None
             if ctx.needs_input_grad[0]:
-                grad_x = grad @ w  # (tokens, in)
+                if ctx.products is None:
+                    grad_x = grad @ w  # (tokens, in)
+                else:
+                    grad_x = torch.ops.mkldnn._linear_pointwise(
+                        grad.contiguous(), ctx.products[1], None, "none", [], ""
+                    )
                 grad_x.addmm_(grad_low, a, alpha=s)
             grad_a = (grad_low.t() @ x).mul_(s)  # (rank, in)
             grad_b = (low.t() @ grad).mul_(s).t()  # (out, rank)
-            return grad_x, None, None, grad_a, grad_b, None
+            return grad_x, None, None, grad_a, grad_b, None, None
 
     return LoraLinear
 
