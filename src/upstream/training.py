@@ -829,10 +829,7 @@ def _packed_products(weight: Any) -> tuple[Any, Any] | None:
         return None
     with torch.no_grad():
         w = weight.detach()
-        return (
-            torch.ops.mkldnn._reorder_linear_weight(w, packed.LAYOUT_BATCH),
-            torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), packed.LAYOUT_BATCH),
-        )
+        return packed.pack(w), packed.pack(w.t().contiguous())
 
 
 def _lora_linear(
@@ -874,6 +871,8 @@ def _lora_linear(
 def _lora_function() -> Any:
     import torch
 
+    from upstream.engines import packed
+
     class LoraLinear(torch.autograd.Function):
         """y = x W^T + b + s (x A^T) B^T, W and b frozen; gradients for x, A and B.
         `products`: W and W^T prepacked for oneDNN (`_packed_products`), or None."""
@@ -886,7 +885,7 @@ def _lora_function() -> Any:
             if products is None:
                 y = torch.nn.functional.linear(x, w, b)  # (tokens, out)
             else:
-                y = torch.ops.mkldnn._linear_pointwise(x, products[0], b, "none", [], "")
+                y = packed.product(x, products[0], b)
             y.addmm_(low, lb.t(), alpha=s)
             ctx.save_for_backward(x, w, a, lb, low)
             ctx.scaling = s
@@ -903,9 +902,7 @@ def _lora_function() -> Any:
                 if ctx.products is None:
                     grad_x = grad @ w  # (tokens, in)
                 else:
-                    grad_x = torch.ops.mkldnn._linear_pointwise(
-                        grad.contiguous(), ctx.products[1], None, "none", [], ""
-                    )
+                    grad_x = packed.product(grad.contiguous(), ctx.products[1], None)
                 grad_x.addmm_(grad_low, a, alpha=s)
             grad_a = (grad_low.t() @ x).mul_(s)  # (rank, in)
             grad_b = (low.t() @ grad).mul_(s).t()  # (out, rank)

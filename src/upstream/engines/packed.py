@@ -45,6 +45,16 @@ def available() -> bool:
     )
 
 
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out, in) reordered once into oneDNN's blocked layout, for `product`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, LAYOUT_BATCH)
+
+
+def product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b with W `pack`ed: oneDNN's inner product, no copy of W."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 class PackedLinear(nn.Module):
     """`y = x Wᵀ + b` with W held in oneDNN's layout (CPU, inference only).
 
@@ -59,16 +69,13 @@ class PackedLinear(nn.Module):
         self.out_features = linear.out_features
         self.dtype = dtype
         weight = linear.weight.detach().to(dtype)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, LAYOUT_BATCH)
+        self.packed = pack(weight)
         bias = linear.bias
         self.bias = None if bias is None else bias.detach().to(dtype).clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # `.to` of a tensor already in that dtype is the tensor itself: no copy in float32
-        y = torch.ops.mkldnn._linear_pointwise(
-            x.to(self.dtype), self.packed, self.bias, "none", [], ""
-        )
-        return y.to(x.dtype)
+        return product(x.to(self.dtype), self.packed, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
