@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -499,14 +501,60 @@ def test_packed_batches_give_the_same_loss_and_gradients_as_padded_ones(
     assert not packed_calls
     lora_linears = [m for m in model.modules() if type(m) is peft_lora.Linear]
     assert training.fuse_lora_products(model) == len(lora_linears) > 0  # and ours from here
-    for share in (False, True):
+    by_rows = _spy_rows_attention(monkeypatch)
+    for share, rows in itertools.product((False, True), (False, True)):
+        # attention by segments (RowLayout), or over the whole packed sequence, masked
+        monkeypatch.setattr(training, "segments_pay", lambda *a, rows=rows: rows)
         loss, grads = loss_and_gradients(packed=True, share=share)
         shared = packed_calls.pop()  # the system prompt and more ran once, or nothing did
         assert shared >= 8 if share else shared == 0
+        assert len(by_rows) == (model.config.num_hidden_layers if rows else 0)
+        by_rows.clear()
         assert loss == pytest.approx(padded_loss, rel=1e-5)
         assert len(grads) == len(padded_grads) > 0
         for a, b in zip(grads, padded_grads, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _spy_rows_attention(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the segments of every attention by segments (`training.RowLayout`)."""
+    from transformers import AttentionInterface
+
+    from upstream import training
+
+    name = training._rows_attention()
+    real = AttentionInterface._global_mapping[name]
+    calls: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("upstream_rows") is not None:
+            calls.append(len(kwargs["upstream_rows"].queries))
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, name, spy)
+    return calls
+
+
+def test_a_row_layout_gives_each_row_the_prefix_and_its_own_earlier_tokens() -> None:
+    import torch
+
+    from upstream.training import row_layout, segments_pay
+
+    layout = row_layout(2, [3, 1])  # tokens 0-1 shared, 2-4 the first row's, 5 the second's
+    assert layout.queries.tolist() == [[0, 1, 0], [2, 3, 4], [5, 0, 0]]
+    assert layout.keys.tolist() == [[0, 1, 0, 0, 0], [0, 1, 2, 3, 4], [0, 1, 5, 0, 0]]
+    seen = layout.mask[:, 0]
+    assert seen[0].tolist()[:2] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0]]  # the prefix: causal
+    assert seen[1].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert seen[2, 0].tolist() == [1, 1, 1, 0, 0]  # the prefix and itself, not row one
+    assert seen[0, 2].tolist() == seen[2, 1].tolist() == [1, 0, 0, 0, 0]  # padding: one key
+    # every token's output is read from its own segment and query slot
+    flat = layout.queries.reshape(-1)
+    assert torch.equal(flat[layout.back], torch.arange(6))
+    assert not segments_pay(2, [3, 1])  # 3 x 3 x 5 scores against 6 x 6
+    # the demo's batches: 8 rows of 19-48 tokens after the 24 shared
+    assert segments_pay(24, [19, 26, 31, 34, 36, 38, 43, 48])
+    assert not segments_pay(0, [200, 5, 5, 5])  # one long row among short ones
 
 
 def test_training_packs_every_batch_and_learns_the_same_as_padded(
@@ -574,6 +622,35 @@ def test_the_frozen_products_run_prepacked_with_the_same_results(tiny_model_dir:
         results.append([y.detach(), x.grad, a.grad, lb.grad])
     for mkl, onednn in zip(*results, strict=True):
         torch.testing.assert_close(onednn, mkl, rtol=1e-5, atol=1e-5)
+
+
+def test_the_frozen_head_runs_prepacked_with_the_same_logits_and_gradient(
+    tiny_model_dir: Path,
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from upstream import training
+
+    model = get_peft_model(
+        training._load_model(tiny_model_dir), LoraConfig(r=4, target_modules="all-linear")
+    )
+    head = model.get_output_embeddings()
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 9, head.in_features, requires_grad=True)
+    upstream_grad = torch.randn(2, 9, head.out_features)
+    results = []
+    for fuse in (False, True):
+        assert not fuse or training.fuse_frozen_head(model)
+        assert isinstance(head.forward, functools.partial) == fuse  # (layer, products)
+        hidden.grad = None
+        logits = head(hidden)
+        (logits * upstream_grad).sum().backward()
+        results.append((logits.detach(), hidden.grad))
+    for mkl, onednn in zip(*results, strict=True):
+        torch.testing.assert_close(onednn, mkl, rtol=1e-5, atol=1e-5)
+    head.weight.requires_grad_(True)  # a head that is trained keeps its own forward
+    assert not training.fuse_frozen_head(model)
 
 
 def test_conv1d_layers_keep_pefts_forward(tmp_path: Path) -> None:
