@@ -150,6 +150,9 @@ def load_weights(model_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from upstream.engines.memory import keep_freed_memory
+
+    keep_freed_memory()  # the generation or training that follows reuses its pages
     hf_logging.disable_progress_bar()
     return AutoModelForCausalLM.from_pretrained(
         model_dir,
