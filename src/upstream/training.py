@@ -767,9 +767,11 @@ def _packed_forward(model: Any, ids: Any, mask: Any, targets: Any, shared: int) 
         "logits_to_keep": torch.cat(keep),
     }
     own = [n - shared for n in lengths]
-    if model.config._attn_implementation == "sdpa" and segments_pay(shared, own):
+    config = model.config
+    # a model of one config whose attention is SDPA: its layers read that config's name
+    plain = config._attn_implementation == "sdpa" and not getattr(config, "sub_configs", None)
+    if plain and segments_pay(shared, own):
         layout = row_layout(shared, own)
-        config = model.config
         config._attn_implementation = _rows_attention()  # this forward only; backward
         try:  # runs the graph it recorded
             outputs = model(**inputs, attention_mask=layout.mask, upstream_rows=layout)
