@@ -33,6 +33,7 @@ from upstream.engines.base import (
     ResultFn,
     cut_at_stop,
 )
+from upstream.engines.memory import keep_freed_memory
 from upstream.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -149,8 +150,6 @@ def load_weights(model_dir: Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from upstream.engines.memory import keep_freed_memory
 
     keep_freed_memory()  # the generation or training that follows reuses its pages
     hf_logging.disable_progress_bar()
