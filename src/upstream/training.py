@@ -813,10 +813,14 @@ def segments_pay(shared: int, own: Sequence[int]) -> bool:
     it is about segments x n x m, here a fifth; but a long row among short ones pads
     every segment to its length.
     """
+    segments, n, m = _segment_shape(shared, own)
     t = shared + sum(own)
-    segments = len(own) + (1 if shared else 0)
-    n = max([shared, *own])
-    return segments * n * (shared + max(own, default=0)) < t * t
+    return segments * n * m < t * t
+
+
+def _segment_shape(shared: int, own: Sequence[int]) -> tuple[int, int, int]:
+    """(segments, queries, keys) of each segment in `row_layout`, padded to the widest."""
+    return len(own) + (1 if shared else 0), max([shared, *own]), shared + max(own, default=0)
 
 
 def row_layout(shared: int, own: Sequence[int]) -> RowLayout:
@@ -832,13 +836,11 @@ def row_layout(shared: int, own: Sequence[int]) -> RowLayout:
         mine = list(range(start, start + n))
         spans.append((mine, prefix + mine))
         start += n
-    t = start
-    n = max(len(q) for q, _ in spans)
-    m = max(len(k) for _, k in spans)
-    queries = torch.zeros(len(spans), n, dtype=torch.long)
-    keys = torch.zeros(len(spans), m, dtype=torch.long)
-    mask = torch.zeros(len(spans), 1, n, m, dtype=torch.bool)
-    back = torch.empty(t, dtype=torch.long)
+    segments, n, m = _segment_shape(shared, own)
+    queries = torch.zeros(segments, n, dtype=torch.long)
+    keys = torch.zeros(segments, m, dtype=torch.long)
+    mask = torch.zeros(segments, 1, n, m, dtype=torch.bool)
+    back = torch.empty(start, dtype=torch.long)  # start: now the packed length t
     for s, (q, k) in enumerate(spans):
         queries[s, : len(q)] = torch.tensor(q)
         keys[s, : len(k)] = torch.tensor(k)
@@ -1070,8 +1072,8 @@ def _lora_function() -> Any:
         def backward(ctx: Any, grad: Any) -> Any:
             x, w, a, lb, low = ctx.saved_tensors
             s = ctx.scaling
-            # (tokens, rank), before the scaling; B^T laid out (rank, out) for MKL, which
-            # runs this product 2x faster so (110 against 264 us for 290 x 1536 by 1536 x 8)
+            # (tokens, rank), before the scaling; B^T laid out (rank, out), where MKL runs
+            # this product 2x faster (110 against 264 us for 290 x 1536 by 1536 x 8)
             grad_low = grad @ lb.t().contiguous().t()
             grad_x = None
             if ctx.needs_input_grad[0]:
