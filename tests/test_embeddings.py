@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +198,70 @@ def test_importing_the_module_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def apart() -> Iterator[None]:
+    embeddings.embed_apart()
+    try:
+        yield
+    finally:
+        embeddings.embed_apart(False)
+
+
+def test_a_child_process_gives_the_same_vectors_and_is_started_again_if_it_dies(
+    apart: None,
+) -> None:
+    here = embeddings._embed_here(TEXTS, 64, fresh_thread=False)
+    np.testing.assert_allclose(embed(TEXTS), here, atol=1e-6)
+    child = embeddings._child
+    assert child is not None and child._proc is not None
+    first = child._proc
+    assert first.pid != os.getpid()
+    first.kill()
+    first.wait()
+    np.testing.assert_allclose(embed(TEXTS[:2]), here[:2], atol=1e-6)  # a new one answers
+    assert child._proc is not None and child._proc.pid != first.pid
+    assert embed([]).shape == (0, DIM)  # nothing to embed: nothing sent
+
+
+def test_embedding_here_again_ends_the_child(apart: None) -> None:
+    embed([QUESTION])
+    child = embeddings._child
+    assert child is not None and child._proc is not None
+    proc = child._proc
+    embeddings.embed_apart(False)
+    assert proc.poll() is not None  # it ended when its input closed
+    assert embeddings._child is None
+    np.testing.assert_allclose(embed([QUESTION]), embed([QUESTION]), atol=0)
+
+
+def test_a_child_that_does_not_answer_in_time_is_stopped_with_a_clear_error(
+    apart: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embeddings, "CHILD_TIMEOUT", 0.05)  # its model takes seconds to load
+    with pytest.raises(RuntimeError, match="gave no answer in 0 s"):
+        embed([QUESTION])
+    assert embeddings._child is not None and embeddings._child._proc is None
+    monkeypatch.setattr(embeddings, "CHILD_TIMEOUT", 120.0)
+    assert embed([QUESTION]).shape == (1, DIM)  # and the next call starts another
+
+
+def test_the_child_answers_a_bad_frame_with_an_error_and_ends_when_its_input_closes() -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "upstream.embeddings"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    embeddings._write_frame(child.stdin, b"not json")
+    reply = embeddings._read_frame(child.stdout, time.monotonic() + 60)
+    assert reply[:1] == b"E" and json.loads(reply[1:])["kind"] == "JSONDecodeError"
+    embeddings._write_frame(child.stdin, json.dumps({"texts": ["x"], "batch_size": 1}).encode())
+    reply = embeddings._read_frame(child.stdout, time.monotonic() + 60)
+    assert reply[:1] == b"V" and len(reply) == 1 + 4 * DIM
+    child.stdin.close()
+    assert child.wait(30) == 0

@@ -347,6 +347,7 @@ def test_a_prompt_holds_at_most_100_messages(tiny_hub: Hub) -> None:
 
 def test_single_filings_arriving_together_are_filed_together(tiny_hub: Hub) -> None:
     import threading
+    import time
 
     from sqlalchemy import select
 
@@ -355,14 +356,20 @@ def test_single_filings_arriving_together_are_filed_together(tiny_hub: Hub) -> N
     people = [person(tiny_hub, f"r{k}", "reporter") for k in range(4)]
     results: dict[tuple[int, int], domain.Submission] = {}
     batches: list[int] = []
-    original = tiny_hub.filings._file_next
+    original = tiny_hub.filings._run_next
 
     def counting() -> None:
+        # Filings reach the queue one by one once their text is embedded: hold the first
+        # batch until another waits behind it (they are then filed together).
+        deadline = time.monotonic() + 10
+        while not batches and len(tiny_hub.filings._waiting) < 2:
+            assert time.monotonic() < deadline, "no second filing arrived"
+            time.sleep(0.001)
         with tiny_hub.filings._lock:
-            batches.append(min(len(tiny_hub.filings._waiting), tiny_hub.filings.MAX_BATCH))
+            batches.append(min(len(tiny_hub.filings._waiting), tiny_hub.filings.max_batch))
         original()
 
-    tiny_hub.filings._file_next = counting  # type: ignore[method-assign]
+    tiny_hub.filings._run_next = counting  # type: ignore[method-assign]
     start = threading.Barrier(len(people))
 
     def client(k: int) -> None:

@@ -21,6 +21,7 @@ from upstream.jobs import JobQueue
 from upstream.registry import materialize
 from upstream.reports import FilingQueue
 from upstream.settings import Settings
+from upstream.threads import Batched
 
 if TYPE_CHECKING:
     from upstream.db.schema import Revision
@@ -37,7 +38,9 @@ class Hub:
         self._sessions = session_factory(self.engine)
         self.blobs = BlobStore(settings.blob_dir)
         self.jobs = JobQueue(self)
-        # single report filings arriving together are filed together (reports.submit_one)
+        # single report filings arriving together are embedded together, then filed
+        # together (reports.submit_one)
+        self.embeddings: Batched[str, Any] = Batched(_embed_batch, FilingQueue.MAX_BATCH)
         self.filings = FilingQueue(self)
 
     @classmethod
@@ -69,3 +72,10 @@ class Hub:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _embed_batch(texts: list[str]) -> list[Any]:
+    """Unit vectors of `texts` for duplicate detection, one batched pass."""
+    from upstream.duplicates import embed_texts  # numpy and torch, for the filings only
+
+    return list(embed_texts(texts))

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,6 +48,7 @@ from upstream.errors import InvalidInput, NotFound, input_place
 from upstream.registry import resolve
 from upstream.shapes import Shape
 from upstream.suites import split_key, split_of, split_secret
+from upstream.threads import Batched
 
 if TYPE_CHECKING:
     from upstream.hub import Hub
@@ -161,6 +161,7 @@ class Prepared:
     messages: list[dict[str, str]]
     variants: list[tuple[list[dict[str, str]], dict[str, Any] | None]]
     content_hash: str
+    vector: Any = None  # the embedding of `text`, when made before filing (a unit vector)
 
     @property
     def text(self) -> str:
@@ -315,8 +316,10 @@ def _file(
         existing = duplicates.find_same_content(s, [p.content_hash for p in items])
         # one batched embedding for the whole filing, one vector per distinct content
         fresh = list({p.content_hash: p for p in items if p.content_hash not in existing}.values())
-        vectors: Any = duplicates.embed_texts([p.text for p in fresh]) if fresh else []
-        vector_of = {p.content_hash: vectors[i] for i, p in enumerate(fresh)}
+        todo = [p for p in fresh if p.vector is None]
+        vectors: Any = duplicates.embed_texts([p.text for p in todo]) if todo else []
+        vector_of = {p.content_hash: p.vector for p in fresh if p.vector is not None}
+        vector_of.update((p.content_hash, vectors[i]) for i, p in enumerate(todo))
         hub.similarity.refresh(s, {p.model_id for p in fresh})
         pending: dict[int, list[tuple[int, Any]]] = {}
         new_by_hash: dict[str, Report] = {}
@@ -827,13 +830,16 @@ def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submissio
     """File one report and queue its reproduction; a bad field raises at once with its
     own message.
 
-    Single filings that arrive together (the API's, from many clients) are filed
-    together by the hub's `FilingQueue`: one embedding batch, one transaction, one job per
-    reporter. Each is still checked against the rule book, alone, before it waits."""
+    Single filings that arrive together (the API's, from many clients) are embedded
+    together (`hub.embeddings`), then filed together by the hub's `FilingQueue`: one
+    transaction, one job per reporter. The two stages overlap: a batch is embedded while
+    the one before it is written. Each filing is still checked against the rule book,
+    alone, before it waits."""
     require(actor, "reports.file", item.model.partition("@")[0])
     _check_source(source)
     with hub.session() as s:
         prepared = prepare(s, item, hub.settings.max_prompt_chars)
+    prepared.vector = hub.embeddings(prepared.text)
     filed, job = hub.filings.file(prepared, actor, source)
     return Submission([filed], [], job)
 
@@ -844,74 +850,35 @@ def file_for_feedback(hub: Hub, item: ReportIn, reporter: Actor) -> Submission:
     The same path as any single filing (duplicates, clusters, reproduction)."""
     with hub.session() as s:
         prepared = prepare(s, item, hub.settings.max_prompt_chars)
+    prepared.vector = hub.embeddings(prepared.text)
     filed, job = hub.filings.file(prepared, reporter, "feedback")
     return Submission([filed], [], job)
 
 
-@dataclass
-class _Ticket:
-    prepared: Prepared
-    actor: Actor
-    source: str
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False  # woken to file the next batch, not because its own is filed
-    filed: Filed | None = None
-    job: int | None = None
-    error: BaseException | None = None
+FilingItem = tuple[Prepared, Actor, str]  # a prepared report, who files it, its source
 
 
-class FilingQueue:
-    """Files single reports in batches: whoever arrives while no batch is being filed
-    files the waiting ones with theirs; those who arrive meanwhile wait, and one of them
-    files the next batch. Nothing waits for a timer, so one client alone is not slowed."""
+class FilingQueue(Batched[FilingItem, tuple[Filed, int | None]]):
+    """Files single reports in batches (`threads.Batched`): one embedding batch for those
+    not embedded yet, one transaction, one reproduction job per reporter."""
 
     MAX_BATCH = 64
 
     def __init__(self, hub: Hub):
+        super().__init__(self._file_batch, self.MAX_BATCH)
         self.hub = hub
-        self._lock = threading.Lock()
-        self._waiting: list[_Ticket] = []
-        self._busy = False
 
     def file(self, prepared: Prepared, actor: Actor, source: str) -> tuple[Filed, int | None]:
-        ticket = _Ticket(prepared, actor, source)
-        with self._lock:
-            self._waiting.append(ticket)
-            ticket.lead = not self._busy
-            self._busy = True
-        while True:
-            if ticket.lead:
-                ticket.lead = False
-                self._file_next()
-            if ticket.filed is not None or ticket.error is not None:
-                break
-            ticket.done.wait()
-            ticket.done.clear()
-        if ticket.error is not None:
-            raise ticket.error
-        assert ticket.filed is not None
-        return ticket.filed, ticket.job
+        """(what was filed, the reproduction job of a new report)."""
+        return self((prepared, actor, source))
 
-    def _file_next(self) -> None:
-        with self._lock:
-            batch = self._waiting[: self.MAX_BATCH]
-            del self._waiting[: self.MAX_BATCH]
-        try:
-            entries = [(t.prepared, t.actor.name, t.source) for t in batch]
-            filed, jobs = _file_and_queue(self.hub, [t.actor for t in batch], entries)
-            for t, f in zip(batch, filed, strict=True):
-                t.filed, t.job = f, jobs.get(t.actor.name) if f.created else None
-        except BaseException as e:  # every filer of the batch hears of it
-            for t in batch:
-                t.error = e
-        with self._lock:
-            if self._waiting:  # the next batch is filed by one of those waiting for it
-                self._waiting[0].lead = True
-                self._waiting[0].done.set()
-            else:
-                self._busy = False
-        for t in batch:
-            t.done.set()
+    def _file_batch(self, batch: list[FilingItem]) -> list[tuple[Filed, int | None]]:
+        entries = [(p, actor.name, source) for p, actor, source in batch]
+        filed, jobs = _file_and_queue(self.hub, [actor for _, actor, _ in batch], entries)
+        return [
+            (f, jobs.get(actor.name) if f.created else None)
+            for f, (_, actor, _) in zip(filed, batch, strict=True)
+        ]
 
 
 def _groups(links: Sequence[tuple[int, int | None, int | None]]) -> list[list[int]]:

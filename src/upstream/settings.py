@@ -81,6 +81,9 @@ class Settings:
     # A new report this close (cosine distance of embeddings) to an open report of the
     # same model is linked to it as a likely duplicate.
     duplicate_distance: float = 0.2
+    # `upstream up` embeds reports in a child process of its own, where its request
+    # threads cannot hold up the model's steps (upstream.embeddings); false: in the server.
+    embed_apart: bool = True
     # Confirmations from distinct people (not the reporter) that confirm a report.
     confirmations_needed: int = 3
     # Tokens generated per case when a contribution is checked (the guard suite has its

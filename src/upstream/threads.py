@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -40,3 +42,68 @@ def in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if error:
         raise error[0]
     return out[0]
+
+
+class Batched(Generic[T, R]):
+    """One function of a batch (`run(items) -> results`, one result per item, in order),
+    called item by item from many threads: whoever calls while no batch is running runs
+    the waiting items with theirs; those who call meanwhile wait, and one of them runs the
+    next batch. Nothing waits for a timer, so one caller alone is not slowed. An error of
+    a batch is raised to every caller in it."""
+
+    def __init__(self, run: Callable[[list[T]], list[R]], max_batch: int = 64):
+        self.run = run
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._waiting: list[_Ticket[T, R]] = []
+        self._busy = False
+
+    def __call__(self, item: T) -> R:
+        ticket: _Ticket[T, R] = _Ticket(item)
+        with self._lock:
+            self._waiting.append(ticket)
+            ticket.lead = not self._busy
+            self._busy = True
+        while True:
+            if ticket.lead:
+                ticket.lead = False
+                self._run_next()
+            if ticket.done_ok or ticket.error is not None:
+                break
+            ticket.done.wait()
+            ticket.done.clear()
+        if ticket.error is not None:
+            raise ticket.error
+        return cast(R, ticket.result)
+
+    def _run_next(self) -> None:
+        with self._lock:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+        try:
+            results = self.run([t.item for t in batch])
+            if len(results) != len(batch):
+                raise AssertionError(f"{len(results)} results for {len(batch)} items")
+            for t, r in zip(batch, results, strict=True):
+                t.result, t.done_ok = r, True
+        except BaseException as e:  # every caller of the batch hears of it
+            for t in batch:
+                t.error = e
+        with self._lock:
+            if self._waiting:  # the next batch is run by one of those waiting for it
+                self._waiting[0].lead = True
+                self._waiting[0].done.set()
+            else:
+                self._busy = False
+        for t in batch:
+            t.done.set()
+
+
+@dataclass
+class _Ticket(Generic[T, R]):
+    item: T
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # woken to run the next batch, not because its own has run
+    done_ok: bool = False
+    result: R | None = None
+    error: BaseException | None = None

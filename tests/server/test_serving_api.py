@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from sqlalchemy import func, select
@@ -23,6 +24,7 @@ from upstream.engines.base import GenRequest
 from upstream.generation import generate_one
 from upstream.hub import Hub
 from upstream.registry import import_model
+from upstream.reports import get_report
 from upstream.serving import feedback_token
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -243,3 +245,47 @@ def test_stop_strings_and_seeded_sampling_over_http(live: Live) -> None:
             messages=QUESTION,
             n=2,  # type: ignore[arg-type]
         )
+
+
+def _processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, command line) of this machine's processes (Linux's /proc)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:  # it ended meanwhile
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            out[int(entry.name)] = (parent, [a.decode(errors="replace") for a in argv if a])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_the_server_embeds_reports_in_a_child_process_with_the_same_vectors(live: Live) -> None:
+    from upstream.embeddings import embed, from_bytes
+
+    prompt = "Which ocean is the largest? Answer with one word."
+    auth = {"Authorization": f"Bearer {live.app_token}"}
+    r = httpx.post(
+        f"{live.base}/api/reports",
+        json={"model": "tiny", "prompt": prompt},
+        headers=auth,
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    port = live.base.rsplit(":", 1)[1]
+    procs = _processes()
+    server = [pid for pid, (_, argv) in procs.items() if "up" in argv and port in argv]
+    assert len(server) == 1
+    children = [argv for parent, argv in procs.values() if parent == server[0]]
+    assert [a[-2:] for a in children] == [["-m", "upstream.embeddings"]]
+    hub = live.hub()
+    try:
+        with hub.session() as s:
+            stored = get_report(s, r.json()["id"]).embedding
+    finally:
+        hub.close()
+    assert stored is not None
+    np.testing.assert_allclose(from_bytes(stored), embed([prompt])[0], atol=1e-6)

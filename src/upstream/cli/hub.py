@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from upstream import embeddings
 from upstream.accounts import exposure_problems
 from upstream.cli.common import (
     MAX_ID,
@@ -71,6 +72,8 @@ def up(
         in_fresh_thread(run_job, hub, "models.import", args, "importing")
     host = host or hub.settings.host
     port = port or hub.settings.port
+    if hub.settings.embed_apart:
+        embeddings.embed_apart()  # its own interpreter lock: see upstream.embeddings
     err_console.print(f"Upstream hub at http://{host}:{port}  (home {hub.settings.home})")
     uvicorn.run(create_app(hub, worker=not no_worker), host=host, port=port, log_level="info")
 
