@@ -287,6 +287,34 @@ def test_only_open_reports_of_the_same_model_are_linked(
     assert linked.similar_to == after_close.id
 
 
+def test_a_batch_over_two_models_links_each_report_as_filing_them_one_by_one_would(
+    tiny_hub: Hub, tiny_model_dir: Path
+) -> None:
+    """One batch computes every model's distances in one product (`distances`); each
+    report is still linked to its own model's nearest open report, a stored one or one
+    earlier in the same batch."""
+    from upstream.registry import import_model
+
+    import_model(tiny_hub, str(tiny_model_dir), "other")
+    stored_tiny = file_one(tiny_hub, "ana", prompt="What is the capital of Australia?")
+    stored_other = file_one(tiny_hub, "ana", model="other", prompt="Write a haiku about rain")
+    batch = [
+        ("tiny", "Name Australia's capital."),  # near a stored report of its model
+        ("other", "Name Australia's capital."),  # the same text, another model: none
+        ("other", "Compose a haiku on the rain."),  # near a stored report of its model
+        ("tiny", "Give me a haiku about rain"),  # near only the other model's
+        ("tiny", "How many legs does a spider have?"),
+        ("tiny", "How many legs has a spider got?"),  # near the one before it
+    ]
+    items = [
+        (i + 1, domain.parse_report({"model": m, "prompt": p})) for i, (m, p) in enumerate(batch)
+    ]
+    filed = domain.submit(tiny_hub, items, person(tiny_hub, "bo", "reporter"), "import").filed
+    links = [f.similar_to for f in filed]
+    assert links == [stored_tiny.id, None, stored_other.id, None, None, filed[4].id]
+    assert all(f.distance is None or 0 <= f.distance <= 0.2 for f in filed)
+
+
 def test_the_same_content_filed_at_once_is_one_report(tiny_hub: Hub) -> None:
     import threading
 

@@ -39,6 +39,9 @@ def embed_texts(texts: Sequence[str]) -> np.ndarray:
     return embed(list(texts))
 
 
+Distances = tuple[np.ndarray, np.ndarray]  # report ids (n,), distances to k vectors (n, k)
+
+
 @dataclass
 class _Vectors:
     """One model's report embeddings: rows [0, n) of a growing matrix."""
@@ -95,6 +98,14 @@ class SimilarityIndex:
                         [r[0] for r in rows], [from_bytes(cast(bytes, r[1])) for r in rows]
                     )
 
+    def distances(self, model_id: int, vectors: Sequence[np.ndarray]) -> Distances:
+        """The distances of the model's reports to each of `vectors` (k of (d,)), for
+        `nearest`: one pass over the stored matrix for a whole batch of filings, which
+        reads it from memory once instead of once per filing (28 MB at 18,000 reports)."""
+        with self._lock:
+            v = self._models.get(model_id) or _Vectors()
+            return v.ids[: v.n], 1.0 - v.matrix[: v.n] @ np.stack(vectors).T  # (n,), (n, k)
+
     def nearest(
         self,
         session: Session,
@@ -103,14 +114,18 @@ class SimilarityIndex:
         max_distance: float,
         pending: Sequence[tuple[int, np.ndarray]] = (),
         k: int = 100,
+        known: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[int, float] | None:
         """The closest open report of the model within `max_distance`, if any.
 
-        `pending` are (id, vector) of reports added in the current, uncommitted filing.
+        `pending` are (id, vector) of reports added in the current, uncommitted filing;
+        `known` the (ids, distances) of the stored reports to `vector`, if `distances`
+        gave them already.
         """
-        with self._lock:
-            v = self._models.get(model_id) or _Vectors()
-            ids, distances = v.ids[: v.n], 1.0 - v.matrix[: v.n] @ vector  # (n,)
+        if known is None:
+            stored, column = self.distances(model_id, [vector])
+            known = stored, column[:, 0]
+        ids, distances = known  # (n,), (n,)
         if pending:
             ids = np.concatenate([ids, [p[0] for p in pending]])
             distances = np.concatenate(
