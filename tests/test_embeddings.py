@@ -265,3 +265,46 @@ def test_the_child_answers_a_bad_frame_with_an_error_and_ends_when_its_input_clo
     assert reply[:1] == b"V" and len(reply) == 1 + 4 * DIM
     child.stdin.close()
     assert child.wait(30) == 0
+
+
+def test_a_frame_is_read_from_a_descriptor_past_1023() -> None:
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= 1500:
+        pytest.skip("needs more than 1500 open files allowed")
+    r, w = os.pipe()
+    high = 1500
+    os.dup2(r, high)
+    os.close(r)
+    with os.fdopen(high, "rb") as reader, os.fdopen(w, "wb") as writer:
+        embeddings._write_frame(writer, b"hello")
+        assert embeddings._read_frame(reader, time.monotonic() + 5) == b"hello"
+
+
+def test_an_unexpected_error_mid_batch_stops_the_child_so_no_answer_is_read_as_another(
+    apart: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = embeddings._read_frame
+
+    def broken(stream: object, deadline: float | None = None) -> bytes:
+        raise ValueError("broken read")
+
+    monkeypatch.setattr(embeddings, "_read_frame", broken)
+    with pytest.raises(ValueError, match="broken read"):
+        embed([QUESTION])  # sent; its answer is never read
+    assert embeddings._child is not None and embeddings._child._proc is None
+    monkeypatch.setattr(embeddings, "_read_frame", real)
+    here = embeddings._embed_here([UNRELATED], 64, fresh_thread=False)
+    np.testing.assert_allclose(embed([UNRELATED]), here, atol=1e-6)  # its own answer
+
+
+def test_the_child_ignores_modules_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "json.py").write_text("raise ImportError('a stray json.py was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    embeddings.embed_apart()  # started here
+    try:
+        assert embed([QUESTION]).shape == (1, DIM)
+    finally:
+        embeddings.embed_apart(False)

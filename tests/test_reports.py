@@ -315,6 +315,23 @@ def test_a_batch_over_two_models_links_each_report_as_filing_them_one_by_one_wou
     assert all(f.distance is None or 0 <= f.distance <= 0.2 for f in filed)
 
 
+def test_a_refiling_of_known_content_is_not_embedded_again(tiny_hub: Hub) -> None:
+    runs: list[list[str]] = []
+    real = tiny_hub.embedder.run
+
+    def counting(texts: list[str]) -> list[object]:
+        runs.append(texts)
+        return real(texts)
+
+    tiny_hub.embedder.run = counting  # type: ignore[method-assign]
+    ana = person(tiny_hub, "ana", "reporter")
+    item = domain.parse_report({"model": "tiny", "prompt": "Is a whale a fish? Say yes or no."})
+    first = domain.submit_one(tiny_hub, item, ana, "api").filed[0]
+    again = domain.submit_one(tiny_hub, item, person(tiny_hub, "bo", "reporter"), "api")
+    assert first.created and not again.filed[0].created and again.filed[0].id == first.id
+    assert runs == [["Is a whale a fish? Say yes or no."]]  # only the first was embedded
+
+
 def test_the_same_content_filed_at_once_is_one_report(tiny_hub: Hub) -> None:
     import threading
 

@@ -108,3 +108,45 @@ def test_a_run_that_gives_the_wrong_number_of_results_is_an_error() -> None:
     batched: Batched[int, int] = Batched(lambda items: [])
     with pytest.raises(AssertionError, match="0 results for 1 items"):
         batched(1)
+
+
+def test_a_caller_interrupted_while_waiting_leaves_and_the_queue_goes_on() -> None:
+    import ctypes
+
+    release = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        if items == [0]:
+            release.wait(10)
+        return items
+
+    batched: Batched[int, int] = Batched(run)
+    outcomes: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            outcomes[i] = batched(i)
+        except KeyboardInterrupt:
+            outcomes[i] = "interrupted"
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    while not batched._busy:
+        time.sleep(0.001)
+    second = threading.Thread(target=call, args=(1,))
+    second.start()
+    while not batched._waiting:  # the first's batch runs; the second waits its turn
+        time.sleep(0.001)
+    # as Ctrl-C reaches a main thread that waits for its turn
+    assert second.ident is not None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(second.ident), ctypes.py_object(KeyboardInterrupt)
+    )
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert outcomes == {0: 0, 1: "interrupted"}
+    third = threading.Thread(target=call, args=(2,), daemon=True)
+    third.start()
+    third.join(5)
+    assert outcomes[2] == 2 and not batched._busy and batched._waiting == []

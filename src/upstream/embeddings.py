@@ -115,8 +115,9 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     if len(texts) == 0:
         return np.zeros((0, DIM), dtype=np.float32)
-    if _child is not None:
-        return _child.embed(list(texts), batch_size)
+    child = _child
+    if child is not None:
+        return child.embed(list(texts), batch_size)
     return _embed_here(texts, batch_size, fresh_thread=True)
 
 
@@ -187,6 +188,9 @@ class _Child:
                     self.stop()
                     if attempt:
                         raise RuntimeError(f"the embedding process failed twice: {e}") from e
+                except BaseException:  # its answer may still come: never read it as another's
+                    self.stop()
+                    raise
         if reply[:1] == b"V":
             vecs = np.frombuffer(reply[1:], dtype="<f4").astype(np.float32)
             return vecs.reshape(len(texts), DIM)
@@ -201,9 +205,13 @@ class _Child:
             self._running()
 
     def _running(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self.stop()  # it died: close its pipes
+        if self._proc is None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "upstream.embeddings"],
+                # -P: not the working directory first on its path, where a stray json.py
+                # or torch/ of the folder the hub was started in would be imported
+                [sys.executable, "-P", "-m", "upstream.embeddings"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
@@ -215,13 +223,14 @@ class _Child:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.close()
             proc.wait(5)
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 _child: _Child | None = None
@@ -256,11 +265,13 @@ def _read_frame(stream: IO[bytes], deadline: float | None = None) -> bytes:
 
 def _read_exact(stream: IO[bytes], n: int, deadline: float | None) -> bytes:
     fd = stream.fileno()
+    ready = select.poll()  # not select.select, which refuses a descriptor past 1023
+    ready.register(fd, select.POLLIN)
     chunks: list[bytes] = []
     while n:
         if deadline is not None:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not ready.poll(left * 1000):
                 raise TimeoutError("no answer in time")
         chunk = os.read(fd, min(n, 1 << 20))
         if not chunk:

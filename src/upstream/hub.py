@@ -40,7 +40,7 @@ class Hub:
         self.jobs = JobQueue(self)
         # single report filings arriving together are embedded together, then filed
         # together (reports.submit_one)
-        self.embeddings: Batched[str, Any] = Batched(_embed_batch, FilingQueue.MAX_BATCH)
+        self.embedder: Batched[str, Any] = Batched(_embed_batch, FilingQueue.MAX_BATCH)
         self.filings = FilingQueue(self)
 
     @classmethod

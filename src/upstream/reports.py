@@ -842,15 +842,13 @@ def submit_one(hub: Hub, item: ReportIn, actor: Actor, source: str) -> Submissio
     own message.
 
     Single filings that arrive together (the API's, from many clients) are embedded
-    together (`hub.embeddings`), then filed together by the hub's `FilingQueue`: one
+    together (`hub.embedder`), then filed together by the hub's `FilingQueue`: one
     transaction, one job per reporter. The two stages overlap: a batch is embedded while
     the one before it is written. Each filing is still checked against the rule book,
     alone, before it waits."""
     require(actor, "reports.file", item.model.partition("@")[0])
     _check_source(source)
-    with hub.session() as s:
-        prepared = prepare(s, item, hub.settings.max_prompt_chars)
-    prepared.vector = hub.embeddings(prepared.text)
+    prepared = _prepare_one(hub, item)
     filed, job = hub.filings.file(prepared, actor, source)
     return Submission([filed], [], job)
 
@@ -859,11 +857,20 @@ def file_for_feedback(hub: Hub, item: ReportIn, reporter: Actor) -> Submission:
     """File the report of negative feedback on a served response, as its owner
     (`reporter`): `feedback.give` allowed the feedback, and the report follows from it.
     The same path as any single filing (duplicates, clusters, reproduction)."""
-    with hub.session() as s:
-        prepared = prepare(s, item, hub.settings.max_prompt_chars)
-    prepared.vector = hub.embeddings(prepared.text)
+    prepared = _prepare_one(hub, item)
     filed, job = hub.filings.file(prepared, reporter, "feedback")
     return Submission([filed], [], job)
+
+
+def _prepare_one(hub: Hub, item: ReportIn) -> Prepared:
+    """`prepare`, with the text's embedding made (in a batch with the filings arriving
+    with it), unless the same content is reported already: a refiling needs none."""
+    with hub.session() as s:
+        prepared = prepare(s, item, hub.settings.max_prompt_chars)
+        known = s.scalar(select(Report.id).where(Report.content_hash == prepared.content_hash))
+    if known is None:
+        prepared.vector = hub.embedder(prepared.text)
+    return prepared
 
 
 FilingItem = tuple[Prepared, Actor, str]  # a prepared report, who files it, its source

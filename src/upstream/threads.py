@@ -64,17 +64,39 @@ class Batched(Generic[T, R]):
             self._waiting.append(ticket)
             ticket.lead = not self._busy
             self._busy = True
-        while True:
-            if ticket.lead:
-                ticket.lead = False
-                self._run_next()
-            if ticket.done_ok or ticket.error is not None:
-                break
-            ticket.done.wait()
-            ticket.done.clear()
+        try:
+            while True:
+                if ticket.lead:
+                    ticket.lead = False
+                    self._run_next()
+                if ticket.done_ok or ticket.error is not None:
+                    break
+                ticket.done.wait()
+                ticket.done.clear()
+        except BaseException:  # interrupted while waiting: leave, and let the queue go on
+            self._leave(ticket)
+            raise
         if ticket.error is not None:
             raise ticket.error
         return cast(R, ticket.result)
+
+    def _leave(self, ticket: _Ticket[T, R]) -> None:
+        """Take back a caller's item that has not run; pass on the next batch if it was
+        this caller's to run."""
+        with self._lock:
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+            if ticket.lead:
+                ticket.lead = False
+                self._hand_on()
+
+    def _hand_on(self) -> None:
+        """With the lock held: the next batch to one of those waiting, or none is running."""
+        if self._waiting:
+            self._waiting[0].lead = True
+            self._waiting[0].done.set()
+        else:
+            self._busy = False
 
     def _run_next(self) -> None:
         with self._lock:
@@ -90,11 +112,7 @@ class Batched(Generic[T, R]):
             for t in batch:
                 t.error = e
         with self._lock:
-            if self._waiting:  # the next batch is run by one of those waiting for it
-                self._waiting[0].lead = True
-                self._waiting[0].done.set()
-            else:
-                self._busy = False
+            self._hand_on()  # the next batch is run by one of those waiting for it
         for t in batch:
             t.done.set()
 
