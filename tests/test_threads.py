@@ -3,6 +3,7 @@ Calls batched across threads: each caller gets its own result, or its batch's er
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -28,6 +29,18 @@ def test_its_error_is_raised_in_the_caller() -> None:
 
     with pytest.raises(KeyError, match="nope"):
         in_fresh_thread(broken)
+
+
+def recording(batched: Batched[int, int], outcomes: dict[int, object]) -> Callable[[int], None]:
+    """A thread's target: `batched(i)`, its result or its error's text put in `outcomes`."""
+
+    def call(i: int) -> None:
+        try:
+            outcomes[i] = batched(i)
+        except BaseException as e:  # recorded for the test to compare
+            outcomes[i] = str(e) or type(e).__name__
+
+    return call
 
 
 def test_calls_that_arrive_together_run_in_one_batch_each_getting_its_own_result() -> None:
@@ -83,12 +96,7 @@ def test_an_error_of_a_batch_reaches_every_caller_in_it_and_the_next_batch_runs(
     batched: Batched[int, int] = Batched(run)
     outcomes: dict[int, object] = {}
 
-    def call(i: int) -> None:
-        try:
-            outcomes[i] = batched(i)
-        except ValueError as e:
-            outcomes[i] = str(e)
-
+    call = recording(batched, outcomes)
     threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
     threads[0].start()
     while calls == 0:
@@ -123,12 +131,7 @@ def test_a_caller_interrupted_while_waiting_leaves_and_the_queue_goes_on() -> No
     batched: Batched[int, int] = Batched(run)
     outcomes: dict[int, object] = {}
 
-    def call(i: int) -> None:
-        try:
-            outcomes[i] = batched(i)
-        except KeyboardInterrupt:
-            outcomes[i] = "interrupted"
-
+    call = recording(batched, outcomes)
     first = threading.Thread(target=call, args=(0,))
     first.start()
     while not batched._busy:
@@ -145,7 +148,7 @@ def test_a_caller_interrupted_while_waiting_leaves_and_the_queue_goes_on() -> No
     release.set()
     first.join(10)
     second.join(10)
-    assert outcomes == {0: 0, 1: "interrupted"}
+    assert outcomes == {0: 0, 1: "KeyboardInterrupt"}
     third = threading.Thread(target=call, args=(2,), daemon=True)
     third.start()
     third.join(5)
