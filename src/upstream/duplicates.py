@@ -109,23 +109,19 @@ class SimilarityIndex:
     def nearest(
         self,
         session: Session,
-        model_id: int,
+        stored: tuple[np.ndarray, np.ndarray],
         vector: np.ndarray,
         max_distance: float,
         pending: Sequence[tuple[int, np.ndarray]] = (),
         k: int = 100,
-        known: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[int, float] | None:
-        """The closest open report of the model within `max_distance`, if any.
+        """The closest open report within `max_distance` of `vector`, if any.
 
-        `pending` are (id, vector) of reports added in the current, uncommitted filing;
-        `known` the (ids, distances) of the stored reports to `vector`, if `distances`
-        gave them already.
+        `stored` are the ids of the model's stored reports and their distances to
+        `vector` (a column of `distances`); `pending` are (id, vector) of the model's
+        reports added in the current, uncommitted filing.
         """
-        if known is None:
-            stored, column = self.distances(model_id, [vector])
-            known = stored, column[:, 0]
-        ids, distances = known  # (n,), (n,)
+        ids, distances = stored  # (n,), (n,)
         if pending:
             ids = np.concatenate([ids, [p[0] for p in pending]])
             distances = np.concatenate(

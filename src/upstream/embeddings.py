@@ -161,7 +161,8 @@ CHILD_TIMEOUT = 120.0  # seconds one batch may take, the model's load (the first
 
 
 class _Child:
-    """The embedding process: started on first use, started again once if it dies."""
+    """The embedding process: started by `embed_apart`; a batch whose process died is
+    sent once more, to a new one."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None

@@ -322,11 +322,11 @@ def _file(
         vector_of.update((p.content_hash, vectors[i]) for i, p in enumerate(todo))
         hub.similarity.refresh(s, {p.model_id for p in fresh})
         # each model's stored reports against all of its new vectors, in one product
-        known: dict[str, tuple[Any, Any]] = {}
+        stored: dict[str, tuple[Any, Any]] = {}  # content hash -> (ids, distances)
         for model_id in {p.model_id for p in fresh}:
             hashes = [p.content_hash for p in fresh if p.model_id == model_id]
             ids, table = hub.similarity.distances(model_id, [vector_of[h] for h in hashes])
-            known.update((h, (ids, table[:, j])) for j, h in enumerate(hashes))
+            stored.update((h, (ids, table[:, j])) for j, h in enumerate(hashes))
         pending: dict[int, list[tuple[int, Any]]] = {}
         new_by_hash: dict[str, Report] = {}
         for p, reporter, source in entries:
@@ -346,12 +346,7 @@ def _file(
             vector = vector_of[p.content_hash]
             mine = pending.setdefault(p.model_id, [])
             near = hub.similarity.nearest(
-                s,
-                p.model_id,
-                vector,
-                hub.settings.duplicate_distance,
-                mine,
-                known=known[p.content_hash],
+                s, stored[p.content_hash], vector, hub.settings.duplicate_distance, mine
             )
             report = _new_report(p, reporter, source, vector, near)
             s.add(report)

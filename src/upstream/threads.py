@@ -12,6 +12,9 @@ So torch work that happens now and then in a long-lived thread (a model loaded f
 served request in a request thread, a job in the worker's loop, a batch of embeddings)
 runs in a fresh thread that ends with it, and the threads that decode for as long as the
 process serves (a served model's batcher) own the only lasting team.
+
+`Batched` gathers the calls of many threads into batches of one function (the API's
+single report filings: their embeddings, then their transaction).
 """
 
 from __future__ import annotations
